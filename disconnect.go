@@ -1,0 +1,39 @@
+package pubsub
+
+// Disconnect is why the service closes a client: the WebSocket close code and
+// the reason, which PubSub clients also receive in the "disconnected" system
+// message and the event handler receives in the disconnected event.
+type Disconnect struct {
+	Code   uint16
+	Reason string
+}
+
+// WebSocket close codes the service uses (client spec §11).
+const (
+	CloseNormal          uint16 = 1000
+	CloseGoingAway       uint16 = 1001
+	CloseUnsupportedData uint16 = 1003 // a binary frame on a JSON subprotocol
+	CloseInvalidPayload  uint16 = 1007 // a malformed subprotocol message
+	ClosePolicyViolation uint16 = 1008 // slow client, unrecoverable session
+	CloseMessageTooBig   uint16 = 1009
+	CloseInternalError   uint16 = 1011 // a simple client's message event failed
+)
+
+// The disconnects the service initiates. Reasons use the words of Azure Web
+// PubSub's documented close reasons where one exists.
+var (
+	// DisconnectClosedByAppServer is the default for closes through the Go API
+	// or REST.
+	DisconnectClosedByAppServer = Disconnect{CloseNormal, "Closed by app server."}
+	// DisconnectServiceShutdown is sent to every client by Shutdown.
+	DisconnectServiceShutdown = Disconnect{CloseGoingAway, "ServiceReload: the service is shutting down."}
+	// DisconnectSlowClient closes a client whose outbound buffer overflowed.
+	DisconnectSlowClient = Disconnect{ClosePolicyViolation, "SlowClient: the client does not read its messages fast enough."}
+	// DisconnectPingTimeout closes a client that was silent for the idle timeout.
+	DisconnectPingTimeout = Disconnect{CloseGoingAway, "PingTimeout: the client did not answer keep-alive pings."}
+	// DisconnectBinaryOnJSON closes a JSON subprotocol client that sent a binary frame.
+	DisconnectBinaryOnJSON = Disconnect{CloseUnsupportedData, "The JSON subprotocol requires text messages."}
+	// DisconnectEventFailed closes a simple client whose message event failed
+	// or had no handler.
+	DisconnectEventFailed = Disconnect{CloseInternalError, "The message event could not be handled."}
+)

@@ -1,0 +1,166 @@
+package pubsub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// EventHandler is the event handler seam of Azure Web PubSub: the service
+// calls it for the connect, connected and disconnected system events and for
+// user events. An in-process Go handler is the fast path; the CloudEvents HTTP
+// upstream is another implementation of the same interface.
+//
+// Connect and UserEvent are blocking: a connection's handshake waits for
+// Connect, and its next frame waits for UserEvent, so one connection's events
+// arrive in order. Connected and Disconnected are called once per connection
+// from that connection's goroutine; a handler that needs to do slow work there
+// should hand it off.
+type EventHandler interface {
+	// Connect may refuse the connection with a *ConnectError (see
+	// RejectConnect), or return overrides. ErrNoEventHandler, or a nil
+	// response, accepts the connection with the token's defaults.
+	Connect(ctx context.Context, req *ConnectRequest) (*ConnectResponse, error)
+	// Connected is called after the connection is registered and a PubSub
+	// client was sent its "connected" message.
+	Connected(ctx context.Context, conn ConnectionContext)
+	// Disconnected is called once when a connection whose Connect succeeded
+	// ends, with the reason.
+	Disconnected(ctx context.Context, conn ConnectionContext, reason string)
+	// UserEvent handles a user event: "message" for every frame of a simple
+	// client, or the event name of a PubSub client's "event" request. A
+	// response with data is sent back to that connection only. Returning
+	// ErrNoEventHandler means nobody handles the event: a simple client is
+	// closed (1011) and a PubSub client gets an InternalServerError ack.
+	UserEvent(ctx context.Context, req *UserEventRequest) (*UserEventResponse, error)
+}
+
+// ErrNoEventHandler is returned by an EventHandler for an event it does not
+// handle.
+var ErrNoEventHandler = errors.New("pubsub: no event handler for this event")
+
+// ConnectionContext describes the connection an event is about.
+type ConnectionContext struct {
+	Hub          string
+	ConnectionID string
+	UserID       string
+	Subprotocol  string
+	// ConnectionState is the opaque state the handler set in an earlier
+	// blocking response (ce-connectionState); empty when none.
+	ConnectionState string
+	// Signature of a CloudEvents upstream is computed there, not here.
+}
+
+// ClientCertificate is a TLS client certificate offered by the client.
+type ClientCertificate struct {
+	Thumbprint string `json:"thumbprint"`
+	Content    string `json:"content,omitempty"`
+}
+
+// ConnectRequest is the connect event: who is connecting and with what.
+type ConnectRequest struct {
+	ConnectionContext
+	// Claims are the token's claims, every value as strings.
+	Claims map[string][]string
+	// Query is the request's query, without access_token.
+	Query map[string][]string
+	// Headers are the request headers, without Authorization.
+	Headers            map[string][]string
+	Subprotocols       []string
+	ClientCertificates []ClientCertificate
+	// Roles and Groups are what the token grants, for convenience.
+	Roles  []string
+	Groups []string
+}
+
+// ConnectResponse overrides what the token said. Nil fields keep the token's
+// values.
+type ConnectResponse struct {
+	// UserID, when not nil, replaces the token's sub (an empty string makes the
+	// connection anonymous).
+	UserID *string
+	// Groups, when not nil, replace the token's groups.
+	Groups []string
+	// Roles, when not nil, replace the token's roles.
+	Roles []string
+	// Subprotocol selects one of the offered subprotocols; empty selects the
+	// first predefined one the client offered, if any.
+	Subprotocol string
+	// ConnectionState, when not nil, sets the connection state.
+	ConnectionState *string
+}
+
+// ConnectError refuses a connection: the WebSocket handshake fails with the
+// HTTP status, and Reason is logged and written in the response body.
+type ConnectError struct {
+	Status int
+	Reason string
+}
+
+func (e *ConnectError) Error() string {
+	return fmt.Sprintf("pubsub: connect refused (%d): %s", e.Status, e.Reason)
+}
+
+// RejectConnect returns a ConnectError. Statuses outside 400–599 become 500.
+func RejectConnect(status int, reason string) error {
+	if status < 400 || status > 599 {
+		status = http.StatusInternalServerError
+	}
+	return &ConnectError{Status: status, Reason: reason}
+}
+
+// UserEventRequest is a user event.
+type UserEventRequest struct {
+	ConnectionContext
+	EventName string
+	DataType  DataType
+	Data      []byte
+}
+
+// UserEventResponse is the reply to a user event. Empty Data sends nothing.
+type UserEventResponse struct {
+	DataType DataType
+	Data     []byte
+	// ConnectionState, when not nil, sets the connection state.
+	ConnectionState *string
+}
+
+// EventHandlerFuncs is an EventHandler made of optional functions; a nil
+// function handles nothing (ErrNoEventHandler for Connect and UserEvent).
+type EventHandlerFuncs struct {
+	OnConnect      func(ctx context.Context, req *ConnectRequest) (*ConnectResponse, error)
+	OnConnected    func(ctx context.Context, conn ConnectionContext)
+	OnDisconnected func(ctx context.Context, conn ConnectionContext, reason string)
+	OnUserEvent    func(ctx context.Context, req *UserEventRequest) (*UserEventResponse, error)
+}
+
+// Connect implements EventHandler.
+func (f EventHandlerFuncs) Connect(ctx context.Context, req *ConnectRequest) (*ConnectResponse, error) {
+	if f.OnConnect == nil {
+		return nil, ErrNoEventHandler
+	}
+	return f.OnConnect(ctx, req)
+}
+
+// Connected implements EventHandler.
+func (f EventHandlerFuncs) Connected(ctx context.Context, conn ConnectionContext) {
+	if f.OnConnected != nil {
+		f.OnConnected(ctx, conn)
+	}
+}
+
+// Disconnected implements EventHandler.
+func (f EventHandlerFuncs) Disconnected(ctx context.Context, conn ConnectionContext, reason string) {
+	if f.OnDisconnected != nil {
+		f.OnDisconnected(ctx, conn, reason)
+	}
+}
+
+// UserEvent implements EventHandler.
+func (f EventHandlerFuncs) UserEvent(ctx context.Context, req *UserEventRequest) (*UserEventResponse, error) {
+	if f.OnUserEvent == nil {
+		return nil, ErrNoEventHandler
+	}
+	return f.OnUserEvent(ctx, req)
+}

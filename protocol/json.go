@@ -1,0 +1,343 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// The subprotocol names of spec §3.
+const (
+	JSONSubprotocol             = "json.webpubsub.azure.v1"
+	JSONReliableSubprotocol     = "json.reliable.webpubsub.azure.v1"
+	ProtobufSubprotocol         = "protobuf.webpubsub.azure.v1"
+	ProtobufReliableSubprotocol = "protobuf.reliable.webpubsub.azure.v1"
+)
+
+// RequestType is the type of a client → service request.
+type RequestType uint8
+
+// Request types of spec §6.1.
+const (
+	JoinGroup RequestType = iota + 1
+	LeaveGroup
+	SendToGroup
+	Event
+	Ping
+	SequenceAck
+)
+
+// String returns the wire name of the request type.
+func (t RequestType) String() string {
+	switch t {
+	case JoinGroup:
+		return "joinGroup"
+	case LeaveGroup:
+		return "leaveGroup"
+	case SendToGroup:
+		return "sendToGroup"
+	case Event:
+		return "event"
+	case Ping:
+		return "ping"
+	case SequenceAck:
+		return "sequenceAck"
+	}
+	return "RequestType(" + strconv.Itoa(int(t)) + ")"
+}
+
+// Request is one decoded client request, whatever subprotocol carried it.
+type Request struct {
+	Type RequestType
+	// AckID is the request's ackId; HasAckID says whether it had one.
+	AckID    uint64
+	HasAckID bool
+	Group    string // joinGroup, leaveGroup, sendToGroup
+	Event    string // event
+	NoEcho   bool   // sendToGroup
+	DataType DataType
+	// Data is the decoded payload: the UTF-8 text, the JSON text of a JSON
+	// value, or the raw bytes of a binary or protobuf payload.
+	Data       []byte
+	SequenceID uint64 // sequenceAck
+}
+
+// jsonRequest mirrors the JSON request schema. RawMessage fields are checked
+// by hand so that a wrongly typed value is an invalid message, not a zero.
+type jsonRequest struct {
+	Type       string          `json:"type"`
+	AckID      json.RawMessage `json:"ackId"`
+	Group      *string         `json:"group"`
+	Event      *string         `json:"event"`
+	NoEcho     json.RawMessage `json:"noEcho"`
+	DataType   *string         `json:"dataType"`
+	Data       json.RawMessage `json:"data"`
+	SequenceID json.RawMessage `json:"sequenceId"`
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidMessage}, args...)...)
+}
+
+// DecodeJSONRequest decodes one text frame of json.webpubsub.azure.v1 (or its
+// reliable variant). Every error wraps ErrInvalidMessage.
+func DecodeJSONRequest(frame []byte) (Request, error) {
+	var raw jsonRequest
+	if err := json.Unmarshal(frame, &raw); err != nil {
+		return Request{}, invalid("%v", err)
+	}
+	var req Request
+	var err error
+	if req.AckID, req.HasAckID, err = decodeUint(raw.AckID, "ackId"); err != nil {
+		return Request{}, err
+	}
+	switch {
+	case strings.EqualFold(raw.Type, "joinGroup"):
+		req.Type = JoinGroup
+	case strings.EqualFold(raw.Type, "leaveGroup"):
+		req.Type = LeaveGroup
+	case strings.EqualFold(raw.Type, "sendToGroup"):
+		req.Type = SendToGroup
+	case strings.EqualFold(raw.Type, "event"):
+		req.Type = Event
+	case strings.EqualFold(raw.Type, "ping"):
+		return Request{Type: Ping}, nil
+	case strings.EqualFold(raw.Type, "sequenceAck"):
+		id, ok, err := decodeUint(raw.SequenceID, "sequenceId")
+		if err != nil {
+			return Request{}, err
+		}
+		if !ok {
+			return Request{}, invalid("sequenceAck needs a sequenceId")
+		}
+		return Request{Type: SequenceAck, SequenceID: id}, nil
+	case raw.Type == "":
+		return Request{}, invalid("missing type")
+	default:
+		return Request{}, invalid("unknown type %q", raw.Type)
+	}
+
+	if req.Type == Event {
+		if raw.Event == nil || !ValidEventName(*raw.Event) {
+			return Request{}, invalid("event name must match ^[a-z][a-z0-9_.-]{0,127}$")
+		}
+		req.Event = *raw.Event
+	} else {
+		if raw.Group == nil || !ValidGroupName(*raw.Group) {
+			return Request{}, invalid("group name must be 1 to 1024 characters and not all whitespace")
+		}
+		req.Group = *raw.Group
+	}
+	if req.Type == JoinGroup || req.Type == LeaveGroup {
+		return req, nil
+	}
+
+	if req.Type == SendToGroup && len(raw.NoEcho) > 0 {
+		switch string(raw.NoEcho) {
+		case "true":
+			req.NoEcho = true
+		case "false", "null":
+		default:
+			return Request{}, invalid("noEcho must be a boolean")
+		}
+	}
+	if raw.DataType != nil {
+		if req.DataType, err = ParseDataType(*raw.DataType); err != nil {
+			return Request{}, err
+		}
+	}
+	if req.Data, err = decodeData(req.DataType, raw.Data); err != nil {
+		return Request{}, err
+	}
+	return req, nil
+}
+
+// decodeUint reads an optional JSON unsigned integer (ackId, sequenceId).
+// null counts as absent; strings, negatives, fractions and exponents do not
+// count as integers.
+func decodeUint(raw json.RawMessage, field string) (uint64, bool, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return 0, false, nil
+	}
+	v, err := strconv.ParseUint(string(raw), 10, 64)
+	if err != nil {
+		return 0, false, invalid("%s must be an unsigned 64-bit integer", field)
+	}
+	return v, true, nil
+}
+
+func decodeData(t DataType, raw json.RawMessage) ([]byte, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, invalid("data is required")
+	}
+	switch t {
+	case JSON:
+		// Compact so that the forwarded value carries no stray whitespace; the
+		// decoder already proved it valid.
+		var buf bytes.Buffer
+		buf.Grow(len(raw))
+		if err := json.Compact(&buf, raw); err != nil {
+			return nil, invalid("%v", err)
+		}
+		return buf.Bytes(), nil
+	case Text:
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, invalid("text data must be a string")
+		}
+		return []byte(s), nil
+	default: // Binary, Protobuf
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, invalid("%s data must be a base64 string", t)
+		}
+		b, err := base64.StdEncoding.DecodeString(s)
+		if err != nil {
+			return nil, invalid("%s data is not valid base64", t)
+		}
+		return b, nil
+	}
+}
+
+// The service → client frames of spec §6.2. Each Append function appends one
+// complete JSON frame to dst and returns the extended slice, so that callers
+// can reserve room for a WebSocket header in front and encode in place.
+
+// AckError names of spec §6.2.
+const (
+	AckForbidden           = "Forbidden"
+	AckDuplicate           = "Duplicate"
+	AckInternalServerError = "InternalServerError"
+	AckBadRequest          = "BadRequest"
+)
+
+// AppendAck appends an ack frame. An empty errName means success.
+func AppendAck(dst []byte, ackID uint64, errName, errMessage string) []byte {
+	dst = append(dst, `{"type":"ack","ackId":`...)
+	dst = strconv.AppendUint(dst, ackID, 10)
+	if errName == "" {
+		return append(dst, `,"success":true}`...)
+	}
+	dst = append(dst, `,"success":false,"error":{"name":`...)
+	dst = AppendString(dst, errName)
+	dst = append(dst, `,"message":`...)
+	dst = AppendString(dst, errMessage)
+	return append(dst, "}}"...)
+}
+
+// AppendGroupMessage appends a message from a group. fromUserID is omitted
+// when empty (published by the server or by an anonymous connection).
+func AppendGroupMessage(dst []byte, group, fromUserID string, t DataType, data []byte) []byte {
+	dst = append(dst, `{"type":"message","from":"group","group":`...)
+	dst = AppendString(dst, group)
+	if fromUserID != "" {
+		dst = append(dst, `,"fromUserId":`...)
+		dst = AppendString(dst, fromUserID)
+	}
+	return appendPayload(dst, t, data)
+}
+
+// AppendServerMessage appends a message from the server.
+func AppendServerMessage(dst []byte, t DataType, data []byte) []byte {
+	dst = append(dst, `{"type":"message","from":"server"`...)
+	return appendPayload(dst, t, data)
+}
+
+// appendPayload appends `,"dataType":…,"data":…}`.
+func appendPayload(dst []byte, t DataType, data []byte) []byte {
+	dst = append(dst, `,"dataType":"`...)
+	dst = append(dst, t.String()...)
+	dst = append(dst, `","data":`...)
+	switch t {
+	case JSON:
+		if len(data) == 0 {
+			dst = append(dst, `""`...)
+		} else {
+			dst = append(dst, data...)
+		}
+	case Text:
+		dst = AppendString(dst, string(data))
+	default:
+		dst = append(dst, '"')
+		dst = base64.StdEncoding.AppendEncode(dst, data)
+		dst = append(dst, '"')
+	}
+	return append(dst, '}')
+}
+
+// AppendConnected appends the "connected" system message. An empty userID is
+// sent as null (anonymous); reconnectionToken is omitted when empty.
+func AppendConnected(dst []byte, userID, connectionID, reconnectionToken string) []byte {
+	dst = append(dst, `{"type":"system","event":"connected","userId":`...)
+	if userID == "" {
+		dst = append(dst, "null"...)
+	} else {
+		dst = AppendString(dst, userID)
+	}
+	dst = append(dst, `,"connectionId":`...)
+	dst = AppendString(dst, connectionID)
+	if reconnectionToken != "" {
+		dst = append(dst, `,"reconnectionToken":`...)
+		dst = AppendString(dst, reconnectionToken)
+	}
+	return append(dst, '}')
+}
+
+// AppendDisconnected appends the "disconnected" system message.
+func AppendDisconnected(dst []byte, reason string) []byte {
+	dst = append(dst, `{"type":"system","event":"disconnected","message":`...)
+	dst = AppendString(dst, reason)
+	return append(dst, '}')
+}
+
+// AppendPong appends the reply to a ping request.
+func AppendPong(dst []byte) []byte { return append(dst, `{"type":"pong"}`...) }
+
+const hexDigits = "0123456789abcdef"
+
+// AppendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD, as
+// encoding/json does, so the frame is always valid JSON in a valid text frame.
+func AppendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < 0x80 {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}

@@ -1,0 +1,381 @@
+package pubsub
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/embedwps/pubsub/protocol"
+	"github.com/lxzan/gws"
+)
+
+// This file is the edge between the service and the gws WebSocket transport:
+// the client endpoint's handshake, and gws's callbacks.
+
+// ClientHandler returns the handler of the client endpoint. Mount it at
+// "/client/" of the server's mux: it serves /client/hubs/{hub} and
+// /client/?hub={hub}.
+func (s *Service) ClientHandler() http.Handler { return http.HandlerFunc(s.serveClient) }
+
+// predefinedKinds maps the predefined subprotocols to client kinds. A
+// predefined subprotocol missing here is not served yet.
+var predefinedKinds = map[string]clientKind{
+	protocol.JSONSubprotocol: kindJSON,
+}
+
+var predefinedSubprotocols = []string{
+	protocol.JSONSubprotocol, protocol.JSONReliableSubprotocol,
+	protocol.ProtobufSubprotocol, protocol.ProtobufReliableSubprotocol,
+}
+
+func predefined(name string) (string, bool) {
+	for _, p := range predefinedSubprotocols {
+		if strings.EqualFold(p, name) {
+			return p, true
+		}
+	}
+	return "", false
+}
+
+func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
+	if s.isClosed() {
+		http.Error(w, "the service is shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	hubName, ok := clientHubName(r)
+	if !ok {
+		http.NotFound(w, r)
+		return
+	}
+	if !hubNamePattern.MatchString(hubName) {
+		http.Error(w, "invalid hub name", http.StatusBadRequest)
+		return
+	}
+	hubName = strings.ToLower(hubName)
+	if r.Method != http.MethodGet || !headerHasToken(r.Header, "Connection", "upgrade") || !headerHasToken(r.Header, "Upgrade", "websocket") {
+		http.Error(w, "the client endpoint takes WebSocket upgrade requests only", http.StatusBadRequest)
+		return
+	}
+
+	id, err := s.authenticateClient(r, hubName)
+	switch {
+	case errors.Is(err, errNoToken) && s.cfg.AllowAnonymous:
+		id = &identity{}
+	case errors.Is(err, errTokenGroupName):
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	case err != nil:
+		w.Header().Set("WWW-Authenticate", "Bearer")
+		http.Error(w, "Unauthorized: "+err.Error(), http.StatusUnauthorized)
+		return
+	}
+
+	offered := offeredSubprotocols(r.Header)
+	connID := newConnectionID()
+	userID, roles, groups, state := id.userID, id.roles, id.groups, ""
+	chosen := ""
+	resp, err := s.handler.Connect(r.Context(), &ConnectRequest{
+		ConnectionContext:  ConnectionContext{Hub: hubName, ConnectionID: connID, UserID: userID},
+		Claims:             id.claims,
+		Query:              queryWithout(r.URL.Query(), "access_token"),
+		Headers:            headersWithout(r.Header, "Authorization"),
+		Subprotocols:       offered,
+		ClientCertificates: clientCertificates(r),
+		Roles:              roles,
+		Groups:             groups,
+	})
+	var refused *ConnectError
+	switch {
+	case errors.As(err, &refused):
+		s.log.Info("connect refused by the event handler", "hub", hubName, "status", refused.Status, "reason", refused.Reason)
+		http.Error(w, refused.Reason, refused.Status)
+		return
+	case err != nil && !errors.Is(err, ErrNoEventHandler):
+		s.log.Error("connect event failed", "hub", hubName, "err", err)
+		http.Error(w, "the connect event handler failed", http.StatusInternalServerError)
+		return
+	case err == nil && resp != nil:
+		if resp.UserID != nil {
+			userID = *resp.UserID
+		}
+		if resp.Roles != nil {
+			roles = resp.Roles
+		}
+		if resp.Groups != nil {
+			groups = resp.Groups
+		}
+		if resp.ConnectionState != nil {
+			state = *resp.ConnectionState
+		}
+		if resp.Subprotocol != "" {
+			for _, o := range offered {
+				if o == resp.Subprotocol {
+					chosen = o
+				}
+			}
+			if chosen == "" {
+				s.log.Error("the connect event handler chose a subprotocol the client did not offer", "hub", hubName, "subprotocol", resp.Subprotocol)
+				http.Error(w, "the connect event handler chose a subprotocol the client did not offer", http.StatusInternalServerError)
+				return
+			}
+		}
+		for _, g := range groups {
+			if !protocol.ValidGroupName(g) {
+				http.Error(w, "the connect event handler returned an invalid group name", http.StatusInternalServerError)
+				return
+			}
+		}
+	}
+	perms, err := newPermissions(roles)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+
+	kind, chosen, err := negotiate(offered, chosen)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if chosen != "" {
+		r.Header.Set("Sec-WebSocket-Protocol", chosen)
+	} else {
+		r.Header.Del("Sec-WebSocket-Protocol")
+	}
+	socket, err := s.upgrader(chosen).Upgrade(w, r)
+	if err != nil {
+		s.log.Debug("websocket upgrade failed", "hub", hubName, "err", err)
+		return
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &conn{
+		hub:           s.hub(hubName),
+		id:            connID,
+		userID:        userID,
+		subprotocol:   chosen,
+		kind:          kind,
+		perms:         perms,
+		socket:        socket,
+		ctx:           ctx,
+		cancel:        cancel,
+		state:         state,
+		initialGroups: groups,
+	}
+	c.lastSeen.Store(time.Now().UnixNano())
+	socket.Session().(*session).conn = c
+	if kind != kindSimple {
+		// Queued before registration, so no message overtakes it.
+		c.send(c.encode(func(b []byte) []byte { return protocol.AppendConnected(b, userID, connID, "") }))
+	}
+	if !s.register(c) {
+		cancel()
+		_ = socket.WriteClose(DisconnectServiceShutdown.Code, []byte(DisconnectServiceShutdown.Reason))
+		return
+	}
+	go socket.ReadLoop()
+}
+
+// negotiate picks the subprotocol (spec §3): the connect handler's choice, or
+// else the first predefined one offered that this server speaks. A client
+// offering only predefined subprotocols that are not served gets a clear 400
+// instead of being silently treated as a simple client.
+func negotiate(offered []string, chosen string) (clientKind, string, error) {
+	if chosen == "" {
+		var unsupported []string
+		for _, o := range offered {
+			if p, ok := predefined(o); ok {
+				if _, served := predefinedKinds[p]; served {
+					chosen = o
+					break
+				}
+				unsupported = append(unsupported, o)
+			}
+		}
+		if chosen == "" && len(unsupported) > 0 {
+			return 0, "", fmt.Errorf("subprotocol %s is not supported; use %s", strings.Join(unsupported, ", "), protocol.JSONSubprotocol)
+		}
+	}
+	if p, ok := predefined(chosen); ok {
+		kind, served := predefinedKinds[p]
+		if !served {
+			return 0, "", fmt.Errorf("subprotocol %s is not supported; use %s", chosen, protocol.JSONSubprotocol)
+		}
+		return kind, chosen, nil
+	}
+	return kindSimple, chosen, nil // none, or a custom subprotocol
+}
+
+// clientHubName reads the hub from /client/hubs/{hub} or /client/?hub={hub}.
+func clientHubName(r *http.Request) (string, bool) {
+	p := r.URL.EscapedPath()
+	if i := strings.LastIndex(p, "/client/hubs/"); i >= 0 {
+		hub, err := url.PathUnescape(p[i+len("/client/hubs/"):])
+		return strings.TrimSuffix(hub, "/"), err == nil && hub != "" && !strings.Contains(strings.TrimSuffix(hub, "/"), "/")
+	}
+	if strings.HasSuffix(p, "/client") || strings.HasSuffix(p, "/client/") {
+		hub := r.URL.Query().Get("hub")
+		return hub, hub != ""
+	}
+	return "", false
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func offeredSubprotocols(h http.Header) []string {
+	out := []string{}
+	for _, v := range h.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+func queryWithout(q url.Values, drop string) map[string][]string {
+	q.Del(drop)
+	return q
+}
+
+func headersWithout(h http.Header, drop string) map[string][]string {
+	out := h.Clone()
+	out.Del(drop)
+	return out
+}
+
+func clientCertificates(r *http.Request) []ClientCertificate {
+	if r.TLS == nil {
+		return nil
+	}
+	var out []ClientCertificate
+	for _, cert := range r.TLS.PeerCertificates {
+		out = append(out, ClientCertificate{Thumbprint: sha1Thumbprint(cert.Raw)})
+	}
+	return out
+}
+
+func newConnectionID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// upgrader returns a gws upgrader that accepts exactly the chosen subprotocol
+// (gws negotiates from a fixed list per upgrader). Upgraders are cached per
+// subprotocol, up to a bound so that clients offering random names cannot
+// grow the cache.
+func (s *Service) upgrader(subprotocol string) *gws.Upgrader {
+	if u, ok := s.upgraders.Load(subprotocol); ok {
+		return u
+	}
+	opt := &gws.ServerOption{
+		ReadMaxPayloadSize: s.cfg.MaxMessageSize,
+		CheckUtf8Enabled:   true,
+		Recovery:           gws.Recovery, // a panicking handler must not take the process down
+		Logger:             gwsLogger{s},
+		HandshakeTimeout:   s.cfg.HandshakeTimeout,
+		NewSession:         func() gws.SessionStorage { return &session{} },
+	}
+	if subprotocol != "" {
+		opt.SubProtocols = []string{subprotocol}
+	}
+	u := gws.NewUpgrader(s.transport, opt)
+	if s.upgraders.Size() < 64 {
+		s.upgraders.Store(subprotocol, u)
+	}
+	return u
+}
+
+type gwsLogger struct{ s *Service }
+
+func (l gwsLogger) Error(v ...any) { l.s.log.Error(fmt.Sprint(v...)) }
+
+// session is gws's per-connection storage, holding only our conn: gws's
+// default storage is a map per connection.
+type session struct{ conn *conn }
+
+func (s *session) Len() int                             { return 1 }
+func (s *session) Load(string) (any, bool)              { return s.conn, s.conn != nil }
+func (s *session) Delete(string)                        {}
+func (s *session) Store(string, any)                    {}
+func (s *session) Range(f func(key string, v any) bool) { f("conn", s.conn) }
+
+func connOf(socket *gws.Conn) *conn { return socket.Session().(*session).conn }
+
+// transport receives gws's callbacks for every connection.
+type transport struct{ svc *Service }
+
+func (t *transport) OnOpen(socket *gws.Conn) {
+	c := connOf(socket)
+	t.svc.handler.Connected(c.ctx, c.context())
+}
+
+func (t *transport) OnClose(socket *gws.Conn, err error) {
+	c := connOf(socket)
+	c.cancel()
+	c.outMu.Lock()
+	c.out.closed = true
+	clear(c.out.frames)
+	c.out.frames = nil
+	reason := c.disconnect.Reason
+	c.outMu.Unlock()
+	c.closing.Store(true)
+	c.hub.unregister(c)
+	if reason == "" {
+		reason = clientCloseReason(err)
+	}
+	t.svc.handler.Disconnected(context.Background(), c.context(), reason)
+	t.svc.unregistered()
+}
+
+// clientCloseReason describes a close the service did not initiate.
+func clientCloseReason(err error) string {
+	var ce *gws.CloseError
+	switch {
+	case errors.As(err, &ce):
+		if len(ce.Reason) > 0 {
+			return string(ce.Reason)
+		}
+		if ce.Code == CloseNormal || ce.Code == CloseGoingAway || ce.Code == 0 {
+			return ""
+		}
+		return fmt.Sprintf("The client closed the connection with code %d.", ce.Code)
+	case err == nil:
+		return ""
+	}
+	return err.Error()
+}
+
+func (t *transport) OnPing(socket *gws.Conn, payload []byte) {
+	c := connOf(socket)
+	c.lastSeen.Store(time.Now().UnixNano())
+	c.send(pongFrame(payload))
+}
+
+func (t *transport) OnPong(socket *gws.Conn, _ []byte) {
+	connOf(socket).lastSeen.Store(time.Now().UnixNano())
+}
+
+func (t *transport) OnMessage(socket *gws.Conn, m *gws.Message) {
+	defer m.Close()
+	c := connOf(socket)
+	c.lastSeen.Store(time.Now().UnixNano())
+	c.handleFrame(m.Opcode == gws.OpcodeBinary, m.Bytes())
+}
