@@ -3,8 +3,10 @@ module github.com/embedwps/pubsub
 go 1.24.0
 
 require (
-	github.com/golang-jwt/jwt/v5 v5.3.1 // indirect
-	github.com/klauspost/compress v1.17.9 // indirect
-	github.com/lxzan/gws v1.10.1 // indirect
-	github.com/puzpuzpuz/xsync/v3 v3.5.1 // indirect
+	github.com/golang-jwt/jwt/v5 v5.3.1
+	github.com/lxzan/gws v1.10.1
+	github.com/puzpuzpuz/xsync/v3 v3.5.1
+	go.uber.org/goleak v1.3.0
 )
+
+require github.com/klauspost/compress v1.17.9 // indirect

@@ -1,0 +1,105 @@
+// Command webpubsub runs the library as a local, Azure Web PubSub compatible
+// server: the client endpoint on /client/, with the access key of a
+// connection string.
+//
+//	go run ./cmd/webpubsub -addr 127.0.0.1:8080
+//
+// The access key comes from -connection-string, else from
+// WEBPUBSUB_CONNECTION_STRING, else a fresh random key; the connection string
+// a client SDK needs is printed on start.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/embedwps/pubsub"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "webpubsub:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout *os.File) error {
+	fs := flag.NewFlagSet("webpubsub", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:8080", "address to listen on, host:port")
+	connStr := fs.String("connection-string", "", "connection string whose AccessKey signs tokens (default $WEBPUBSUB_CONNECTION_STRING, else a random key)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	cs, err := connectionString(*connStr, ln.Addr().String())
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	svc, err := pubsub.New(pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey, Logger: log})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("/client/", svc.ClientHandler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	fmt.Fprintf(stdout, "%s\n", cs)
+	log.Info("listening", "addr", ln.Addr().String(), "client", "/client/hubs/{hub}")
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	select {
+	case err := <-serveErr:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = errors.Join(svc.Shutdown(shutdownCtx), srv.Shutdown(shutdownCtx))
+	if err == nil {
+		log.Info("stopped")
+	}
+	return err
+}
+
+// connectionString picks the connection string from the flag, the
+// environment, or makes one with a fresh key for the listening address.
+func connectionString(flagValue, listenAddr string) (pubsub.ConnectionString, error) {
+	s := flagValue
+	if s == "" {
+		s = os.Getenv("WEBPUBSUB_CONNECTION_STRING")
+	}
+	if s != "" {
+		return pubsub.ParseConnectionString(s)
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return pubsub.ConnectionString{}, err
+	}
+	return pubsub.ConnectionString{
+		Endpoint:  "http://" + listenAddr,
+		AccessKey: base64.StdEncoding.EncodeToString(key),
+	}, nil
+}
