@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -290,3 +291,9 @@ func handshakeStatus(t *testing.T, rawURL string, header http.Header) int {
 	resp.Body.Close()
 	return resp.StatusCode
 }
+
+func timeAfter() <-chan time.Time { return time.After(waitFor) }
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func quote(s string) string { b, _ := json.Marshal(s); return string(b) }

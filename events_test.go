@@ -1,0 +1,326 @@
+package pubsub_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/embedwps/pubsub"
+)
+
+// recorder is an in-process event handler that records what it is called with.
+type recorder struct {
+	mu           sync.Mutex
+	connects     []*pubsub.ConnectRequest
+	connected    []pubsub.ConnectionContext
+	disconnected chan disconnectEvent
+	events       []*pubsub.UserEventRequest
+
+	onConnect func(*pubsub.ConnectRequest) (*pubsub.ConnectResponse, error)
+	onEvent   func(*pubsub.UserEventRequest) (*pubsub.UserEventResponse, error)
+}
+
+type disconnectEvent struct {
+	conn   pubsub.ConnectionContext
+	reason string
+}
+
+func newRecorder() *recorder { return &recorder{disconnected: make(chan disconnectEvent, 64)} }
+
+func (r *recorder) Connect(_ context.Context, req *pubsub.ConnectRequest) (*pubsub.ConnectResponse, error) {
+	r.mu.Lock()
+	r.connects = append(r.connects, req)
+	r.mu.Unlock()
+	if r.onConnect == nil {
+		return nil, pubsub.ErrNoEventHandler
+	}
+	return r.onConnect(req)
+}
+
+func (r *recorder) Connected(_ context.Context, c pubsub.ConnectionContext) {
+	r.mu.Lock()
+	r.connected = append(r.connected, c)
+	r.mu.Unlock()
+}
+
+func (r *recorder) Disconnected(_ context.Context, c pubsub.ConnectionContext, reason string) {
+	r.disconnected <- disconnectEvent{c, reason}
+}
+
+func (r *recorder) UserEvent(_ context.Context, req *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
+	r.mu.Lock()
+	r.events = append(r.events, req)
+	r.mu.Unlock()
+	if r.onEvent == nil {
+		return nil, pubsub.ErrNoEventHandler
+	}
+	return r.onEvent(req)
+}
+
+func (r *recorder) nextDisconnect(t *testing.T) disconnectEvent {
+	t.Helper()
+	select {
+	case d := <-r.disconnected:
+		return d
+	case <-timeAfter():
+		t.Fatal("no disconnected event")
+	}
+	return disconnectEvent{}
+}
+
+func strptr(s string) *string { return &s }
+
+func TestConnectEventRefuses(t *testing.T) {
+	rec := newRecorder()
+	rec.onConnect = func(req *pubsub.ConnectRequest) (*pubsub.ConnectResponse, error) {
+		switch req.UserID {
+		case "intruder":
+			return nil, pubsub.RejectConnect(http.StatusUnauthorized, "who are you")
+		case "banned":
+			return nil, pubsub.RejectConnect(http.StatusForbidden, "banned")
+		case "broken":
+			return nil, errors.New("database down")
+		}
+		return nil, nil
+	}
+	e := newEnv(t, pubsub.Config{EventHandler: rec})
+	for user, want := range map[string]int{"intruder": 401, "banned": 403, "broken": 500, "fine": 101} {
+		if got := handshakeStatus(t, e.url(pubsub.TokenOptions{UserID: user}), nil); got != want {
+			t.Errorf("%s: status %d, want %d", user, got, want)
+		}
+	}
+	if d := rec.nextDisconnect(t); d.conn.UserID != "fine" {
+		t.Fatalf("disconnected for %q: refused connections must not raise it", d.conn.UserID)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.connected) != 1 || rec.connected[0].UserID != "fine" {
+		t.Fatalf("connected events %v", rec.connected)
+	}
+}
+
+func TestConnectEventRequestAndOverrides(t *testing.T) {
+	rec := newRecorder()
+	rec.onConnect = func(req *pubsub.ConnectRequest) (*pubsub.ConnectResponse, error) {
+		return &pubsub.ConnectResponse{
+			UserID:          strptr("overridden"),
+			Groups:          []string{"from-handler"},
+			Roles:           []string{"webpubsub.sendToGroup.from-handler"},
+			Subprotocol:     "json.webpubsub.azure.v1",
+			ConnectionState: strptr("state-1"),
+		}, nil
+	}
+	rec.onEvent = func(req *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
+		return &pubsub.UserEventResponse{ConnectionState: strptr(req.ConnectionState + "+" + req.EventName)}, nil
+	}
+	e := newEnv(t, pubsub.Config{EventHandler: rec})
+	u := e.url(pubsub.TokenOptions{UserID: "token-user", Roles: []string{"webpubsub.joinLeaveGroup"}, Groups: []string{"from-token"}}) + "&foo=bar"
+	c := dial(t, u, http.Header{"X-Custom": {"yes"}}, "custom.one", "json.webpubsub.azure.v1")
+	m := c.nextJSON()
+	if m["userId"] != "overridden" || c.conn.SubProtocol() != "json.webpubsub.azure.v1" {
+		t.Fatalf("connected %v, subprotocol %q", m, c.conn.SubProtocol())
+	}
+	id := m["connectionId"].(string)
+
+	rec.mu.Lock()
+	req := rec.connects[0]
+	rec.mu.Unlock()
+	if req.UserID != "token-user" || req.ConnectionID != id || req.Hub != "chat" {
+		t.Fatalf("connect context %+v", req.ConnectionContext)
+	}
+	if req.Claims["sub"][0] != "token-user" || req.Claims["role"][0] != "webpubsub.joinLeaveGroup" || req.Claims["aud"][0] != e.srv.URL+"/client/hubs/chat" {
+		t.Fatalf("claims %v", req.Claims)
+	}
+	if req.Query["foo"][0] != "bar" || req.Query["access_token"] != nil {
+		t.Fatalf("query %v", req.Query)
+	}
+	if req.Headers["X-Custom"][0] != "yes" {
+		t.Fatalf("headers %v", req.Headers)
+	}
+	if strings.Join(req.Subprotocols, ",") != "custom.one,json.webpubsub.azure.v1" {
+		t.Fatalf("subprotocols %v", req.Subprotocols)
+	}
+
+	// The handler's groups and roles replaced the token's.
+	if ok, _ := e.hub.UserExists(t.Context(), "overridden"); !ok {
+		t.Fatal("user override not applied")
+	}
+	if ok, _ := e.hub.GroupExists(t.Context(), "from-token"); ok {
+		t.Fatal("token groups were not replaced")
+	}
+	if ok, _ := e.hub.GroupExists(t.Context(), "from-handler"); !ok {
+		t.Fatal("handler groups not joined")
+	}
+	c.send(`{"type":"joinGroup","group":"x","ackId":1}`)
+	c.expectAck(1, "Forbidden") // token role replaced
+	c.send(`{"type":"sendToGroup","group":"from-handler","ackId":2,"noEcho":true,"data":1}`)
+	c.expectAck(2, "")
+
+	// Connection state flows from the connect response into every later event.
+	c.send(`{"type":"event","event":"a","ackId":3,"data":1}`)
+	c.expectAck(3, "")
+	c.send(`{"type":"event","event":"b","ackId":4,"data":1}`)
+	c.expectAck(4, "")
+	rec.mu.Lock()
+	states := []string{rec.connected[0].ConnectionState, rec.events[0].ConnectionState, rec.events[1].ConnectionState}
+	rec.mu.Unlock()
+	if strings.Join(states, "|") != "state-1|state-1|state-1+a" {
+		t.Fatalf("states %v", states)
+	}
+	c.conn.WriteClose(1000, nil)
+	d := rec.nextDisconnect(t)
+	if d.conn.ConnectionID != id || d.conn.ConnectionState != "state-1+a+b" {
+		t.Fatalf("disconnected %+v", d)
+	}
+}
+
+func TestConnectEventBadSubprotocolChoice(t *testing.T) {
+	rec := newRecorder()
+	rec.onConnect = func(*pubsub.ConnectRequest) (*pubsub.ConnectResponse, error) {
+		return &pubsub.ConnectResponse{Subprotocol: "never.offered"}, nil
+	}
+	e := newEnv(t, pubsub.Config{EventHandler: rec})
+	if got := handshakeStatus(t, e.url(pubsub.TokenOptions{}), http.Header{"Sec-Websocket-Protocol": {"json.webpubsub.azure.v1"}}); got != 500 {
+		t.Fatalf("status %d, want 500", got)
+	}
+}
+
+func TestUnsupportedPredefinedSubprotocol(t *testing.T) {
+	e := newEnv(t, pubsub.Config{})
+	if got := handshakeStatus(t, e.url(pubsub.TokenOptions{}), http.Header{"Sec-Websocket-Protocol": {"protobuf.webpubsub.azure.v1"}}); got != 400 {
+		t.Fatalf("status %d, want 400", got)
+	}
+	// Offered together with a served one, the served one wins.
+	c := dial(t, e.url(pubsub.TokenOptions{}), nil, "protobuf.webpubsub.azure.v1", "json.webpubsub.azure.v1")
+	if c.conn.SubProtocol() != "json.webpubsub.azure.v1" {
+		t.Fatalf("negotiated %q", c.conn.SubProtocol())
+	}
+}
+
+func TestUserEvents(t *testing.T) {
+	rec := newRecorder()
+	rec.onEvent = func(req *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
+		switch string(req.Data) {
+		case "fail", `"fail"`:
+			return nil, errors.New("upstream failed")
+		case "silent", `"silent"`:
+			return nil, nil
+		case "\x00\x01":
+			return &pubsub.UserEventResponse{DataType: pubsub.DataTypeBinary, Data: []byte{7, 7}}, nil
+		}
+		return &pubsub.UserEventResponse{DataType: pubsub.DataTypeJSON, Data: []byte(`{"echo":` + quote(req.EventName) + `}`)}, nil
+	}
+	e := newEnv(t, pubsub.Config{EventHandler: rec})
+
+	t.Run("PubSub client: reply before the ack", func(t *testing.T) {
+		c, id := dialJSON(t, e.url(pubsub.TokenOptions{UserID: "u1"}))
+		c.send(`{"type":"event","event":"greet","ackId":1,"dataType":"text","data":"hello"}`)
+		if f := c.next(); string(f.data) != `{"type":"message","from":"server","dataType":"json","data":{"echo":"greet"}}` {
+			t.Fatalf("reply %s", f.data)
+		}
+		c.expectAck(1, "")
+		rec.mu.Lock()
+		got := rec.events[len(rec.events)-1]
+		rec.mu.Unlock()
+		if got.EventName != "greet" || got.DataType != pubsub.DataTypeText || string(got.Data) != "hello" || got.UserID != "u1" || got.ConnectionID != id {
+			t.Fatalf("event %+v", got)
+		}
+		c.send(`{"type":"event","event":"greet","ackId":2,"dataType":"binary","data":"AAE="}`)
+		if f := c.next(); string(f.data) != `{"type":"message","from":"server","dataType":"binary","data":"Bwc="}` {
+			t.Fatalf("binary reply %s", f.data)
+		}
+		c.expectAck(2, "")
+		c.send(`{"type":"event","event":"greet","ackId":3,"dataType":"text","data":"silent"}`)
+		c.expectAck(3, "") // no reply, just the ack
+		c.send(`{"type":"event","event":"greet","ackId":4,"dataType":"text","data":"fail"}`)
+		c.expectAck(4, "InternalServerError")
+		// Without ackId a failure is only logged; the connection stays.
+		c.send(`{"type":"event","event":"greet","dataType":"text","data":"fail"}`)
+		e.barrier(c, id)
+	})
+
+	t.Run("simple client: raw reply", func(t *testing.T) {
+		c := dial(t, e.url(pubsub.TokenOptions{UserID: "u2"}), nil)
+		c.send("hi")
+		if f := c.next(); f.binary || string(f.data) != `{"echo":"message"}` {
+			t.Fatalf("reply %v %q", f.binary, f.data)
+		}
+		c.sendBinary([]byte{0, 1})
+		if f := c.next(); !f.binary || string(f.data) != "\x07\x07" {
+			t.Fatalf("reply %v %q", f.binary, f.data)
+		}
+		rec.mu.Lock()
+		got := rec.events[len(rec.events)-1]
+		rec.mu.Unlock()
+		if got.EventName != "message" || got.DataType != pubsub.DataTypeBinary {
+			t.Fatalf("event %+v", got)
+		}
+		c.send("fail")
+		if info, _ := c.expectClose(); info.code != 1011 {
+			t.Fatalf("close %d, want 1011", info.code)
+		}
+	})
+}
+
+func TestSimpleClientWithoutHandlerIsClosed(t *testing.T) {
+	e := newEnv(t, pubsub.Config{})
+	c := dial(t, e.url(pubsub.TokenOptions{}), nil)
+	c.send("anyone?")
+	info, frames := c.expectClose()
+	if info.code != 1011 || len(frames) != 0 {
+		t.Fatalf("close %d with %d frames, want 1011 and no system message", info.code, len(frames))
+	}
+}
+
+func TestUserEventsOfOneConnectionAreHandledInOrder(t *testing.T) {
+	rec := newRecorder()
+	var mu sync.Mutex
+	inFlight := 0
+	rec.onEvent = func(req *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
+		mu.Lock()
+		inFlight++
+		parallel := inFlight > 1
+		mu.Unlock()
+		defer func() { mu.Lock(); inFlight--; mu.Unlock() }()
+		if parallel {
+			return nil, errors.New("two events of one connection ran in parallel")
+		}
+		return &pubsub.UserEventResponse{DataType: pubsub.DataTypeText, Data: req.Data}, nil
+	}
+	e := newEnv(t, pubsub.Config{EventHandler: rec})
+	c, _ := dialJSON(t, e.url(pubsub.TokenOptions{}))
+	const n = 200
+	for i := 1; i <= n; i++ {
+		c.send(`{"type":"event","event":"seq","ackId":` + itoa(i) + `,"dataType":"text","data":"` + itoa(i) + `"}`)
+	}
+	for i := 1; i <= n; i++ {
+		if m := c.nextJSON(); m["data"] != itoa(i) {
+			t.Fatalf("reply %d: %v", i, m)
+		}
+		c.expectAck(i, "")
+	}
+}
+
+func TestDisconnectedEventReasons(t *testing.T) {
+	rec := newRecorder()
+	e := newEnv(t, pubsub.Config{EventHandler: rec})
+	c, id := dialJSON(t, e.url(pubsub.TokenOptions{}))
+	if err := e.hub.CloseConnection(t.Context(), id, "bye now"); err != nil {
+		t.Fatal(err)
+	}
+	info, frames := c.expectClose()
+	if info.code != 1000 || info.reason != "bye now" || len(frames) != 1 || string(frames[0].data) != `{"type":"system","event":"disconnected","message":"bye now"}` {
+		t.Fatalf("close %+v, frames %d", info, len(frames))
+	}
+	if d := rec.nextDisconnect(t); d.reason != "bye now" || d.conn.ConnectionID != id {
+		t.Fatalf("disconnected %+v", d)
+	}
+	c2, _ := dialJSON(t, e.url(pubsub.TokenOptions{}))
+	c2.conn.WriteClose(1000, []byte("client done"))
+	if d := rec.nextDisconnect(t); d.reason != "client done" {
+		t.Fatalf("client close reason %q", d.reason)
+	}
+}
