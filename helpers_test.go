@@ -98,7 +98,8 @@ type client struct {
 	t      *testing.T
 	conn   *gws.Conn
 	frames chan frame
-	closed chan closeInfo
+	done   chan struct{} // closed when the connection is
+	info   closeInfo     // how it closed; read after done
 	once   sync.Once
 }
 
@@ -115,7 +116,7 @@ func (c *client) OnClose(_ *gws.Conn, err error) {
 	if errors.As(err, &ce) {
 		info = closeInfo{code: ce.Code, reason: string(ce.Reason)}
 	}
-	c.once.Do(func() { c.closed <- info; close(c.closed) })
+	c.once.Do(func() { c.info = info; close(c.done) })
 }
 
 // dial connects to url offering the subprotocols; it fails the test unless
@@ -131,12 +132,12 @@ func dial(t *testing.T, url string, header http.Header, subprotocols ...string) 
 		t.Fatalf("dial %s: %v (status %d)", url, err, status)
 	}
 	c.t = t
-	t.Cleanup(func() { c.conn.NetConn().Close(); <-c.closed })
+	t.Cleanup(func() { c.conn.NetConn().Close(); <-c.done })
 	return c
 }
 
 func tryDial(url string, header http.Header, subprotocols ...string) (*client, *http.Response, error) {
-	c := &client{frames: make(chan frame, 4096), closed: make(chan closeInfo, 1)}
+	c := &client{frames: make(chan frame, 4096), done: make(chan struct{})}
 	if header == nil {
 		header = http.Header{}
 	}
@@ -172,11 +173,13 @@ func (c *client) next() frame {
 	select {
 	case f := <-c.frames:
 		return f
-	case info, ok := <-c.closed:
-		if ok {
-			c.closed <- info // keep it for expectClose
+	case <-c.done:
+		select {
+		case f := <-c.frames: // frames that arrived before the close come first
+			return f
+		default:
 		}
-		c.t.Fatalf("connection closed (%d %q) while waiting for a frame", info.code, info.reason)
+		c.t.Fatalf("connection closed (%d %q) while waiting for a frame", c.info.code, c.info.reason)
 	case <-time.After(waitFor):
 		c.t.Fatal("timed out waiting for a frame")
 	}
@@ -239,13 +242,13 @@ func (c *client) expectClose() (closeInfo, []frame) {
 		select {
 		case f := <-c.frames:
 			got = append(got, f)
-		case info := <-c.closed:
+		case <-c.done:
 			for {
 				select {
 				case f := <-c.frames:
 					got = append(got, f)
 				default:
-					return info, got
+					return c.info, got
 				}
 			}
 		case <-time.After(waitFor):

@@ -264,13 +264,6 @@ func (s *Service) register(c *conn) bool {
 	return true
 }
 
-// unregistered is called once per registered connection, after its
-// disconnected event.
-func (s *Service) unregistered() {
-	s.connections.Add(-1)
-	s.conns.Done()
-}
-
 func (s *Service) isClosed() bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()

@@ -338,11 +338,12 @@ func (t *transport) OnClose(socket *gws.Conn, err error) {
 	c.outMu.Unlock()
 	c.closing.Store(true)
 	c.hub.unregister(c)
+	t.svc.connections.Add(-1)
 	if reason == "" {
 		reason = clientCloseReason(err)
 	}
 	t.svc.handler.Disconnected(context.Background(), c.context(), reason)
-	t.svc.unregistered()
+	t.svc.conns.Done() // Shutdown waits for the disconnected event too
 }
 
 // clientCloseReason describes a close the service did not initiate.
