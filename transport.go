@@ -170,8 +170,11 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 	}
 	c.lastSeen.Store(time.Now().UnixNano())
 	socket.Session().(*session).conn = c
+	// Hold the outbox until the connection is registered: the client must
+	// not see "connected" before the connection exists for the Go API, and
+	// no message may overtake "connected".
+	c.out.flushing = true
 	if kind != kindSimple {
-		// Queued before registration, so no message overtakes it.
 		c.send(c.encode(func(b []byte) []byte { return protocol.AppendConnected(b, userID, connID, "") }))
 	}
 	if !s.register(c) {
@@ -179,6 +182,7 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 		_ = socket.WriteClose(DisconnectServiceShutdown.Code, []byte(DisconnectServiceShutdown.Reason))
 		return
 	}
+	go c.flush()
 	go socket.ReadLoop()
 }
 
