@@ -90,7 +90,7 @@ func TestClientEndpointForms(t *testing.T) {
 		url  string
 		want int
 	}{
-		"hub name with a bad character": {e.wsURL() + "/client/hubs/ch@t?access_token=" + tok, http.StatusBadRequest},
+		"hub name with a bad character":  {e.wsURL() + "/client/hubs/ch@t?access_token=" + tok, http.StatusBadRequest},
 		"hub name starting with a digit": {e.wsURL() + "/client/hubs/1chat?access_token=" + tok, http.StatusBadRequest},
 		"hub name too long":              {e.wsURL() + "/client/hubs/" + strings.Repeat("a", 129) + "?access_token=" + tok, http.StatusBadRequest},
 		"no hub in the query form":       {e.wsURL() + "/client/?access_token=" + tok, http.StatusNotFound},

@@ -103,9 +103,9 @@ type client struct {
 	once   sync.Once
 }
 
-func (c *client) OnOpen(*gws.Conn)          {}
+func (c *client) OnOpen(*gws.Conn)             {}
 func (c *client) OnPing(s *gws.Conn, p []byte) { _ = s.WritePong(p) }
-func (c *client) OnPong(*gws.Conn, []byte)  {}
+func (c *client) OnPong(*gws.Conn, []byte)     {}
 func (c *client) OnMessage(_ *gws.Conn, m *gws.Message) {
 	c.frames <- frame{binary: m.Opcode == gws.OpcodeBinary, data: append([]byte(nil), m.Bytes()...)}
 	m.Close()
