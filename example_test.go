@@ -1,0 +1,29 @@
+package pubsub_test
+
+import (
+	"context"
+	"log"
+	"net/http"
+
+	"github.com/embedwps/pubsub"
+)
+
+// Embed the service in an application's own server, then broadcast from Go.
+func Example() {
+	svc, err := pubsub.New(pubsub.Config{
+		Endpoint:  "http://localhost:8080",
+		AccessKey: "my-access-key",
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/client/", svc.ClientHandler()) // WebSocket clients: /client/hubs/{hub}
+	go http.ListenAndServe("localhost:8080", mux)
+
+	url, _ := svc.ClientURL("chat", pubsub.TokenOptions{UserID: "alice", Roles: []string{"webpubsub.joinLeaveGroup"}})
+	log.Println("clients connect to", url)
+
+	chat, _ := svc.Hub("chat")
+	_ = chat.SendToGroup(context.Background(), "room", pubsub.TextMessage("hello"))
+}
