@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"runtime/debug"
 )
 
 // EventHandler is the event handler seam of Azure Web PubSub: the service
@@ -163,4 +165,41 @@ func (f EventHandlerFuncs) UserEvent(ctx context.Context, req *UserEventRequest)
 		return nil, ErrNoEventHandler
 	}
 	return f.OnUserEvent(ctx, req)
+}
+
+// guardedHandler turns a panic in the application's event handler into an
+// error for the one connection concerned, so that it never takes the process
+// down.
+type guardedHandler struct {
+	h   EventHandler
+	log *slog.Logger
+}
+
+func (g guardedHandler) recover(event string, err *error) {
+	if r := recover(); r != nil {
+		g.log.Error("event handler panicked", "event", event, "panic", r, "stack", string(debug.Stack()))
+		if err != nil {
+			*err = fmt.Errorf("pubsub: the %s event handler panicked: %v", event, r)
+		}
+	}
+}
+
+func (g guardedHandler) Connect(ctx context.Context, req *ConnectRequest) (resp *ConnectResponse, err error) {
+	defer g.recover("connect", &err)
+	return g.h.Connect(ctx, req)
+}
+
+func (g guardedHandler) Connected(ctx context.Context, conn ConnectionContext) {
+	defer g.recover("connected", nil)
+	g.h.Connected(ctx, conn)
+}
+
+func (g guardedHandler) Disconnected(ctx context.Context, conn ConnectionContext, reason string) {
+	defer g.recover("disconnected", nil)
+	g.h.Disconnected(ctx, conn, reason)
+}
+
+func (g guardedHandler) UserEvent(ctx context.Context, req *UserEventRequest) (resp *UserEventResponse, err error) {
+	defer g.recover("user", &err)
+	return g.h.UserEvent(ctx, req)
 }

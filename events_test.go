@@ -324,3 +324,25 @@ func TestDisconnectedEventReasons(t *testing.T) {
 		t.Fatalf("client close reason %q", d.reason)
 	}
 }
+
+func TestPanickingEventHandlerHurtsOnlyItsConnection(t *testing.T) {
+	e := newEnv(t, pubsub.Config{EventHandler: pubsub.EventHandlerFuncs{
+		OnConnect: func(_ context.Context, req *pubsub.ConnectRequest) (*pubsub.ConnectResponse, error) {
+			if req.UserID == "boom" {
+				panic("connect bug")
+			}
+			return nil, nil
+		},
+		OnUserEvent: func(context.Context, *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
+			panic("user event bug")
+		},
+		OnDisconnected: func(context.Context, pubsub.ConnectionContext, string) { panic("disconnected bug") },
+	}})
+	if got := handshakeStatus(t, e.url(pubsub.TokenOptions{UserID: "boom"}), nil); got != 500 {
+		t.Fatalf("panicking connect: status %d, want 500", got)
+	}
+	c, id := dialJSON(t, e.url(pubsub.TokenOptions{}))
+	c.send(`{"type":"event","event":"e","ackId":1,"data":1}`)
+	c.expectAck(1, "InternalServerError")
+	e.barrier(c, id)
+}

@@ -122,9 +122,10 @@ type Service struct {
 	// mu orders registration against Shutdown: a connection is registered
 	// under a read lock, and Shutdown sets closed under the write lock, so it
 	// sees every registered connection.
-	mu     sync.RWMutex
-	closed bool
-	conns  sync.WaitGroup
+	mu       sync.RWMutex
+	closed   bool
+	shutdown atomic.Bool // closed, readable without the lock on hot paths
+	conns    sync.WaitGroup
 
 	keepAliveOnce sync.Once
 	stopKeepAlive chan struct{}
@@ -175,6 +176,7 @@ func New(cfg Config) (*Service, error) {
 	if s.handler == nil {
 		s.handler = EventHandlerFuncs{}
 	}
+	s.handler = guardedHandler{h: s.handler, log: s.log}
 	if s.broker == nil {
 		s.broker = &localBroker{}
 	}
@@ -225,6 +227,7 @@ func (s *Service) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	already := s.closed
 	s.closed = true
+	s.shutdown.Store(true)
 	s.mu.Unlock()
 	if !already {
 		s.keepAliveOnce.Do(func() { close(s.keepAliveDone) }) // never started: nothing to wait for
@@ -264,11 +267,7 @@ func (s *Service) register(c *conn) bool {
 	return true
 }
 
-func (s *Service) isClosed() bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.closed
-}
+func (s *Service) isClosed() bool { return s.shutdown.Load() }
 
 func (s *Service) eachConn(f func(*conn)) {
 	s.hubs.Range(func(_ string, h *Hub) bool {
