@@ -1,0 +1,124 @@
+// Package filter parses and evaluates the OData filters of Azure Web PubSub's
+// REST API (rest-api.md §6): expressions over a connection's userId,
+// connectionId, groups and protocol, such as
+//
+//	userId in ('user1', 'user2') and 'group1' in groups
+//
+// A filter is parsed and type-checked once (Parse), then evaluated per
+// connection at send time (Match). No I/O; the parser is fuzzed.
+package filter
+
+import (
+	"fmt"
+	"strings"
+)
+
+// MaxDepth bounds the nesting of an expression, as Azure's emulator does.
+const MaxDepth = 100
+
+// Connection is what a filter can see of a connection.
+type Connection interface {
+	ConnectionID() string
+	// UserID returns the user id, or "" for an anonymous connection (null).
+	UserID() string
+	// Protocol returns the subprotocol, or "" for none (null).
+	Protocol() string
+	InGroup(group string) bool
+	GroupCount() int
+}
+
+// Filter is a parsed, type-checked filter.
+type Filter struct {
+	src  string
+	eval func(Connection) value
+}
+
+// String returns the filter's source.
+func (f *Filter) String() string { return f.src }
+
+// Match reports whether the filter selects c.
+func (f *Filter) Match(c Connection) bool {
+	v := f.eval(c)
+	return v.kind == kBool && v.b
+}
+
+// Error is a syntax or type error, with the byte offset in the filter where
+// it was found.
+type Error struct {
+	Pos int
+	Msg string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("invalid filter at position %d: %s", e.Pos, e.Msg)
+}
+
+// Parse parses and type-checks a filter. The result must be a boolean
+// expression.
+func Parse(src string) (*Filter, error) {
+	p := &parser{src: src}
+	if err := p.lex(); err != nil {
+		return nil, err
+	}
+	if len(p.toks) == 1 {
+		return nil, &Error{0, "the filter is empty"}
+	}
+	e, err := p.parseOr()
+	if err != nil {
+		return nil, err
+	}
+	if t := p.peek(); t.kind != tEOF {
+		return nil, p.errorf(t, "unexpected %s", t.describe())
+	}
+	if e.typ != kBool {
+		return nil, &Error{0, fmt.Sprintf("the filter is of type %s, not a boolean", e.typ)}
+	}
+	return &Filter{src: src, eval: e.eval}, nil
+}
+
+// kind is the static and dynamic type of a value.
+type kind uint8
+
+const (
+	kNull kind = iota
+	kBool
+	kInt
+	kString
+	kCollection // groups
+)
+
+func (k kind) String() string {
+	return [...]string{"null", "bool", "int", "string", "collection"}[k]
+}
+
+// value is a dynamic value: a string typed expression may be null at run time.
+type value struct {
+	kind kind
+	b    bool
+	i    int64
+	s    string
+}
+
+var (
+	null      = value{}
+	boolTrue  = value{kind: kBool, b: true}
+	boolFalse = value{kind: kBool}
+)
+
+func boolValue(b bool) value {
+	if b {
+		return boolTrue
+	}
+	return boolFalse
+}
+
+// expr is a compiled sub-expression: its static type and its evaluator.
+// String-typed expressions may evaluate to null.
+type expr struct {
+	typ  kind
+	pos  int
+	eval func(Connection) value
+}
+
+// lowerASCII folds keywords and identifiers.
+func lowerASCII(s string) string { return strings.ToLower(s) }

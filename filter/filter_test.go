@@ -1,0 +1,176 @@
+package filter
+
+import (
+	"errors"
+	"slices"
+	"testing"
+)
+
+type conn struct {
+	id, user, protocol string
+	groups             []string
+}
+
+func (c conn) ConnectionID() string  { return c.id }
+func (c conn) UserID() string        { return c.user }
+func (c conn) Protocol() string      { return c.protocol }
+func (c conn) InGroup(g string) bool { return slices.Contains(c.groups, g) }
+func (c conn) GroupCount() int       { return len(c.groups) }
+
+var conns = []conn{
+	{id: "c1", user: "user1", protocol: "json.webpubsub.azure.v1", groups: []string{"group1"}},
+	{id: "c2", user: "user2", groups: []string{"group1", "group2"}},
+	{id: "c3", user: "user'1"},
+	{id: "123", user: "Listener-Alpha", groups: []string{"group3"}},
+	{id: "c5"}, // anonymous
+	{id: "c6", user: "abcdefgh", groups: []string{"a", "b", "c"}},
+}
+
+// matching returns the ids of the connections f selects.
+func matching(t *testing.T, src string) []string {
+	t.Helper()
+	f, err := Parse(src)
+	if err != nil {
+		t.Fatalf("%s: %v", src, err)
+	}
+	var ids []string
+	for _, c := range conns {
+		if f.Match(c) {
+			ids = append(ids, c.id)
+		}
+	}
+	return ids
+}
+
+func TestFilters(t *testing.T) {
+	cases := []struct {
+		src  string
+		want []string
+	}{
+		// The documentation's examples.
+		{`'group1' in groups or 'group2' in groups or 'group3' in groups`, []string{"c1", "c2", "123"}},
+		{`userId in ('user1', 'user2', 'user3') and 'group1' in groups`, []string{"c1", "c2"}},
+		{`userId eq 'user1' and connectionId ne '123'`, []string{"c1"}},
+		{`userId eq 'user1' and (not ('group1' in groups))`, nil},
+		{`userId eq 'user''1'`, []string{"c3"}},
+		{`length(userId) gt 0 and length(userId) lt 3 or length(userId) gt 7 and length(userId) lt 10`, []string{"c6"}},
+		// Nulls.
+		{`userId eq null`, []string{"c5"}},
+		{`userId ne null`, []string{"c1", "c2", "c3", "123", "c6"}},
+		{`null eq null`, []string{"c1", "c2", "c3", "123", "c5", "c6"}},
+		{`length(userId) gt 0`, []string{"c1", "c2", "c3", "123", "c6"}},
+		{`not (length(userId) gt 0)`, []string{"c5"}},
+		{`startswith(userId, 'user')`, []string{"c1", "c2", "c3"}},
+		{`indexof(userId, 'x') eq -1`, []string{"c1", "c2", "c3", "123", "c5", "c6"}},
+		{`protocol eq 'json.webpubsub.azure.v1'`, []string{"c1"}},
+		{`protocol eq null and userId ne null`, []string{"c2", "c3", "123", "c6"}},
+		// String functions.
+		{`startswith(tolower(userId), 'listener-')`, []string{"123"}},
+		{`toupper(userId) eq 'USER2'`, []string{"c2"}},
+		{`endswith(userId, '2') or contains(userId, 'def')`, []string{"c2", "c6"}},
+		{`trim(concat(' ', userId)) eq 'user1'`, []string{"c1"}},
+		{`substring(userId, 1) eq 'ser1'`, []string{"c1"}},
+		{`substring(userId, 0, 4) eq 'abcd'`, []string{"c6"}},
+		{`substring(userId, 99) eq ''`, []string{"c1", "c2", "c3", "123", "c6"}},
+		{`substring(userId, 2, 9223372036854775807) eq 'cdefgh'`, []string{"c6"}},
+		{`indexof(userId, 'def') eq 3`, []string{"c6"}},
+		// Collections, lists, literals, precedence, case.
+		{`length(groups) gt 1`, []string{"c2", "c6"}},
+		{`length(groups) eq 0`, []string{"c3", "c5"}},
+		{`'a' in (groups)`, []string{"c6"}},
+		{`connectionId in ('c1', '123')`, []string{"c1", "123"}},
+		{`true`, []string{"c1", "c2", "c3", "123", "c5", "c6"}},
+		{`false or userId eq 'user2'`, []string{"c2"}},
+		{`userId eq 'user1' or userId eq 'user2' and 'group2' in groups`, []string{"c1", "c2"}},
+		{`(userId eq 'user1' or userId eq 'user2') and 'group2' in groups`, []string{"c2"}},
+		{`not not true and false`, nil},
+		{`UserId EQ 'user1' AND 'group1' IN Groups`, []string{"c1"}},
+		{`1 lt 2`, []string{"c1", "c2", "c3", "123", "c5", "c6"}},
+		{`-1 lt +1 and 10 ge 10`, []string{"c1", "c2", "c3", "123", "c5", "c6"}},
+		{`((((userId eq 'user2'))))`, []string{"c2"}},
+	}
+	for _, tc := range cases {
+		if got := matching(t, tc.src); !slices.Equal(got, tc.want) {
+			t.Errorf("%s\n got %v\nwant %v", tc.src, got, tc.want)
+		}
+	}
+}
+
+func TestInvalidFilters(t *testing.T) {
+	cases := []struct {
+		src string
+		pos int
+	}{
+		{``, 0},
+		{`   `, 0},
+		{`userId`, 0},                    // not a boolean
+		{`userId eq`, 9},                 // missing operand
+		{`userId eq 'a`, 10},             // unterminated string
+		{`userId == 'a'`, 7},             // not an operator
+		{`not length(userId) gt 5`, 0},   // not binds tighter than gt
+		{`userId eq 1`, 7},               // string vs int
+		{`userId gt 'a'`, 7},             // ordering needs integers
+		{`'a' in userId`, 7},             // in needs a list or groups
+		{`groups eq 'a'`, 7},             // collections do not compare
+		{`unknown eq 'a'`, 0},            // unknown identifier
+		{`frobnicate(userId)`, 0},        // unknown function
+		{`startswith(userId)`, 0},        // arity
+		{`substring(userId, 'a')`, 0},    // argument type
+		{`length(1)`, 0},                 // argument type
+		{`userId eq 'a' and 1`, 14},      // and needs booleans
+		{`userId eq 'a' or`, 16},         // dangling or
+		{`(userId eq 'a'`, 14},           // unclosed paren
+		{`userId eq 'a')`, 13},           // stray paren
+		{`userId eq 'a' userId`, 14},     // trailing tokens
+		{`99999999999999999999 eq 1`, 0}, // integer overflow
+		{`userId eq 'a' # comment`, 14},  // bad character
+		{`1 in groups`, 2},               // only strings are in groups
+		{`userId in ('a', 1)`, 7},        // list item type
+	}
+	for _, tc := range cases {
+		_, err := Parse(tc.src)
+		var fe *Error
+		if !errors.As(err, &fe) {
+			t.Errorf("%q: err %v, want *Error", tc.src, err)
+			continue
+		}
+		if fe.Pos != tc.pos {
+			t.Errorf("%q: error at %d (%s), want %d", tc.src, fe.Pos, fe.Msg, tc.pos)
+		}
+	}
+	deep := ""
+	for i := 0; i < MaxDepth+1; i++ {
+		deep += "("
+	}
+	if _, err := Parse(deep + "true"); err == nil {
+		t.Error("a filter nested deeper than MaxDepth was accepted")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{
+		`'group1' in groups or 'group2' in groups`,
+		`userId in ('user1', 'user2') and 'group1' in groups`,
+		`userId eq 'user''1' and connectionId ne '123'`,
+		`not (length(userId) gt 5)`,
+		`substring(tolower(userId), 1, 2) eq 'se' or indexof(userId, 'x') ge 0`,
+		`startswith(concat(userId, trim(' a ')), 'u') and length(groups) le 3`,
+		`protocol eq null or endswith(toupper(userId), 'X') or contains(userId, '''')`,
+		`((true))`,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, src string) {
+		flt, err := Parse(src)
+		if err != nil {
+			var fe *Error
+			if !errors.As(err, &fe) || fe.Pos < 0 || fe.Pos > len(src) {
+				t.Fatalf("%q: bad error %v", src, err)
+			}
+			return
+		}
+		for _, c := range conns {
+			flt.Match(c)
+		}
+	})
+}

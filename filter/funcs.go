@@ -1,0 +1,167 @@
+package filter
+
+import "strings"
+
+// function describes a built-in function: its argument types and result.
+type function struct {
+	args   []kind // kString arguments also take null
+	result kind
+	// apply gets the evaluated arguments; string arguments may be null.
+	apply func(c Connection, args []value) value
+}
+
+func stringFn(f func(string) string) function {
+	return function{args: []kind{kString}, result: kString, apply: func(_ Connection, a []value) value {
+		if a[0].kind != kString {
+			return null
+		}
+		return value{kind: kString, s: f(a[0].s)}
+	}}
+}
+
+func predicate(f func(s, p string) bool) function {
+	return function{args: []kind{kString, kString}, result: kBool, apply: func(_ Connection, a []value) value {
+		if a[0].kind != kString || a[1].kind != kString {
+			return boolFalse
+		}
+		return boolValue(f(a[0].s, a[1].s))
+	}}
+}
+
+var functions = map[string]function{
+	"tolower":    stringFn(strings.ToLower),
+	"toupper":    stringFn(strings.ToUpper),
+	"trim":       stringFn(strings.TrimSpace),
+	"startswith": predicate(strings.HasPrefix),
+	"endswith":   predicate(strings.HasSuffix),
+	"contains":   predicate(strings.Contains),
+	"concat": {args: []kind{kString, kString}, result: kString, apply: func(_ Connection, a []value) value {
+		if a[0].kind != kString || a[1].kind != kString {
+			return null
+		}
+		return value{kind: kString, s: a[0].s + a[1].s}
+	}},
+	"indexof": {args: []kind{kString, kString}, result: kInt, apply: func(_ Connection, a []value) value {
+		if a[0].kind != kString || a[1].kind != kString {
+			return value{kind: kInt, i: -1}
+		}
+		i := strings.Index(a[0].s, a[1].s)
+		if i > 0 {
+			i = len([]rune(a[0].s[:i])) // a character index, not a byte index
+		}
+		return value{kind: kInt, i: int64(i)}
+	}},
+}
+
+// parseCall parses name(args…) after the name.
+func (p *parser) parseCall(name token) (*expr, error) {
+	open := p.next() // '('
+	if err := p.enter(open); err != nil {
+		return nil, err
+	}
+	var args []*expr
+	if p.peek().kind != tRParen {
+		for {
+			a, err := p.parseOr()
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, a)
+			if p.peek().kind != tComma {
+				break
+			}
+			p.next()
+		}
+	}
+	if _, err := p.expect(tRParen, "')' or ','"); err != nil {
+		return nil, err
+	}
+	p.leave()
+
+	switch name.text {
+	case "length":
+		return p.length(name, args)
+	case "substring":
+		return p.substring(name, args)
+	}
+	fn, ok := functions[name.text]
+	if !ok {
+		return nil, p.errorf(name, "unknown function '%s'", name.raw)
+	}
+	if len(args) != len(fn.args) {
+		return nil, p.errorf(name, "%s takes %d arguments, found %d", name.raw, len(fn.args), len(args))
+	}
+	for i, a := range args {
+		if a.typ != fn.args[i] && a.typ != kNull {
+			return nil, p.errorf(name, "argument %d of %s must be a %s, found %s", i+1, name.raw, fn.args[i], a.typ)
+		}
+	}
+	return call(name.pos, fn.result, args, fn.apply), nil
+}
+
+func call(pos int, result kind, args []*expr, apply func(Connection, []value) value) *expr {
+	evals := make([]func(Connection) value, len(args))
+	for i, a := range args {
+		evals[i] = a.eval
+	}
+	return &expr{typ: result, pos: pos, eval: func(c Connection) value {
+		var buf [3]value
+		vals := buf[:len(evals)]
+		for i, e := range evals {
+			vals[i] = e(c)
+		}
+		return apply(c, vals)
+	}}
+}
+
+// length takes a string (characters; null stays null) or the groups
+// collection (how many groups the connection is in).
+func (p *parser) length(name token, args []*expr) (*expr, error) {
+	if len(args) != 1 {
+		return nil, p.errorf(name, "length takes 1 argument, found %d", len(args))
+	}
+	switch args[0].typ {
+	case kCollection:
+		return &expr{typ: kInt, pos: name.pos, eval: func(c Connection) value {
+			return value{kind: kInt, i: int64(c.GroupCount())}
+		}}, nil
+	case kString, kNull:
+		return call(name.pos, kInt, args, func(_ Connection, a []value) value {
+			if a[0].kind != kString {
+				return null
+			}
+			return value{kind: kInt, i: int64(len([]rune(a[0].s)))}
+		}), nil
+	}
+	return nil, p.errorf(name, "length takes a string or groups, found %s", args[0].typ)
+}
+
+// substring(s, start[, length]) counts characters; out-of-range bounds are
+// clamped rather than failing the whole send.
+func (p *parser) substring(name token, args []*expr) (*expr, error) {
+	if len(args) != 2 && len(args) != 3 {
+		return nil, p.errorf(name, "substring takes 2 or 3 arguments, found %d", len(args))
+	}
+	if args[0].typ != kString && args[0].typ != kNull {
+		return nil, p.errorf(name, "argument 1 of substring must be a string, found %s", args[0].typ)
+	}
+	for i, a := range args[1:] {
+		if a.typ != kInt {
+			return nil, p.errorf(name, "argument %d of substring must be an integer, found %s", i+2, a.typ)
+		}
+	}
+	return call(name.pos, kString, args, func(_ Connection, a []value) value {
+		if a[0].kind != kString || a[1].kind != kInt || len(a) == 3 && a[2].kind != kInt {
+			return null
+		}
+		r := []rune(a[0].s)
+		start := clamp(a[1].i, 0, int64(len(r)))
+		end := int64(len(r))
+		if len(a) == 3 && max(a[2].i, 0) < end-start {
+			end = start + max(a[2].i, 0)
+		}
+		return value{kind: kString, s: string(r[start:end])}
+	}), nil
+}
+
+func clamp(v, lo, hi int64) int64 { return min(max(v, lo), hi) }
