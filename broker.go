@@ -1,6 +1,11 @@
 package pubsub
 
-import "context"
+import (
+	"context"
+	"fmt"
+
+	"github.com/embedwps/pubsub/filter"
+)
 
 // Op is a hub operation that a Broker carries to every process of a service.
 type Op uint8
@@ -32,6 +37,26 @@ type Command struct {
 	FromUserID string `json:"fromUserId,omitempty"`
 	// Reason is the reason of a close.
 	Reason string `json:"reason,omitempty"`
+	// Filter is an OData filter (rest-api.md §6) that recipients must match.
+	Filter string `json:"filter,omitempty"`
+	// ExpiresAt, in Unix nanoseconds, drops the message for any connection
+	// that has not been written it by then (messageTtlSeconds). 0: never.
+	ExpiresAt int64 `json:"expiresAt,omitempty"`
+
+	filter *filter.Filter // Filter, compiled once per process
+}
+
+// compile parses the command's filter unless it already was.
+func (cmd *Command) compile() error {
+	if cmd.Filter == "" || cmd.filter != nil {
+		return nil
+	}
+	f, err := filter.Parse(cmd.Filter)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidFilter, err)
+	}
+	cmd.filter = f
+	return nil
 }
 
 // Broker sits between the Go API and local delivery. The default delivers in

@@ -15,10 +15,14 @@ func (s *Service) apply(cmd *Command) {
 	if !ok {
 		return // no connection of this hub ever came to this process
 	}
+	if err := cmd.compile(); err != nil { // a command from another process
+		s.log.Error("dropping a broker command with an invalid filter", "err", err)
+		return
+	}
 	switch cmd.Op {
 	case OpSendToAll, OpSendToGroup, OpSendToUser, OpSendToConnection:
 		d := delivery{cmd: cmd}
-		h.selectConns(cmd, func(c *conn) { c.send(d.frame(c.kind)) })
+		h.selectConns(cmd, func(c *conn) { c.enqueue(d.frame(c.kind), cmd.ExpiresAt) })
 	case OpCloseAll, OpCloseGroup, OpCloseUser, OpCloseConnection:
 		reason := DisconnectClosedByAppServer
 		if cmd.Reason != "" {
@@ -31,14 +35,15 @@ func (s *Service) apply(cmd *Command) {
 }
 
 // selectConns calls f for each connection a command addresses, minus the
-// excluded ones.
+// excluded ones and those its filter does not match.
 func (h *Hub) selectConns(cmd *Command, f func(*conn)) {
 	each := f
-	if len(cmd.Excluded) > 0 {
+	if len(cmd.Excluded) > 0 || cmd.filter != nil {
 		each = func(c *conn) {
-			if !slices.Contains(cmd.Excluded, c.id) {
-				f(c)
+			if slices.Contains(cmd.Excluded, c.id) || cmd.filter != nil && !cmd.filter.Match(ConnectionInfo{c}) {
+				return
 			}
+			f(c)
 		}
 	}
 	switch cmd.Op {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/puzpuzpuz/xsync/v3"
 )
@@ -69,6 +70,24 @@ func Excluding(connectionIDs ...string) SendOption {
 	return func(cmd *Command) { cmd.Excluded = append(cmd.Excluded, connectionIDs...) }
 }
 
+// WithFilter sends only to the connections matching an OData filter
+// (rest-api.md §6), such as "userId ne 'bob' and 'vip' in groups". An invalid
+// filter makes the send fail with ErrInvalidFilter, wrapping a *filter.Error
+// that gives the position.
+func WithFilter(odata string) SendOption {
+	return func(cmd *Command) { cmd.Filter = odata }
+}
+
+// WithTTL drops the message for every connection to which it could not be
+// written within ttl (messageTtlSeconds), rather than delivering it late.
+func WithTTL(ttl time.Duration) SendOption {
+	return func(cmd *Command) {
+		if ttl > 0 {
+			cmd.ExpiresAt = time.Now().Add(ttl).UnixNano()
+		}
+	}
+}
+
 func (h *Hub) send(ctx context.Context, op Op, target string, msg Message, opts []SendOption) error {
 	if err := msg.validate(); err != nil {
 		return err
@@ -76,6 +95,9 @@ func (h *Hub) send(ctx context.Context, op Op, target string, msg Message, opts 
 	cmd := &Command{Op: op, Hub: h.name, Target: target, Message: msg}
 	for _, o := range opts {
 		o(cmd)
+	}
+	if err := cmd.compile(); err != nil {
+		return err
 	}
 	return h.publish(ctx, cmd)
 }
@@ -257,12 +279,22 @@ func (i ConnectionInfo) ConnectionID() string { return i.c.id }
 // UserID returns the connection's user id, empty when anonymous.
 func (i ConnectionInfo) UserID() string { return i.c.userID }
 
+// Protocol returns the connection's subprotocol, empty for none.
+func (i ConnectionInfo) Protocol() string { return i.c.subprotocol }
+
 // InGroup reports whether the connection is in group now.
 func (i ConnectionInfo) InGroup(group string) bool {
 	i.c.mu.Lock()
 	defer i.c.mu.Unlock()
 	_, ok := i.c.groups[group]
 	return ok
+}
+
+// GroupCount returns how many groups the connection is in now.
+func (i ConnectionInfo) GroupCount() int {
+	i.c.mu.Lock()
+	defer i.c.mu.Unlock()
+	return len(i.c.groups)
 }
 
 // Groups returns the groups the connection is in now, sorted.

@@ -14,7 +14,10 @@ import (
 // writes everything queued in one writev, so a burst to one connection costs
 // one syscall, and an idle connection holds no goroutine.
 type outbox struct {
-	frames   [][]byte
+	frames [][]byte
+	// expires holds each queued frame's deadline (Unix nanoseconds, 0 for
+	// none), or is nil while no queued frame has one.
+	expires  []int64
 	spare    [][]byte
 	size     int  // bytes queued or being written
 	flushing bool // a flush goroutine is running
@@ -22,10 +25,14 @@ type outbox struct {
 	closeReq *Disconnect
 }
 
-// send queues one frame for c. When the frames queued or in flight would
-// exceed the outbound buffer, c is a slow client: its queue is dropped and it
-// is closed, and no sender waits for it.
-func (c *conn) send(frame []byte) {
+// send queues one frame for c.
+func (c *conn) send(frame []byte) { c.enqueue(frame, 0) }
+
+// enqueue queues one frame for c, to be dropped if it is not written by
+// deadline (Unix nanoseconds; 0: never). When the frames queued or in flight
+// would exceed the outbound buffer, c is a slow client: its queue is dropped
+// and it is closed, and no sender waits for it.
+func (c *conn) enqueue(frame []byte, deadline int64) {
 	o := &c.out
 	c.outMu.Lock()
 	if o.closed || o.closeReq != nil {
@@ -41,12 +48,19 @@ func (c *conn) send(frame []byte) {
 		}
 		clear(o.frames)
 		o.frames = o.frames[:0]
+		o.expires = nil
 		o.closeReq = &c.disconnect
 		c.outMu.Unlock()
 		c.hub.svc.log.Warn("closing a slow client", "hub", c.hub.name, "connectionId", c.id)
 		return // the running flush writes the close frame when its write returns
 	}
+	if deadline != 0 && o.expires == nil {
+		o.expires = make([]int64, len(o.frames), cap(o.frames))
+	}
 	o.frames = append(o.frames, frame)
+	if o.expires != nil {
+		o.expires = append(o.expires, deadline)
+	}
 	o.size += len(frame)
 	start := !o.flushing
 	o.flushing = true
@@ -101,10 +115,14 @@ func (c *conn) flush() {
 			}
 			return
 		}
-		o.frames = o.spare[:0]
+		expires := o.expires
+		o.frames, o.expires = o.spare[:0], nil
 		c.outMu.Unlock()
 
 		n := 0
+		if expires != nil {
+			batch, n = dropExpired(batch, expires)
+		}
 		for _, f := range batch {
 			n += len(f)
 		}
@@ -114,7 +132,7 @@ func (c *conn) flush() {
 
 		c.outMu.Lock()
 		o.size -= n
-		clear(batch)
+		clear(batch[:cap(batch)])
 		o.spare = batch[:0]
 		c.outMu.Unlock()
 		if err != nil {
@@ -124,13 +142,28 @@ func (c *conn) flush() {
 	}
 }
 
+// dropExpired removes the frames whose deadline has passed, in place, and
+// returns the rest with the number of bytes dropped.
+func dropExpired(batch [][]byte, expires []int64) ([][]byte, int) {
+	now := time.Now().UnixNano()
+	kept, dropped := batch[:0], 0
+	for i, f := range batch {
+		if expires[i] != 0 && now > expires[i] {
+			dropped += len(f)
+			continue
+		}
+		kept = append(kept, f)
+	}
+	return kept, dropped
+}
+
 // abort drops c's connection without a close frame: a write failed, or
 // Shutdown ran out of time.
 func (c *conn) abort() {
 	c.outMu.Lock()
 	c.out.closed = true
 	clear(c.out.frames)
-	c.out.frames = nil
+	c.out.frames, c.out.expires = nil, nil
 	c.outMu.Unlock()
 	_ = c.socket.NetConn().Close()
 }

@@ -33,6 +33,7 @@ var (
 	ErrInvalidUser        = errors.New("pubsub: invalid user id")
 	ErrInvalidConnection  = errors.New("pubsub: invalid connection id")
 	ErrInvalidMessage     = errors.New("pubsub: invalid message")
+	ErrInvalidFilter      = errors.New("pubsub: invalid filter")
 	ErrInvalidPermission  = errors.New("pubsub: invalid permission")
 	ErrTooManyPermissions = errors.New("pubsub: too many permission rules for the connection")
 	ErrConnectionNotFound = errors.New("pubsub: connection not found")
