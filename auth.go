@@ -51,14 +51,8 @@ func (s *Service) authenticateClient(r *http.Request, hub string) (*identity, er
 	if raw == "" {
 		return nil, errNoToken
 	}
-	claims := jwt.MapClaims{}
-	parser := jwt.NewParser(
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
-		jwt.WithLeeway(s.cfg.ClockSkew),
-		jwt.WithExpirationRequired(),
-		jwt.WithIssuedAt(),
-	)
-	if _, err := parser.ParseWithClaims(raw, claims, s.verificationKeys); err != nil {
+	claims, err := s.parseToken(raw)
+	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errInvalidToken, err)
 	}
 	auds, err := claims.GetAudience()
@@ -79,6 +73,20 @@ func (s *Service) authenticateClient(r *http.Request, hub string) (*identity, er
 		}
 	}
 	return id, nil
+}
+
+// parseToken verifies a token's signature and lifetime: HS256 only, with the
+// primary or secondary key, exp required, nbf and iat within ClockSkew.
+func (s *Service) parseToken(raw string) (jwt.MapClaims, error) {
+	claims := jwt.MapClaims{}
+	parser := jwt.NewParser(
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithLeeway(s.cfg.ClockSkew),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+	)
+	_, err := parser.ParseWithClaims(raw, claims, s.verificationKeys)
+	return claims, err
 }
 
 func (s *Service) verificationKeys(*jwt.Token) (any, error) {
@@ -222,3 +230,30 @@ func (s *Service) ClientURL(hub string, opts TokenOptions) (string, error) {
 	u.Scheme = strings.Replace(u.Scheme, "http", "ws", 1)
 	return u.String() + "/client/hubs/" + url.PathEscape(strings.ToLower(hub)) + "?access_token=" + url.QueryEscape(token), nil
 }
+
+// ErrUnauthorized is returned by ValidateToken.
+var ErrUnauthorized = errors.New("pubsub: unauthorized")
+
+// ValidateToken checks a server access token, as the REST API receives it:
+// HS256 signed with the primary or secondary key, exp required, nbf and iat
+// checked when present (with ClockSkew), and an aud that audience accepts.
+// Every failure wraps ErrUnauthorized.
+func (s *Service) ValidateToken(raw string, audience func(aud string) bool) error {
+	claims, err := s.parseToken(raw)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrUnauthorized, err)
+	}
+	auds, err := claims.GetAudience()
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrUnauthorized, err)
+	}
+	for _, a := range auds {
+		if audience(a) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: the token's audience is not this request", ErrUnauthorized)
+}
+
+// Endpoint returns the service's public base URL, without a trailing slash.
+func (s *Service) Endpoint() string { return s.endpoint.String() }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/internal/wstest"
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -61,7 +62,7 @@ func TestClientTokenValidation(t *testing.T) {
 			} else if tc.token != "" {
 				u += "?access_token=" + url.QueryEscape(tc.token)
 			}
-			if got := handshakeStatus(t, u, h); got != tc.want {
+			if got := wstest.HandshakeStatus(t, u, h); got != tc.want {
 				t.Fatalf("status %d, want %d", got, tc.want)
 			}
 		})
@@ -78,12 +79,12 @@ func TestClientEndpointForms(t *testing.T) {
 		e.wsURL() + "/client/hubs/CHAT?access_token=" + tok,
 		e.wsURL() + "/client/?hub=chat&access_token=" + tok,
 	} {
-		c, id := dialJSON(t, u)
+		c, id := wstest.DialJSON(t, u)
 		if ok, _ := e.hub.ConnectionExists(t.Context(), id); !ok {
 			t.Fatalf("%s: connection %s not in hub chat", u, id)
 		}
-		c.conn.WriteClose(1000, nil)
-		c.expectClose()
+		c.Conn.WriteClose(1000, nil)
+		c.ExpectClose()
 	}
 
 	for name, tc := range map[string]struct {
@@ -96,7 +97,7 @@ func TestClientEndpointForms(t *testing.T) {
 		"no hub in the query form":       {e.wsURL() + "/client/?access_token=" + tok, http.StatusNotFound},
 	} {
 		t.Run(name, func(t *testing.T) {
-			if got := handshakeStatus(t, tc.url, nil); got != tc.want {
+			if got := wstest.HandshakeStatus(t, tc.url, nil); got != tc.want {
 				t.Fatalf("status %d, want %d", got, tc.want)
 			}
 		})
@@ -118,14 +119,14 @@ func TestClientEndpointForms(t *testing.T) {
 
 func TestAnonymousConnectPolicy(t *testing.T) {
 	deny := newEnv(t, pubsub.Config{})
-	if got := handshakeStatus(t, deny.wsURL()+"/client/hubs/chat", nil); got != http.StatusUnauthorized {
+	if got := wstest.HandshakeStatus(t, deny.wsURL()+"/client/hubs/chat", nil); got != http.StatusUnauthorized {
 		t.Fatalf("deny: status %d, want 401", got)
 	}
 	allow := newEnv(t, pubsub.Config{AllowAnonymous: true})
-	c, _ := dialJSON(t, allow.wsURL()+"/client/hubs/chat")
+	c, _ := wstest.DialJSON(t, allow.wsURL()+"/client/hubs/chat")
 	_ = c
 	// A bad token is still refused when anonymous clients are allowed.
-	if got := handshakeStatus(t, allow.wsURL()+"/client/hubs/chat?access_token=bad", nil); got != http.StatusUnauthorized {
+	if got := wstest.HandshakeStatus(t, allow.wsURL()+"/client/hubs/chat?access_token=bad", nil); got != http.StatusUnauthorized {
 		t.Fatalf("allow with a bad token: status %d, want 401", got)
 	}
 }
@@ -160,7 +161,7 @@ func TestClientURLAndTokenClaims(t *testing.T) {
 		t.Fatalf("lifetime %v", d)
 	}
 	// The user and the group of the token take effect.
-	c, id := dialJSON(t, u)
+	c, id := wstest.DialJSON(t, u)
 	_ = c
 	if ok, _ := e.hub.UserExists(t.Context(), "bob"); !ok {
 		t.Fatal("user bob does not exist")

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/internal/wstest"
 )
 
 // recorder is an in-process event handler that records what it is called with.
@@ -24,7 +25,7 @@ type recorder struct {
 }
 
 type disconnectEvent struct {
-	conn   pubsub.ConnectionContext
+	Conn   pubsub.ConnectionContext
 	reason string
 }
 
@@ -88,12 +89,12 @@ func TestConnectEventRefuses(t *testing.T) {
 	}
 	e := newEnv(t, pubsub.Config{EventHandler: rec})
 	for user, want := range map[string]int{"intruder": 401, "banned": 403, "broken": 500, "fine": 101} {
-		if got := handshakeStatus(t, e.url(pubsub.TokenOptions{UserID: user}), nil); got != want {
+		if got := wstest.HandshakeStatus(t, e.url(pubsub.TokenOptions{UserID: user}), nil); got != want {
 			t.Errorf("%s: status %d, want %d", user, got, want)
 		}
 	}
-	if d := rec.nextDisconnect(t); d.conn.UserID != "fine" {
-		t.Fatalf("disconnected for %q: refused connections must not raise it", d.conn.UserID)
+	if d := rec.nextDisconnect(t); d.Conn.UserID != "fine" {
+		t.Fatalf("disconnected for %q: refused connections must not raise it", d.Conn.UserID)
 	}
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
@@ -118,10 +119,10 @@ func TestConnectEventRequestAndOverrides(t *testing.T) {
 	}
 	e := newEnv(t, pubsub.Config{EventHandler: rec})
 	u := e.url(pubsub.TokenOptions{UserID: "token-user", Roles: []string{"webpubsub.joinLeaveGroup"}, Groups: []string{"from-token"}}) + "&foo=bar"
-	c := dial(t, u, http.Header{"X-Custom": {"yes"}}, "custom.one", "json.webpubsub.azure.v1")
-	m := c.nextJSON()
-	if m["userId"] != "overridden" || c.conn.SubProtocol() != "json.webpubsub.azure.v1" {
-		t.Fatalf("connected %v, subprotocol %q", m, c.conn.SubProtocol())
+	c := wstest.Dial(t, u, http.Header{"X-Custom": {"yes"}}, "custom.one", "json.webpubsub.azure.v1")
+	m := c.NextJSON()
+	if m["userId"] != "overridden" || c.Conn.SubProtocol() != "json.webpubsub.azure.v1" {
+		t.Fatalf("connected %v, subprotocol %q", m, c.Conn.SubProtocol())
 	}
 	id := m["connectionId"].(string)
 
@@ -154,25 +155,25 @@ func TestConnectEventRequestAndOverrides(t *testing.T) {
 	if ok, _ := e.hub.GroupExists(t.Context(), "from-handler"); !ok {
 		t.Fatal("handler groups not joined")
 	}
-	c.send(`{"type":"joinGroup","group":"x","ackId":1}`)
-	c.expectAck(1, "Forbidden") // token role replaced
-	c.send(`{"type":"sendToGroup","group":"from-handler","ackId":2,"noEcho":true,"data":1}`)
-	c.expectAck(2, "")
+	c.Send(`{"type":"joinGroup","group":"x","ackId":1}`)
+	c.ExpectAck(1, "Forbidden") // token role replaced
+	c.Send(`{"type":"sendToGroup","group":"from-handler","ackId":2,"noEcho":true,"data":1}`)
+	c.ExpectAck(2, "")
 
 	// Connection state flows from the connect response into every later event.
-	c.send(`{"type":"event","event":"a","ackId":3,"data":1}`)
-	c.expectAck(3, "")
-	c.send(`{"type":"event","event":"b","ackId":4,"data":1}`)
-	c.expectAck(4, "")
+	c.Send(`{"type":"event","event":"a","ackId":3,"data":1}`)
+	c.ExpectAck(3, "")
+	c.Send(`{"type":"event","event":"b","ackId":4,"data":1}`)
+	c.ExpectAck(4, "")
 	rec.mu.Lock()
 	states := []string{rec.connected[0].ConnectionState, rec.events[0].ConnectionState, rec.events[1].ConnectionState}
 	rec.mu.Unlock()
 	if strings.Join(states, "|") != "state-1|state-1|state-1+a" {
 		t.Fatalf("states %v", states)
 	}
-	c.conn.WriteClose(1000, nil)
+	c.Conn.WriteClose(1000, nil)
 	d := rec.nextDisconnect(t)
-	if d.conn.ConnectionID != id || d.conn.ConnectionState != "state-1+a+b" {
+	if d.Conn.ConnectionID != id || d.Conn.ConnectionState != "state-1+a+b" {
 		t.Fatalf("disconnected %+v", d)
 	}
 }
@@ -183,20 +184,20 @@ func TestConnectEventBadSubprotocolChoice(t *testing.T) {
 		return &pubsub.ConnectResponse{Subprotocol: "never.offered"}, nil
 	}
 	e := newEnv(t, pubsub.Config{EventHandler: rec})
-	if got := handshakeStatus(t, e.url(pubsub.TokenOptions{}), http.Header{"Sec-Websocket-Protocol": {"json.webpubsub.azure.v1"}}); got != 500 {
+	if got := wstest.HandshakeStatus(t, e.url(pubsub.TokenOptions{}), http.Header{"Sec-Websocket-Protocol": {"json.webpubsub.azure.v1"}}); got != 500 {
 		t.Fatalf("status %d, want 500", got)
 	}
 }
 
 func TestUnsupportedPredefinedSubprotocol(t *testing.T) {
 	e := newEnv(t, pubsub.Config{})
-	if got := handshakeStatus(t, e.url(pubsub.TokenOptions{}), http.Header{"Sec-Websocket-Protocol": {"protobuf.webpubsub.azure.v1"}}); got != 400 {
+	if got := wstest.HandshakeStatus(t, e.url(pubsub.TokenOptions{}), http.Header{"Sec-Websocket-Protocol": {"protobuf.webpubsub.azure.v1"}}); got != 400 {
 		t.Fatalf("status %d, want 400", got)
 	}
 	// Offered together with a served one, the served one wins.
-	c := dial(t, e.url(pubsub.TokenOptions{}), nil, "protobuf.webpubsub.azure.v1", "json.webpubsub.azure.v1")
-	if c.conn.SubProtocol() != "json.webpubsub.azure.v1" {
-		t.Fatalf("negotiated %q", c.conn.SubProtocol())
+	c := wstest.Dial(t, e.url(pubsub.TokenOptions{}), nil, "protobuf.webpubsub.azure.v1", "json.webpubsub.azure.v1")
+	if c.Conn.SubProtocol() != "json.webpubsub.azure.v1" {
+		t.Fatalf("negotiated %q", c.Conn.SubProtocol())
 	}
 }
 
@@ -216,41 +217,41 @@ func TestUserEvents(t *testing.T) {
 	e := newEnv(t, pubsub.Config{EventHandler: rec})
 
 	t.Run("PubSub client: reply before the ack", func(t *testing.T) {
-		c, id := dialJSON(t, e.url(pubsub.TokenOptions{UserID: "u1"}))
-		c.send(`{"type":"event","event":"greet","ackId":1,"dataType":"text","data":"hello"}`)
-		if f := c.next(); string(f.data) != `{"type":"message","from":"server","dataType":"json","data":{"echo":"greet"}}` {
-			t.Fatalf("reply %s", f.data)
+		c, id := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "u1"}))
+		c.Send(`{"type":"event","event":"greet","ackId":1,"dataType":"text","data":"hello"}`)
+		if f := c.Next(); string(f.Data) != `{"type":"message","from":"server","dataType":"json","data":{"echo":"greet"}}` {
+			t.Fatalf("reply %s", f.Data)
 		}
-		c.expectAck(1, "")
+		c.ExpectAck(1, "")
 		rec.mu.Lock()
 		got := rec.events[len(rec.events)-1]
 		rec.mu.Unlock()
 		if got.EventName != "greet" || got.DataType != pubsub.DataTypeText || string(got.Data) != "hello" || got.UserID != "u1" || got.ConnectionID != id {
 			t.Fatalf("event %+v", got)
 		}
-		c.send(`{"type":"event","event":"greet","ackId":2,"dataType":"binary","data":"AAE="}`)
-		if f := c.next(); string(f.data) != `{"type":"message","from":"server","dataType":"binary","data":"Bwc="}` {
-			t.Fatalf("binary reply %s", f.data)
+		c.Send(`{"type":"event","event":"greet","ackId":2,"dataType":"binary","data":"AAE="}`)
+		if f := c.Next(); string(f.Data) != `{"type":"message","from":"server","dataType":"binary","data":"Bwc="}` {
+			t.Fatalf("binary reply %s", f.Data)
 		}
-		c.expectAck(2, "")
-		c.send(`{"type":"event","event":"greet","ackId":3,"dataType":"text","data":"silent"}`)
-		c.expectAck(3, "") // no reply, just the ack
-		c.send(`{"type":"event","event":"greet","ackId":4,"dataType":"text","data":"fail"}`)
-		c.expectAck(4, "InternalServerError")
+		c.ExpectAck(2, "")
+		c.Send(`{"type":"event","event":"greet","ackId":3,"dataType":"text","data":"silent"}`)
+		c.ExpectAck(3, "") // no reply, just the ack
+		c.Send(`{"type":"event","event":"greet","ackId":4,"dataType":"text","data":"fail"}`)
+		c.ExpectAck(4, "InternalServerError")
 		// Without ackId a failure is only logged; the connection stays.
-		c.send(`{"type":"event","event":"greet","dataType":"text","data":"fail"}`)
+		c.Send(`{"type":"event","event":"greet","dataType":"text","data":"fail"}`)
 		e.barrier(c, id)
 	})
 
 	t.Run("simple client: raw reply", func(t *testing.T) {
-		c := dial(t, e.url(pubsub.TokenOptions{UserID: "u2"}), nil)
-		c.send("hi")
-		if f := c.next(); f.binary || string(f.data) != `{"echo":"message"}` {
-			t.Fatalf("reply %v %q", f.binary, f.data)
+		c := wstest.Dial(t, e.url(pubsub.TokenOptions{UserID: "u2"}), nil)
+		c.Send("hi")
+		if f := c.Next(); f.Binary || string(f.Data) != `{"echo":"message"}` {
+			t.Fatalf("reply %v %q", f.Binary, f.Data)
 		}
-		c.sendBinary([]byte{0, 1})
-		if f := c.next(); !f.binary || string(f.data) != "\x07\x07" {
-			t.Fatalf("reply %v %q", f.binary, f.data)
+		c.SendBinary([]byte{0, 1})
+		if f := c.Next(); !f.Binary || string(f.Data) != "\x07\x07" {
+			t.Fatalf("reply %v %q", f.Binary, f.Data)
 		}
 		rec.mu.Lock()
 		got := rec.events[len(rec.events)-1]
@@ -258,20 +259,20 @@ func TestUserEvents(t *testing.T) {
 		if got.EventName != "message" || got.DataType != pubsub.DataTypeBinary {
 			t.Fatalf("event %+v", got)
 		}
-		c.send("fail")
-		if info, _ := c.expectClose(); info.code != 1011 {
-			t.Fatalf("close %d, want 1011", info.code)
+		c.Send("fail")
+		if info, _ := c.ExpectClose(); info.Code != 1011 {
+			t.Fatalf("close %d, want 1011", info.Code)
 		}
 	})
 }
 
 func TestSimpleClientWithoutHandlerIsClosed(t *testing.T) {
 	e := newEnv(t, pubsub.Config{})
-	c := dial(t, e.url(pubsub.TokenOptions{}), nil)
-	c.send("anyone?")
-	info, frames := c.expectClose()
-	if info.code != 1011 || len(frames) != 0 {
-		t.Fatalf("close %d with %d frames, want 1011 and no system message", info.code, len(frames))
+	c := wstest.Dial(t, e.url(pubsub.TokenOptions{}), nil)
+	c.Send("anyone?")
+	info, frames := c.ExpectClose()
+	if info.Code != 1011 || len(frames) != 0 {
+		t.Fatalf("close %d with %d frames, want 1011 and no system message", info.Code, len(frames))
 	}
 }
 
@@ -291,35 +292,35 @@ func TestUserEventsOfOneConnectionAreHandledInOrder(t *testing.T) {
 		return &pubsub.UserEventResponse{DataType: pubsub.DataTypeText, Data: req.Data}, nil
 	}
 	e := newEnv(t, pubsub.Config{EventHandler: rec})
-	c, _ := dialJSON(t, e.url(pubsub.TokenOptions{}))
+	c, _ := wstest.DialJSON(t, e.url(pubsub.TokenOptions{}))
 	const n = 200
 	for i := 1; i <= n; i++ {
-		c.send(`{"type":"event","event":"seq","ackId":` + itoa(i) + `,"dataType":"text","data":"` + itoa(i) + `"}`)
+		c.Send(`{"type":"event","event":"seq","ackId":` + itoa(i) + `,"dataType":"text","data":"` + itoa(i) + `"}`)
 	}
 	for i := 1; i <= n; i++ {
-		if m := c.nextJSON(); m["data"] != itoa(i) {
+		if m := c.NextJSON(); m["data"] != itoa(i) {
 			t.Fatalf("reply %d: %v", i, m)
 		}
-		c.expectAck(i, "")
+		c.ExpectAck(i, "")
 	}
 }
 
 func TestDisconnectedEventReasons(t *testing.T) {
 	rec := newRecorder()
 	e := newEnv(t, pubsub.Config{EventHandler: rec})
-	c, id := dialJSON(t, e.url(pubsub.TokenOptions{}))
+	c, id := wstest.DialJSON(t, e.url(pubsub.TokenOptions{}))
 	if err := e.hub.CloseConnection(t.Context(), id, "bye now"); err != nil {
 		t.Fatal(err)
 	}
-	info, frames := c.expectClose()
-	if info.code != 1000 || info.reason != "bye now" || len(frames) != 1 || string(frames[0].data) != `{"type":"system","event":"disconnected","message":"bye now"}` {
+	info, frames := c.ExpectClose()
+	if info.Code != 1000 || info.Reason != "bye now" || len(frames) != 1 || string(frames[0].Data) != `{"type":"system","event":"disconnected","message":"bye now"}` {
 		t.Fatalf("close %+v, frames %d", info, len(frames))
 	}
-	if d := rec.nextDisconnect(t); d.reason != "bye now" || d.conn.ConnectionID != id {
+	if d := rec.nextDisconnect(t); d.reason != "bye now" || d.Conn.ConnectionID != id {
 		t.Fatalf("disconnected %+v", d)
 	}
-	c2, _ := dialJSON(t, e.url(pubsub.TokenOptions{}))
-	c2.conn.WriteClose(1000, []byte("client done"))
+	c2, _ := wstest.DialJSON(t, e.url(pubsub.TokenOptions{}))
+	c2.Conn.WriteClose(1000, []byte("client done"))
 	if d := rec.nextDisconnect(t); d.reason != "client done" {
 		t.Fatalf("client close reason %q", d.reason)
 	}
@@ -338,11 +339,11 @@ func TestPanickingEventHandlerHurtsOnlyItsConnection(t *testing.T) {
 		},
 		OnDisconnected: func(context.Context, pubsub.ConnectionContext, string) { panic("disconnected bug") },
 	}})
-	if got := handshakeStatus(t, e.url(pubsub.TokenOptions{UserID: "boom"}), nil); got != 500 {
+	if got := wstest.HandshakeStatus(t, e.url(pubsub.TokenOptions{UserID: "boom"}), nil); got != 500 {
 		t.Fatalf("panicking connect: status %d, want 500", got)
 	}
-	c, id := dialJSON(t, e.url(pubsub.TokenOptions{}))
-	c.send(`{"type":"event","event":"e","ackId":1,"data":1}`)
-	c.expectAck(1, "InternalServerError")
+	c, id := wstest.DialJSON(t, e.url(pubsub.TokenOptions{}))
+	c.Send(`{"type":"event","event":"e","ackId":1,"data":1}`)
+	c.ExpectAck(1, "InternalServerError")
 	e.barrier(c, id)
 }

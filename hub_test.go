@@ -7,15 +7,16 @@ import (
 	"testing"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/internal/wstest"
 )
 
 func TestGoAPISends(t *testing.T) {
 	e := newEnv(t, pubsub.Config{})
 	ctx := t.Context()
-	a1, a1ID := dialJSON(t, e.url(pubsub.TokenOptions{UserID: "alice", Groups: []string{"g"}}))
-	a2, a2ID := dialJSON(t, e.url(pubsub.TokenOptions{UserID: "alice"}))
-	b, bID := dialJSON(t, e.url(pubsub.TokenOptions{UserID: "bob", Groups: []string{"g"}}))
-	all := map[string]*client{a1ID: a1, a2ID: a2, bID: b}
+	a1, a1ID := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "alice", Groups: []string{"g"}}))
+	a2, a2ID := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "alice"}))
+	b, bID := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "bob", Groups: []string{"g"}}))
+	all := map[string]*wstest.Client{a1ID: a1, a2ID: a2, bID: b}
 
 	// expect checks that exactly the listed connections got text, in a frame
 	// of the given shape, and no one else did.
@@ -26,7 +27,7 @@ func TestGoAPISends(t *testing.T) {
 				e.barrier(c, id)
 				continue
 			}
-			m := c.nextJSON()
+			m := c.NextJSON()
 			if m["data"] != text || m["from"] != from {
 				t.Fatalf("%s got %v, want %q from %s", id, m, text, from)
 			}
@@ -88,9 +89,9 @@ func must(t *testing.T, err error) {
 func TestGoAPIGroupsAndExistence(t *testing.T) {
 	e := newEnv(t, pubsub.Config{})
 	ctx := t.Context()
-	_, a1 := dialJSON(t, e.url(pubsub.TokenOptions{UserID: "alice"}))
-	_, a2 := dialJSON(t, e.url(pubsub.TokenOptions{UserID: "alice"}))
-	_, b := dialJSON(t, e.url(pubsub.TokenOptions{UserID: "bob"}))
+	_, a1 := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "alice"}))
+	_, a2 := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "alice"}))
+	_, b := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "bob"}))
 
 	members := func(g string) []string {
 		t.Helper()
@@ -188,16 +189,16 @@ func TestGoAPICloses(t *testing.T) {
 	rec := newRecorder()
 	e := newEnv(t, pubsub.Config{EventHandler: rec})
 	ctx := t.Context()
-	dialN := func(user string, groups ...string) (*client, string) {
-		return dialJSON(t, e.url(pubsub.TokenOptions{UserID: user, Groups: groups}))
+	dialN := func(user string, groups ...string) (*wstest.Client, string) {
+		return wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: user, Groups: groups}))
 	}
-	expectClosed := func(c *client, reason string) {
+	expectClosed := func(c *wstest.Client, reason string) {
 		t.Helper()
-		info, frames := c.expectClose()
-		if info.code != 1000 || info.reason != reason {
+		info, frames := c.ExpectClose()
+		if info.Code != 1000 || info.Reason != reason {
 			t.Fatalf("close %+v, want 1000 %q", info, reason)
 		}
-		if len(frames) != 1 || string(frames[0].data) != `{"type":"system","event":"disconnected","message":`+quote(reason)+`}` {
+		if len(frames) != 1 || string(frames[0].Data) != `{"type":"system","event":"disconnected","message":`+quote(reason)+`}` {
 			t.Fatalf("frames before close: %d", len(frames))
 		}
 		if d := rec.nextDisconnect(t); d.reason != reason {

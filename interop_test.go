@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/internal/wstest"
 )
 
 var npmOnce sync.Once
@@ -53,7 +54,7 @@ func TestOfficialJSClient(t *testing.T) {
 	e := newEnv(t, pubsub.Config{})
 	aliceURL := e.url(pubsub.TokenOptions{UserID: "alice", Roles: allRoles})
 	bobURL := e.url(pubsub.TokenOptions{UserID: "bob", Roles: []string{"webpubsub.joinLeaveGroup.room", "webpubsub.sendToGroup.room"}})
-	watcher, _ := dialJSON(t, e.url(pubsub.TokenOptions{Groups: []string{"room"}}))
+	watcher, _ := wstest.DialJSON(t, e.url(pubsub.TokenOptions{Groups: []string{"room"}}))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*waitFor)
 	defer cancel()
@@ -119,8 +120,8 @@ func TestOfficialJSClient(t *testing.T) {
 		`{"type":"message","from":"group","group":"room","fromUserId":"alice","dataType":"binary","data":"AQL/"}`,
 		`{"type":"message","from":"group","group":"room","dataType":"text","data":"from go"}`,
 	} {
-		if f := watcher.next(); string(f.data) != want {
-			t.Fatalf("watcher got %s\nwant %s", f.data, want)
+		if f := watcher.Next(); string(f.Data) != want {
+			t.Fatalf("watcher got %s\nwant %s", f.Data, want)
 		}
 	}
 }

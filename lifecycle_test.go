@@ -1,88 +1,29 @@
 package pubsub_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/internal/wstest"
 )
-
-// rawClient is a WebSocket client made by hand over TCP, so that a test can
-// stop reading (a slow client) or never answer pings (a dead one).
-type rawClient struct {
-	conn net.Conn
-	r    *bufio.Reader
-}
-
-func rawDial(t *testing.T, rawURL string) *rawClient {
-	t.Helper()
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := net.Dial("tcp", u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", u.RequestURI(), u.Host)
-	r := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(r, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("handshake status %d", resp.StatusCode)
-	}
-	return &rawClient{conn: conn, r: r}
-}
-
-// readFrame reads one unmasked server frame.
-func (c *rawClient) readFrame() (opcode byte, payload []byte, err error) {
-	var h [2]byte
-	if _, err = io.ReadFull(c.r, h[:]); err != nil {
-		return 0, nil, err
-	}
-	n := uint64(h[1] & 0x7f)
-	switch n {
-	case 126:
-		var b [2]byte
-		_, err = io.ReadFull(c.r, b[:])
-		n = uint64(binary.BigEndian.Uint16(b[:]))
-	case 127:
-		var b [8]byte
-		_, err = io.ReadFull(c.r, b[:])
-		n = binary.BigEndian.Uint64(b[:])
-	}
-	if err != nil {
-		return 0, nil, err
-	}
-	payload = make([]byte, n)
-	_, err = io.ReadFull(c.r, payload)
-	return h[0] & 0x0f, payload, err
-}
 
 func TestSlowClientIsDisconnectedWithoutDelayingOthers(t *testing.T) {
 	rec := newRecorder()
 	e := newEnv(t, pubsub.Config{EventHandler: rec, OutboundBufferSize: 256 << 10, WriteTimeout: time.Minute})
 	ctx := t.Context()
-	var fast []*client
+	var fast []*wstest.Client
 	for i := 0; i < 3; i++ {
-		c, _ := dialJSON(t, e.url(pubsub.TokenOptions{Groups: []string{"room"}}))
+		c, _ := wstest.DialJSON(t, e.url(pubsub.TokenOptions{Groups: []string{"room"}}))
 		fast = append(fast, c)
 	}
-	slow := rawDial(t, e.url(pubsub.TokenOptions{UserID: "slow", Groups: []string{"room"}}))
+	slow := wstest.RawDial(t, e.url(pubsub.TokenOptions{UserID: "slow", Groups: []string{"room"}}))
 
 	// Far more than the kernel buffers and the outbound buffer hold, in
 	// batches that fit the outbound buffer: the fast clients read each batch
@@ -95,9 +36,9 @@ func TestSlowClientIsDisconnectedWithoutDelayingOthers(t *testing.T) {
 		}
 		for _, c := range fast {
 			for j := i; j < i+batch; j++ {
-				f := c.next()
-				if want := fmt.Sprintf(`"data":"%04d`, j); !strings.Contains(string(f.data[:80]), want) {
-					t.Fatalf("fast client message %d: %.80s", j, f.data)
+				f := c.Next()
+				if want := fmt.Sprintf(`"data":"%04d`, j); !strings.Contains(string(f.Data[:80]), want) {
+					t.Fatalf("fast client message %d: %.80s", j, f.Data)
 				}
 			}
 		}
@@ -110,7 +51,7 @@ func TestSlowClientIsDisconnectedWithoutDelayingOthers(t *testing.T) {
 	// and then the close frame: 1008 SlowClient.
 	received := 0
 	for {
-		op, p, err := slow.readFrame()
+		op, p, err := slow.ReadFrame()
 		if err != nil {
 			t.Fatalf("after %d messages: %v (want a close frame)", received, err)
 		}
@@ -126,13 +67,13 @@ func TestSlowClientIsDisconnectedWithoutDelayingOthers(t *testing.T) {
 	if received >= n {
 		t.Fatalf("the slow client got all %d messages", received)
 	}
-	if d := rec.nextDisconnect(t); d.conn.UserID != "slow" || !strings.HasPrefix(d.reason, "SlowClient") {
+	if d := rec.nextDisconnect(t); d.Conn.UserID != "slow" || !strings.HasPrefix(d.reason, "SlowClient") {
 		t.Fatalf("disconnected %+v", d)
 	}
 	// The others are still connected and served.
 	must(t, e.hub.SendToGroup(ctx, "room", pubsub.TextMessage("after")))
 	for _, c := range fast {
-		if m := c.nextJSON(); m["data"] != "after" {
+		if m := c.NextJSON(); m["data"] != "after" {
 			t.Fatalf("got %v", m)
 		}
 	}
@@ -141,13 +82,13 @@ func TestSlowClientIsDisconnectedWithoutDelayingOthers(t *testing.T) {
 func TestKeepAliveClosesSilentClients(t *testing.T) {
 	rec := newRecorder()
 	e := newEnv(t, pubsub.Config{EventHandler: rec, KeepAliveInterval: 20 * time.Millisecond, IdleTimeout: 200 * time.Millisecond})
-	alive, aliveID := dialJSON(t, e.url(pubsub.TokenOptions{UserID: "alive"})) // gws answers pings
-	silent := rawDial(t, e.url(pubsub.TokenOptions{UserID: "silent"}))
+	alive, aliveID := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "alive"})) // gws answers pings
+	silent := wstest.RawDial(t, e.url(pubsub.TokenOptions{UserID: "silent"}))
 
 	// The silent client first sees pings, then the close.
 	pings := 0
 	for {
-		op, p, err := silent.readFrame()
+		op, p, err := silent.ReadFrame()
 		if err != nil {
 			t.Fatalf("after %d pings: %v", pings, err)
 		}
@@ -163,7 +104,7 @@ func TestKeepAliveClosesSilentClients(t *testing.T) {
 	if pings == 0 {
 		t.Fatal("no keep-alive ping before the close")
 	}
-	if d := rec.nextDisconnect(t); d.conn.UserID != "silent" || !strings.HasPrefix(d.reason, "PingTimeout") {
+	if d := rec.nextDisconnect(t); d.Conn.UserID != "silent" || !strings.HasPrefix(d.reason, "PingTimeout") {
 		t.Fatalf("disconnected %+v", d)
 	}
 	// The client that answered pings for as long is still there.
@@ -176,8 +117,8 @@ func TestKeepAliveClosesSilentClients(t *testing.T) {
 func TestShutdown(t *testing.T) {
 	rec := newRecorder()
 	e := newEnv(t, pubsub.Config{EventHandler: rec})
-	jsonClient, _ := dialJSON(t, e.url(pubsub.TokenOptions{}))
-	simple := dial(t, e.url(pubsub.TokenOptions{}), nil)
+	jsonClient, _ := wstest.DialJSON(t, e.url(pubsub.TokenOptions{}))
+	simple := wstest.Dial(t, e.url(pubsub.TokenOptions{}), nil)
 
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
@@ -188,14 +129,14 @@ func TestShutdown(t *testing.T) {
 	if len(rec.disconnected) != 2 {
 		t.Fatalf("%d disconnected events when Shutdown returned", len(rec.disconnected))
 	}
-	info, frames := jsonClient.expectClose()
-	if info.code != 1001 || len(frames) != 1 || !strings.Contains(string(frames[0].data), `"event":"disconnected"`) {
+	info, frames := jsonClient.ExpectClose()
+	if info.Code != 1001 || len(frames) != 1 || !strings.Contains(string(frames[0].Data), `"event":"disconnected"`) {
 		t.Fatalf("JSON client: close %+v after %d frames", info, len(frames))
 	}
-	if info, frames := simple.expectClose(); info.code != 1001 || len(frames) != 0 {
+	if info, frames := simple.ExpectClose(); info.Code != 1001 || len(frames) != 0 {
 		t.Fatalf("simple client: close %+v after %d frames", info, len(frames))
 	}
-	if got := handshakeStatus(t, e.url(pubsub.TokenOptions{}), nil); got != http.StatusServiceUnavailable {
+	if got := wstest.HandshakeStatus(t, e.url(pubsub.TokenOptions{}), nil); got != http.StatusServiceUnavailable {
 		t.Fatalf("connect after Shutdown: %d", got)
 	}
 	if err := e.hub.SendToAll(ctx, pubsub.TextMessage("x")); !errors.Is(err, pubsub.ErrServiceClosed) {
@@ -211,7 +152,7 @@ func TestShutdownDeadline(t *testing.T) {
 	e := newEnv(t, pubsub.Config{EventHandler: pubsub.EventHandlerFuncs{
 		OnDisconnected: func(context.Context, pubsub.ConnectionContext, string) { <-block },
 	}})
-	dialJSON(t, e.url(pubsub.TokenOptions{}))
+	wstest.DialJSON(t, e.url(pubsub.TokenOptions{}))
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if err := e.svc.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {

@@ -9,38 +9,39 @@ import (
 	"testing"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/internal/wstest"
 )
 
 var allRoles = []string{"webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"}
 
 func TestConnectedMessage(t *testing.T) {
 	e := newEnv(t, pubsub.Config{AllowAnonymous: true})
-	c := dial(t, e.url(pubsub.TokenOptions{UserID: "alice"}), nil, "json.webpubsub.azure.v1")
-	m := c.nextJSON()
+	c := wstest.Dial(t, e.url(pubsub.TokenOptions{UserID: "alice"}), nil, "json.webpubsub.azure.v1")
+	m := c.NextJSON()
 	if m["type"] != "system" || m["event"] != "connected" || m["userId"] != "alice" || len(m["connectionId"].(string)) == 0 {
 		t.Fatalf("connected message %v", m)
 	}
 	if _, ok := m["reconnectionToken"]; ok {
 		t.Fatal("a non-reliable client got a reconnection token")
 	}
-	anon := dial(t, e.wsURL()+"/client/hubs/chat", nil, "json.webpubsub.azure.v1")
-	if m := anon.nextJSON(); m["userId"] != nil {
+	anon := wstest.Dial(t, e.wsURL()+"/client/hubs/chat", nil, "json.webpubsub.azure.v1")
+	if m := anon.NextJSON(); m["userId"] != nil {
 		t.Fatalf("anonymous userId %v, want null", m["userId"])
 	}
 }
 
 func TestJoinSendLeave(t *testing.T) {
 	e := newEnv(t, pubsub.Config{})
-	alice, _ := dialJSON(t, e.url(pubsub.TokenOptions{UserID: "alice", Roles: allRoles}))
-	bob, bobID := dialJSON(t, e.url(pubsub.TokenOptions{UserID: "bob", Roles: allRoles}))
+	alice, _ := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "alice", Roles: allRoles}))
+	bob, bobID := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "bob", Roles: allRoles}))
 
-	alice.send(`{"type":"joinGroup","group":"room","ackId":1}`)
-	alice.expectAck(1, "")
-	bob.send(`{"type":"joinGroup","group":"room","ackId":1}`)
-	bob.expectAck(1, "")
+	alice.Send(`{"type":"joinGroup","group":"room","ackId":1}`)
+	alice.ExpectAck(1, "")
+	bob.Send(`{"type":"joinGroup","group":"room","ackId":1}`)
+	bob.ExpectAck(1, "")
 	// Joining twice succeeds and changes nothing.
-	bob.send(`{"type":"joinGroup","group":"room","ackId":2}`)
-	bob.expectAck(2, "")
+	bob.Send(`{"type":"joinGroup","group":"room","ackId":2}`)
+	bob.ExpectAck(2, "")
 
 	for i, tc := range []struct{ dataType, data, want string }{
 		{"text", `"hello"`, `"hello"`},
@@ -49,66 +50,66 @@ func TestJoinSendLeave(t *testing.T) {
 		{"", `42`, `42`}, // dataType defaults to json
 	} {
 		ack := 10 + i
-		alice.send(fmt.Sprintf(`{"type":"sendToGroup","group":"room","ackId":%d,"dataType":%q,"data":%s}`, ack, tc.dataType, tc.data))
-		for _, c := range []*client{alice, bob} { // no noEcho: the sender gets it too
-			f := c.next()
+		alice.Send(fmt.Sprintf(`{"type":"sendToGroup","group":"room","ackId":%d,"dataType":%q,"data":%s}`, ack, tc.dataType, tc.data))
+		for _, c := range []*wstest.Client{alice, bob} { // no noEcho: the sender gets it too
+			f := c.Next()
 			wantType := tc.dataType
 			if wantType == "" {
 				wantType = "json"
 			}
 			want := fmt.Sprintf(`{"type":"message","from":"group","group":"room","fromUserId":"alice","dataType":%q,"data":%s}`, wantType, tc.want)
-			if string(f.data) != want {
-				t.Fatalf("got %s\nwant %s", f.data, want)
+			if string(f.Data) != want {
+				t.Fatalf("got %s\nwant %s", f.Data, want)
 			}
 			if c == alice {
-				alice.expectAck(ack, "")
+				alice.ExpectAck(ack, "")
 			}
 		}
 	}
 
 	// noEcho leaves the sender out.
-	alice.send(`{"type":"sendToGroup","group":"room","ackId":20,"noEcho":true,"dataType":"text","data":"quiet"}`)
-	if m := bob.nextJSON(); m["data"] != "quiet" {
+	alice.Send(`{"type":"sendToGroup","group":"room","ackId":20,"noEcho":true,"dataType":"text","data":"quiet"}`)
+	if m := bob.NextJSON(); m["data"] != "quiet" {
 		t.Fatalf("bob got %v", m)
 	}
-	alice.expectAck(20, "")
+	alice.ExpectAck(20, "")
 
 	// After leaving, bob no longer receives the group's messages.
-	bob.send(`{"type":"leaveGroup","group":"room","ackId":3}`)
-	bob.expectAck(3, "")
-	alice.send(`{"type":"sendToGroup","group":"room","ackId":21,"noEcho":true,"dataType":"text","data":"gone"}`)
-	alice.expectAck(21, "")
+	bob.Send(`{"type":"leaveGroup","group":"room","ackId":3}`)
+	bob.ExpectAck(3, "")
+	alice.Send(`{"type":"sendToGroup","group":"room","ackId":21,"noEcho":true,"dataType":"text","data":"gone"}`)
+	alice.ExpectAck(21, "")
 	e.barrier(bob, bobID)
 	// Leaving a group one is not in succeeds.
-	bob.send(`{"type":"leaveGroup","group":"room","ackId":4}`)
-	bob.expectAck(4, "")
+	bob.Send(`{"type":"leaveGroup","group":"room","ackId":4}`)
+	bob.ExpectAck(4, "")
 	// A sender needs no membership.
-	bob.send(`{"type":"sendToGroup","group":"room","dataType":"text","data":"from outside"}`)
-	if m := alice.nextJSON(); m["data"] != "from outside" || m["fromUserId"] != "bob" {
+	bob.Send(`{"type":"sendToGroup","group":"room","dataType":"text","data":"from outside"}`)
+	if m := alice.NextJSON(); m["data"] != "from outside" || m["fromUserId"] != "bob" {
 		t.Fatalf("alice got %v", m)
 	}
 }
 
 func TestAckErrors(t *testing.T) {
 	e := newEnv(t, pubsub.Config{})
-	member, memberID := dialJSON(t, e.url(pubsub.TokenOptions{UserID: "m", Roles: allRoles, Groups: []string{"room"}}))
-	norole, noroleID := dialJSON(t, e.url(pubsub.TokenOptions{UserID: "n"}))
+	member, memberID := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "m", Roles: allRoles, Groups: []string{"room"}}))
+	norole, noroleID := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "n"}))
 
 	t.Run("Forbidden changes nothing", func(t *testing.T) {
-		norole.send(`{"type":"joinGroup","group":"room","ackId":1}`)
-		m := norole.expectAck(1, "Forbidden")
+		norole.Send(`{"type":"joinGroup","group":"room","ackId":1}`)
+		m := norole.ExpectAck(1, "Forbidden")
 		if msg := m["error"].(map[string]any)["message"].(string); !strings.Contains(msg, "room") {
 			t.Fatalf("message %q does not name the group", msg)
 		}
 		if members, _ := e.hub.ListConnectionsInGroup(t.Context(), "room"); len(members) != 1 || members[0].ConnectionID != memberID {
 			t.Fatalf("members after a refused join: %v", members)
 		}
-		norole.send(`{"type":"sendToGroup","group":"room","ackId":2,"dataType":"text","data":"x"}`)
-		norole.expectAck(2, "Forbidden")
+		norole.Send(`{"type":"sendToGroup","group":"room","ackId":2,"dataType":"text","data":"x"}`)
+		norole.ExpectAck(2, "Forbidden")
 		e.barrier(member, memberID) // nothing was delivered
 		e.hub.AddConnectionToGroup(t.Context(), "room", noroleID)
-		norole.send(`{"type":"leaveGroup","group":"room","ackId":3}`)
-		norole.expectAck(3, "Forbidden")
+		norole.Send(`{"type":"leaveGroup","group":"room","ackId":3}`)
+		norole.ExpectAck(3, "Forbidden")
 		if ok, _ := e.hub.GroupExists(t.Context(), "room"); !ok {
 			t.Fatal("room vanished")
 		}
@@ -117,19 +118,19 @@ func TestAckErrors(t *testing.T) {
 			t.Fatalf("a refused leave changed the group: %v", members)
 		}
 		// Forbidden requests without ackId are silently refused.
-		norole.send(`{"type":"sendToGroup","group":"room","dataType":"text","data":"x"}`)
+		norole.Send(`{"type":"sendToGroup","group":"room","dataType":"text","data":"x"}`)
 		e.barrier(norole, noroleID)
 		e.barrier(member, memberID)
 	})
 
 	t.Run("Duplicate is not performed again", func(t *testing.T) {
-		member.send(`{"type":"sendToGroup","group":"room","ackId":7,"noEcho":true,"dataType":"text","data":"once"}`)
-		member.expectAck(7, "")
-		if m := norole.nextJSON(); m["data"] != "once" {
+		member.Send(`{"type":"sendToGroup","group":"room","ackId":7,"noEcho":true,"dataType":"text","data":"once"}`)
+		member.ExpectAck(7, "")
+		if m := norole.NextJSON(); m["data"] != "once" {
 			t.Fatalf("got %v", m)
 		}
-		member.send(`{"type":"sendToGroup","group":"room","ackId":7,"noEcho":true,"dataType":"text","data":"once"}`)
-		m := member.expectAck(7, "Duplicate")
+		member.Send(`{"type":"sendToGroup","group":"room","ackId":7,"noEcho":true,"dataType":"text","data":"once"}`)
+		m := member.ExpectAck(7, "Duplicate")
 		if msg := m["error"].(map[string]any)["message"]; msg != "Message with ack-id: 7 has been processed" {
 			t.Fatalf("duplicate message %q", msg)
 		}
@@ -137,25 +138,25 @@ func TestAckErrors(t *testing.T) {
 	})
 
 	t.Run("InternalServerError may be retried", func(t *testing.T) {
-		member.send(`{"type":"event","event":"ping-upstream","ackId":9,"dataType":"text","data":"x"}`)
-		member.expectAck(9, "InternalServerError") // no event handler
-		member.send(`{"type":"joinGroup","group":"other","ackId":9}`)
-		member.expectAck(9, "") // a failed ackId is not a duplicate
+		member.Send(`{"type":"event","event":"ping-upstream","ackId":9,"dataType":"text","data":"x"}`)
+		member.ExpectAck(9, "InternalServerError") // no event handler
+		member.Send(`{"type":"joinGroup","group":"other","ackId":9}`)
+		member.ExpectAck(9, "") // a failed ackId is not a duplicate
 	})
 }
 
 func TestPingPong(t *testing.T) {
 	e := newEnv(t, pubsub.Config{})
-	c, _ := dialJSON(t, e.url(pubsub.TokenOptions{}))
-	c.send(`{"type":"ping"}`)
-	if f := c.next(); string(f.data) != `{"type":"pong"}` {
-		t.Fatalf("got %s", f.data)
+	c, _ := wstest.DialJSON(t, e.url(pubsub.TokenOptions{}))
+	c.Send(`{"type":"ping"}`)
+	if f := c.Next(); string(f.Data) != `{"type":"pong"}` {
+		t.Fatalf("got %s", f.Data)
 	}
 }
 
 func TestMalformedFramesCloseOnlyTheSender(t *testing.T) {
 	e := newEnv(t, pubsub.Config{})
-	watcher, _ := dialJSON(t, e.url(pubsub.TokenOptions{Groups: []string{"room"}}))
+	watcher, _ := wstest.DialJSON(t, e.url(pubsub.TokenOptions{Groups: []string{"room"}}))
 	cases := []struct {
 		name   string
 		frame  string
@@ -182,17 +183,17 @@ func TestMalformedFramesCloseOnlyTheSender(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c, _ := dialJSON(t, e.url(pubsub.TokenOptions{Roles: allRoles}))
+			c, _ := wstest.DialJSON(t, e.url(pubsub.TokenOptions{Roles: allRoles}))
 			if tc.binary {
-				c.sendBinary([]byte(tc.frame))
+				c.SendBinary([]byte(tc.frame))
 			} else {
-				c.send(tc.frame)
+				c.Send(tc.frame)
 			}
-			info, frames := c.expectClose()
-			if info.code != tc.code {
-				t.Fatalf("close code %d (%q), want %d", info.code, info.reason, tc.code)
+			info, frames := c.ExpectClose()
+			if info.Code != tc.code {
+				t.Fatalf("close code %d (%q), want %d", info.Code, info.Reason, tc.code)
 			}
-			if len(frames) != 1 || !strings.Contains(string(frames[0].data), `"event":"disconnected"`) {
+			if len(frames) != 1 || !strings.Contains(string(frames[0].Data), `"event":"disconnected"`) {
 				t.Fatalf("want one disconnected message before the close, got %d frames", len(frames))
 			}
 		})
@@ -201,17 +202,17 @@ func TestMalformedFramesCloseOnlyTheSender(t *testing.T) {
 	if err := e.hub.SendToGroup(t.Context(), "room", pubsub.TextMessage("still here")); err != nil {
 		t.Fatal(err)
 	}
-	if m := watcher.nextJSON(); m["data"] != "still here" {
+	if m := watcher.NextJSON(); m["data"] != "still here" {
 		t.Fatalf("watcher got %v", m)
 	}
 }
 
 func TestMessageTooLarge(t *testing.T) {
 	e := newEnv(t, pubsub.Config{MaxMessageSize: 1024})
-	c, _ := dialJSON(t, e.url(pubsub.TokenOptions{Roles: allRoles}))
-	c.send(`{"type":"sendToGroup","group":"g","dataType":"text","data":"` + strings.Repeat("x", 2048) + `"}`)
-	if info, _ := c.expectClose(); info.code != 1009 {
-		t.Fatalf("close code %d, want 1009", info.code)
+	c, _ := wstest.DialJSON(t, e.url(pubsub.TokenOptions{Roles: allRoles}))
+	c.Send(`{"type":"sendToGroup","group":"g","dataType":"text","data":"` + strings.Repeat("x", 2048) + `"}`)
+	if info, _ := c.ExpectClose(); info.Code != 1009 {
+		t.Fatalf("close code %d, want 1009", info.Code)
 	}
 }
 
@@ -226,11 +227,11 @@ func TestSimpleAndPubSubClientsInOneGroup(t *testing.T) {
 			return nil, nil
 		},
 	}})
-	jsonClient, _ := dialJSON(t, e.url(pubsub.TokenOptions{UserID: "j", Roles: allRoles, Groups: []string{"room"}}))
-	simple := dial(t, e.url(pubsub.TokenOptions{UserID: "s", Groups: []string{"room"}}), nil)
-	custom := dial(t, e.url(pubsub.TokenOptions{UserID: "c", Groups: []string{"room"}}), nil, "my.custom.protocol")
-	if custom.conn.SubProtocol() != "my.custom.protocol" {
-		t.Fatalf("custom subprotocol not accepted: %q", custom.conn.SubProtocol())
+	jsonClient, _ := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "j", Roles: allRoles, Groups: []string{"room"}}))
+	simple := wstest.Dial(t, e.url(pubsub.TokenOptions{UserID: "s", Groups: []string{"room"}}), nil)
+	custom := wstest.Dial(t, e.url(pubsub.TokenOptions{UserID: "c", Groups: []string{"room"}}), nil, "my.custom.protocol")
+	if custom.Conn.SubProtocol() != "my.custom.protocol" {
+		t.Fatalf("custom subprotocol not accepted: %q", custom.Conn.SubProtocol())
 	}
 	ctx := context.Background()
 
@@ -246,13 +247,13 @@ func TestSimpleAndPubSubClientsInOneGroup(t *testing.T) {
 		want    want
 	}{
 		{"JSON client text", func() {
-			jsonClient.send(`{"type":"sendToGroup","group":"room","noEcho":true,"dataType":"text","data":"hi"}`)
+			jsonClient.Send(`{"type":"sendToGroup","group":"room","noEcho":true,"dataType":"text","data":"hi"}`)
 		}, want{`{"type":"message","from":"group","group":"room","fromUserId":"j","dataType":"text","data":"hi"}`, false, "hi"}},
 		{"JSON client json", func() {
-			jsonClient.send(`{"type":"sendToGroup","group":"room","noEcho":true,"dataType":"json","data":"Hello"}`)
+			jsonClient.Send(`{"type":"sendToGroup","group":"room","noEcho":true,"dataType":"json","data":"Hello"}`)
 		}, want{`{"type":"message","from":"group","group":"room","fromUserId":"j","dataType":"json","data":"Hello"}`, false, `"Hello"`}},
 		{"JSON client binary", func() {
-			jsonClient.send(`{"type":"sendToGroup","group":"room","noEcho":true,"dataType":"binary","data":"AAH/"}`)
+			jsonClient.Send(`{"type":"sendToGroup","group":"room","noEcho":true,"dataType":"binary","data":"AAH/"}`)
 		}, want{`{"type":"message","from":"group","group":"room","fromUserId":"j","dataType":"binary","data":"AAH/"}`, true, "\x00\x01\xff"}},
 		{"Go API text", func() { e.hub.SendToGroup(ctx, "room", pubsub.TextMessage("t")) },
 			want{`{"type":"message","from":"group","group":"room","dataType":"text","data":"t"}`, false, "t"}},
@@ -265,21 +266,21 @@ func TestSimpleAndPubSubClientsInOneGroup(t *testing.T) {
 		t.Run(p.name, func(t *testing.T) {
 			p.produce()
 			if p.name[:2] == "Go" {
-				if f := jsonClient.next(); string(f.data) != p.want.jsonFrame {
-					t.Fatalf("JSON receiver got %s, want %s", f.data, p.want.jsonFrame)
+				if f := jsonClient.Next(); string(f.Data) != p.want.jsonFrame {
+					t.Fatalf("JSON receiver got %s, want %s", f.Data, p.want.jsonFrame)
 				}
 			}
-			for _, c := range []*client{simple, custom} {
-				f := c.next()
-				if f.binary != p.want.binary || string(f.data) != p.want.raw {
-					t.Fatalf("simple receiver got binary=%v %q, want binary=%v %q", f.binary, f.data, p.want.binary, p.want.raw)
+			for _, c := range []*wstest.Client{simple, custom} {
+				f := c.Next()
+				if f.Binary != p.want.binary || string(f.Data) != p.want.raw {
+					t.Fatalf("simple receiver got binary=%v %q, want binary=%v %q", f.Binary, f.Data, p.want.binary, p.want.raw)
 				}
 			}
 		})
 	}
 	// And the JSON client receives what the Go API sends to it directly.
 	e.hub.SendToUser(ctx, "j", pubsub.TextMessage("direct"))
-	if f := jsonClient.next(); string(f.data) != `{"type":"message","from":"server","dataType":"text","data":"direct"}` {
-		t.Fatalf("got %s", f.data)
+	if f := jsonClient.Next(); string(f.Data) != `{"type":"message","from":"server","dataType":"text","data":"direct"}` {
+		t.Fatalf("got %s", f.Data)
 	}
 }

@@ -164,8 +164,11 @@ func (c *conn) abort() {
 	c.out.closed = true
 	clear(c.out.frames)
 	c.out.frames, c.out.expires = nil, nil
+	socket := c.socket
 	c.outMu.Unlock()
-	_ = c.socket.NetConn().Close()
+	if socket != nil { // nil while the upgrade is under way: it checks closed
+		_ = socket.NetConn().Close()
+	}
 }
 
 // pongFrame answers a WebSocket ping with the same payload.

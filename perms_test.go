@@ -6,24 +6,25 @@ import (
 	"testing"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/internal/wstest"
 )
 
 // tryJoinAndSend asks c to join and publish to group and reports what the
 // acks said.
-func tryJoinAndSend(t *testing.T, c *client, ack *int, group string) (join, send bool) {
+func tryJoinAndSend(t *testing.T, c *wstest.Client, ack *int, group string) (join, send bool) {
 	t.Helper()
 	*ack++
-	c.send(fmt.Sprintf(`{"type":"joinGroup","group":%q,"ackId":%d}`, group, *ack))
+	c.Send(fmt.Sprintf(`{"type":"joinGroup","group":%q,"ackId":%d}`, group, *ack))
 	join = ackOK(t, c, *ack)
 	*ack++
-	c.send(fmt.Sprintf(`{"type":"sendToGroup","group":%q,"ackId":%d,"noEcho":true,"dataType":"text","data":"x"}`, group, *ack))
+	c.Send(fmt.Sprintf(`{"type":"sendToGroup","group":%q,"ackId":%d,"noEcho":true,"dataType":"text","data":"x"}`, group, *ack))
 	send = ackOK(t, c, *ack)
 	return join, send
 }
 
-func ackOK(t *testing.T, c *client, ackID int) bool {
+func ackOK(t *testing.T, c *wstest.Client, ackID int) bool {
 	t.Helper()
-	m := c.nextJSON()
+	m := c.NextJSON()
 	if m["type"] != "ack" || m["ackId"] != float64(ackID) {
 		t.Fatalf("want ack %d, got %v", ackID, m)
 	}
@@ -64,7 +65,7 @@ func TestTokenRoles(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(fmt.Sprintf("%v on %s", tc.roles, tc.group), func(t *testing.T) {
-			c, _ := dialJSON(t, e.url(pubsub.TokenOptions{Roles: tc.roles}))
+			c, _ := wstest.DialJSON(t, e.url(pubsub.TokenOptions{Roles: tc.roles}))
 			ack := 0
 			join, send := tryJoinAndSend(t, c, &ack, tc.group)
 			if join != tc.join || send != tc.send {
@@ -74,7 +75,7 @@ func TestTokenRoles(t *testing.T) {
 	}
 	t.Run("too many stars is refused at connect", func(t *testing.T) {
 		u := e.url(pubsub.TokenOptions{Roles: []string{"webpubsub.sendToGroups.a*b*c*d*e*f*g"}})
-		if got := handshakeStatus(t, u, nil); got != 400 {
+		if got := wstest.HandshakeStatus(t, u, nil); got != 400 {
 			t.Fatalf("status %d, want 400", got)
 		}
 	})
@@ -82,7 +83,7 @@ func TestTokenRoles(t *testing.T) {
 
 func TestRuntimePermissions(t *testing.T) {
 	e := newEnv(t, pubsub.Config{})
-	c, id := dialJSON(t, e.url(pubsub.TokenOptions{Roles: []string{"webpubsub.joinLeaveGroups.team-*"}}))
+	c, id := wstest.DialJSON(t, e.url(pubsub.TokenOptions{Roles: []string{"webpubsub.joinLeaveGroups.team-*"}}))
 	ctx := t.Context()
 	ack := 0
 	check := func(perm pubsub.Permission, group string, want bool) {
@@ -149,14 +150,14 @@ func TestRuntimePermissions(t *testing.T) {
 func TestGroupMembershipNeedsNoRole(t *testing.T) {
 	e := newEnv(t, pubsub.Config{})
 	// Joined by token, a client receives the group's messages without a role.
-	c, _ := dialJSON(t, e.url(pubsub.TokenOptions{Groups: []string{"news"}}))
+	c, _ := wstest.DialJSON(t, e.url(pubsub.TokenOptions{Groups: []string{"news"}}))
 	if err := e.hub.SendToGroup(t.Context(), "news", pubsub.TextMessage("headline")); err != nil {
 		t.Fatal(err)
 	}
-	if m := c.nextJSON(); m["group"] != "news" || m["data"] != "headline" {
+	if m := c.NextJSON(); m["group"] != "news" || m["data"] != "headline" {
 		t.Fatalf("got %v", m)
 	}
 	// Membership alone never grants publishing.
-	c.send(`{"type":"sendToGroup","group":"news","ackId":1,"dataType":"text","data":"x"}`)
-	c.expectAck(1, "Forbidden")
+	c.Send(`{"type":"sendToGroup","group":"news","ackId":1,"dataType":"text","data":"x"}`)
+	c.ExpectAck(1, "Forbidden")
 }

@@ -148,12 +148,6 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 	} else {
 		r.Header.Del("Sec-WebSocket-Protocol")
 	}
-	socket, err := s.upgrader(chosen).Upgrade(w, r)
-	if err != nil {
-		s.log.Debug("websocket upgrade failed", "hub", hubName, "err", err)
-		return
-	}
-
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
 		hub:           s.hub(hubName),
@@ -162,25 +156,38 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 		subprotocol:   chosen,
 		kind:          kind,
 		perms:         perms,
-		socket:        socket,
 		ctx:           ctx,
 		cancel:        cancel,
 		state:         state,
 		initialGroups: groups,
 	}
 	c.lastSeen.Store(time.Now().UnixNano())
-	socket.Session().(*session).conn = c
-	// Hold the outbox until the connection is registered: the client must
-	// not see "connected" before the connection exists for the Go API, and
-	// no message may overtake "connected".
+	// The connection is registered, in its groups, before the client sees
+	// the 101: a client that has connected can be sent to. Its outbox is held
+	// until the upgrade is done, and "connected" is queued first so that no
+	// message overtakes it.
 	c.out.flushing = true
 	if kind != kindSimple {
 		c.send(c.encode(func(b []byte) []byte { return protocol.AppendConnected(b, userID, connID, "") }))
 	}
 	if !s.register(c) {
 		cancel()
-		_ = socket.WriteClose(DisconnectServiceShutdown.Code, []byte(DisconnectServiceShutdown.Reason))
+		http.Error(w, "the service is shutting down", http.StatusServiceUnavailable)
 		return
+	}
+	socket, err := s.upgrader(chosen).Upgrade(w, r)
+	if err != nil {
+		s.log.Debug("websocket upgrade failed", "hub", hubName, "err", err)
+		s.release(c, "")
+		return
+	}
+	socket.Session().(*session).conn = c
+	c.outMu.Lock()
+	c.socket = socket
+	aborted := c.out.closed // Shutdown gave up on it meanwhile
+	c.outMu.Unlock()
+	if aborted {
+		_ = socket.NetConn().Close() // the read loop then releases it
 	}
 	go c.flush()
 	go socket.ReadLoop()
@@ -333,21 +340,31 @@ func (t *transport) OnOpen(socket *gws.Conn) {
 
 func (t *transport) OnClose(socket *gws.Conn, err error) {
 	c := connOf(socket)
+	t.svc.release(c, clientCloseReason(err))
+}
+
+// release ends a registered connection: it leaves every index, and a
+// connection that was opened gets its disconnected event with the service's
+// reason for closing it, or else clientReason.
+func (s *Service) release(c *conn, clientReason string) {
 	c.cancel()
 	c.outMu.Lock()
 	c.out.closed = true
 	clear(c.out.frames)
-	c.out.frames = nil
+	c.out.frames, c.out.expires = nil, nil
 	reason := c.disconnect.Reason
+	opened := c.socket != nil
 	c.outMu.Unlock()
 	c.closing.Store(true)
 	c.hub.unregister(c)
-	t.svc.connections.Add(-1)
+	s.connections.Add(-1)
 	if reason == "" {
-		reason = clientCloseReason(err)
+		reason = clientReason
 	}
-	t.svc.handler.Disconnected(context.Background(), c.context(), reason)
-	t.svc.conns.Done() // Shutdown waits for the disconnected event too
+	if opened {
+		s.handler.Disconnected(context.Background(), c.context(), reason)
+	}
+	s.conns.Done() // Shutdown waits for the disconnected event too
 }
 
 // clientCloseReason describes a close the service did not initiate.

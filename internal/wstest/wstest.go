@@ -1,0 +1,292 @@
+// Package wstest holds the WebSocket clients the tests drive the service
+// with: a gws client that records what it receives, and a hand-made raw
+// client that can stop reading or never answer pings.
+package wstest
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lxzan/gws"
+)
+
+// WaitFor bounds every wait of a test: a failure, never a synchronisation.
+const WaitFor = 10 * time.Second
+
+// Frame is one message a client received.
+type Frame struct {
+	Binary bool
+	Data   []byte
+}
+
+// CloseInfo is how the server closed a connection; 1006 when it sent no
+// close frame.
+type CloseInfo struct {
+	Code   uint16
+	Reason string
+}
+
+// Client is a real WebSocket client (gws) that records what it receives.
+type Client struct {
+	t      testing.TB
+	Conn   *gws.Conn
+	frames chan Frame
+	done   chan struct{} // closed when the connection is
+	info   CloseInfo     // how it closed; read after done
+	once   sync.Once
+}
+
+func (c *Client) OnOpen(*gws.Conn)             {}
+func (c *Client) OnPing(s *gws.Conn, p []byte) { _ = s.WritePong(p) }
+func (c *Client) OnPong(*gws.Conn, []byte)     {}
+
+func (c *Client) OnMessage(_ *gws.Conn, m *gws.Message) {
+	c.frames <- Frame{Binary: m.Opcode == gws.OpcodeBinary, Data: append([]byte(nil), m.Bytes()...)}
+	m.Close()
+}
+
+func (c *Client) OnClose(_ *gws.Conn, err error) {
+	info := CloseInfo{Code: 1006}
+	var ce *gws.CloseError
+	if errors.As(err, &ce) {
+		info = CloseInfo{Code: ce.Code, Reason: string(ce.Reason)}
+	}
+	c.once.Do(func() { c.info = info; close(c.done) })
+}
+
+// Dial connects to url offering the subprotocols; it fails the test unless
+// the handshake succeeds. The connection is closed when the test ends.
+func Dial(t testing.TB, url string, header http.Header, subprotocols ...string) *Client {
+	t.Helper()
+	c, resp, err := TryDial(url, header, subprotocols...)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("dial: %v (status %d)", err, status)
+	}
+	c.t = t
+	t.Cleanup(func() { c.Conn.NetConn().Close(); <-c.done })
+	return c
+}
+
+// TryDial connects without failing the test.
+func TryDial(url string, header http.Header, subprotocols ...string) (*Client, *http.Response, error) {
+	c := &Client{frames: make(chan Frame, 4096), done: make(chan struct{})}
+	if header == nil {
+		header = http.Header{}
+	}
+	if len(subprotocols) > 0 {
+		header.Set("Sec-WebSocket-Protocol", strings.Join(subprotocols, ", "))
+	}
+	conn, resp, err := gws.NewClient(c, &gws.ClientOption{Addr: url, RequestHeader: header, ReadMaxPayloadSize: 32 << 20})
+	if err != nil {
+		return nil, resp, err
+	}
+	c.Conn = conn
+	go conn.ReadLoop()
+	return c, resp, nil
+}
+
+// DialJSON connects a json.webpubsub.azure.v1 client and reads its
+// "connected" message; it returns the connection id.
+func DialJSON(t testing.TB, url string) (*Client, string) {
+	t.Helper()
+	c := Dial(t, url, nil, "json.webpubsub.azure.v1")
+	if got := c.Conn.SubProtocol(); got != "json.webpubsub.azure.v1" {
+		t.Fatalf("negotiated subprotocol %q", got)
+	}
+	m := c.NextJSON()
+	if m["type"] != "system" || m["event"] != "connected" {
+		t.Fatalf("first message is not connected: %v", m)
+	}
+	return c, m["connectionId"].(string)
+}
+
+// Next returns the next frame, failing the test if none comes.
+func (c *Client) Next() Frame {
+	c.t.Helper()
+	select {
+	case f := <-c.frames:
+		return f
+	case <-c.done:
+		select {
+		case f := <-c.frames: // frames that arrived before the close come first
+			return f
+		default:
+		}
+		c.t.Fatalf("connection closed (%d %q) while waiting for a frame", c.info.Code, c.info.Reason)
+	case <-time.After(WaitFor):
+		c.t.Fatal("timed out waiting for a frame")
+	}
+	return Frame{}
+}
+
+// NextJSON returns the next frame as a JSON object.
+func (c *Client) NextJSON() map[string]any {
+	c.t.Helper()
+	f := c.Next()
+	if f.Binary {
+		c.t.Fatalf("binary frame on a JSON client: %x", f.Data)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(f.Data, &m); err != nil {
+		c.t.Fatalf("frame is not JSON: %q", f.Data)
+	}
+	return m
+}
+
+// Send sends a text frame.
+func (c *Client) Send(s string) {
+	c.t.Helper()
+	if err := c.Conn.WriteString(s); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// SendBinary sends a binary frame.
+func (c *Client) SendBinary(b []byte) {
+	c.t.Helper()
+	if err := c.Conn.WriteMessage(gws.OpcodeBinary, b); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// ExpectAck reads the next frame and checks it is the ack of ackID with the
+// given error name ("" for success).
+func (c *Client) ExpectAck(ackID int, errName string) map[string]any {
+	c.t.Helper()
+	m := c.NextJSON()
+	if m["type"] != "ack" || m["ackId"] != float64(ackID) {
+		c.t.Fatalf("want ack %d, got %v", ackID, m)
+	}
+	if errName == "" {
+		if m["success"] != true || m["error"] != nil {
+			c.t.Fatalf("want a successful ack, got %v", m)
+		}
+		return m
+	}
+	e, _ := m["error"].(map[string]any)
+	if m["success"] != false || e == nil || e["name"] != errName {
+		c.t.Fatalf("want ack error %s, got %v", errName, m)
+	}
+	return m
+}
+
+// ExpectClose waits for the server to close the connection and returns how,
+// with the frames that came before.
+func (c *Client) ExpectClose() (CloseInfo, []Frame) {
+	c.t.Helper()
+	var got []Frame
+	for {
+		select {
+		case f := <-c.frames:
+			got = append(got, f)
+		case <-c.done:
+			for {
+				select {
+				case f := <-c.frames:
+					got = append(got, f)
+				default:
+					return c.info, got
+				}
+			}
+		case <-time.After(WaitFor):
+			c.t.Fatal("timed out waiting for the close")
+		}
+	}
+}
+
+// HandshakeStatus attempts an upgrade with a plain HTTP request and returns
+// the status, for the refusals that happen before any upgrade.
+func HandshakeStatus(t testing.TB, rawURL string, header http.Header) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, strings.Replace(rawURL, "ws", "http", 1), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections() // no idle connection outlives the test
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// RawClient is a WebSocket client made by hand over TCP, so that a test can
+// stop reading (a slow client) or never answer pings (a dead one).
+type RawClient struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+// RawDial performs the handshake and reads nothing more.
+func RawDial(t testing.TB, rawURL string) *RawClient {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", u.RequestURI(), u.Host)
+	r := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake status %d", resp.StatusCode)
+	}
+	return &RawClient{conn: conn, r: r}
+}
+
+// ReadFrame reads one unmasked server frame.
+func (c *RawClient) ReadFrame() (opcode byte, payload []byte, err error) {
+	var h [2]byte
+	if _, err = io.ReadFull(c.r, h[:]); err != nil {
+		return 0, nil, err
+	}
+	n := uint64(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var b [2]byte
+		_, err = io.ReadFull(c.r, b[:])
+		n = uint64(binary.BigEndian.Uint16(b[:]))
+	case 127:
+		var b [8]byte
+		_, err = io.ReadFull(c.r, b[:])
+		n = binary.BigEndian.Uint64(b[:])
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	payload = make([]byte, n)
+	_, err = io.ReadFull(c.r, payload)
+	return h[0] & 0x0f, payload, err
+}
