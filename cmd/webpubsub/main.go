@@ -1,6 +1,6 @@
 // Command webpubsub runs the library as a local, Azure Web PubSub compatible
-// server: the client endpoint on /client/, with the access key of a
-// connection string.
+// server: the client endpoint on /client/ and the REST API on /api/, with
+// the access key of a connection string.
 //
 //	go run ./cmd/webpubsub -addr 127.0.0.1:8080
 //
@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/rest"
 )
 
 func main() {
@@ -60,10 +61,11 @@ func run(args []string, stdout *os.File) error {
 
 	mux := http.NewServeMux()
 	mux.Handle("/client/", svc.ClientHandler())
+	mux.Handle("/api/", rest.NewHandler(svc, rest.Options{Logger: log}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	fmt.Fprintf(stdout, "%s\n", cs)
-	log.Info("listening", "addr", ln.Addr().String(), "client", "/client/hubs/{hub}")
+	log.Info("listening", "addr", ln.Addr().String(), "client", "/client/hubs/{hub}", "rest", "/api/")
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
