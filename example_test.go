@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/rest"
 )
 
 // Embed the service in an application's own server, then broadcast from Go.
@@ -18,7 +19,8 @@ func Example() {
 		log.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/client/", svc.ClientHandler()) // WebSocket clients: /client/hubs/{hub}
+	mux.Handle("/client/", svc.ClientHandler())             // WebSocket clients: /client/hubs/{hub}
+	mux.Handle("/api/", rest.NewHandler(svc, rest.Options{})) // the REST API Azure's server SDKs call
 	go http.ListenAndServe("localhost:8080", mux)
 
 	url, _ := svc.ClientURL("chat", pubsub.TokenOptions{UserID: "alice", Roles: []string{"webpubsub.joinLeaveGroup"}})

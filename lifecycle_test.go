@@ -160,3 +160,39 @@ func TestShutdownDeadline(t *testing.T) {
 	}
 	close(block) // the handler returns; the cleanup's Shutdown then succeeds
 }
+
+func TestMessageTTLDropsLateMessages(t *testing.T) {
+	e := newEnv(t, pubsub.Config{OutboundBufferSize: 256 << 20, WriteTimeout: time.Minute})
+	ctx := t.Context()
+	reader := wstest.RawDial(t, e.url(pubsub.TokenOptions{UserID: "late"}))
+	if ok, _ := e.hub.UserExists(ctx, "late"); !ok {
+		t.Fatal("not connected")
+	}
+	// 40 MB that the client does not read: far more than the kernel buffers,
+	// so what follows waits in the outbox.
+	const n = 40
+	big := make([]byte, 1<<20)
+	for i := 0; i < n; i++ {
+		must(t, e.hub.SendToUser(ctx, "late", pubsub.BinaryMessage(big)))
+	}
+	must(t, e.hub.SendToUser(ctx, "late", pubsub.TextMessage("expiring"), pubsub.WithTTL(100*time.Millisecond)))
+	must(t, e.hub.SendToUser(ctx, "late", pubsub.TextMessage("kept"), pubsub.WithTTL(time.Hour)))
+	must(t, e.hub.SendToUser(ctx, "late", pubsub.TextMessage("no ttl")))
+	time.Sleep(200 * time.Millisecond) // the TTL passing is what is tested, not a synchronisation
+
+	var texts []string
+	for binaries := 0; len(texts) < 2; {
+		op, p, err := reader.ReadFrame()
+		if err != nil {
+			t.Fatalf("after %d binary frames and %q: %v", binaries, texts, err)
+		}
+		if op == 0x2 {
+			binaries++
+			continue
+		}
+		texts = append(texts, string(p))
+	}
+	if strings.Join(texts, ",") != "kept,no ttl" {
+		t.Fatalf("text frames %q, want the expired one dropped", texts)
+	}
+}

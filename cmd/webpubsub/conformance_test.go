@@ -1,0 +1,324 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/internal/wstest"
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// startServer builds and starts cmd/webpubsub on a free port and returns its
+// connection string; the process is stopped when the test ends.
+func startServer(t *testing.T) pubsub.ConnectionString {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "webpubsub")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "-addr", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "WEBPUBSUB_CONNECTION_STRING=")
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := pubsub.ParseConnectionString(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+var npmOnce sync.Once
+
+// interopDir returns ../../interop with its pinned packages installed, or
+// skips where Node is missing (a failure under CI).
+func interopDir(t *testing.T) string {
+	t.Helper()
+	dir, _ := filepath.Abs(filepath.Join("..", "..", "interop"))
+	if _, err := exec.LookPath("node"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("node is not installed")
+		}
+		t.Skip("node is not installed")
+	}
+	marker := filepath.Join(dir, "node_modules", "@azure", "web-pubsub")
+	npmOnce.Do(func() {
+		if _, err := os.Stat(marker); err == nil {
+			return
+		}
+		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Logf("npm ci: %v\n%s", err, out)
+		}
+	})
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("the pinned npm packages are not installed in %s", dir)
+	}
+	return dir
+}
+
+// restSend posts text to one connection through the REST API, signed the
+// way the SDKs sign: the barrier every step ends with.
+func restSend(t *testing.T, cs pubsub.ConnectionString, connID, text string) {
+	t.Helper()
+	u := cs.Endpoint + "/api/hubs/chat/connections/" + connID + "/:send?api-version=2024-12-01"
+	tok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"aud": u, "exp": time.Now().Add(time.Hour).Unix()}).SignedString([]byte(cs.AccessKey))
+	req, _ := http.NewRequest("POST", u, strings.NewReader(text))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "text/plain")
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("barrier send: %d", resp.StatusCode)
+	}
+}
+
+// TestServerSDKConformance: Azure's official @azure/web-pubsub server SDK
+// calls every method it has against cmd/webpubsub, while real WebSocket
+// clients check where each message went.
+func TestServerSDKConformance(t *testing.T) {
+	dir := interopDir(t)
+	cs := startServer(t)
+	minter, err := pubsub.New(pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientURL := func(opts pubsub.TokenOptions) string {
+		u, err := minter.ClientURL("chat", opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+
+	type peer struct {
+		c      *wstest.Client
+		id     string
+		simple bool
+	}
+	alice, aliceID := wstest.DialJSON(t, clientURL(pubsub.TokenOptions{UserID: "alice", Groups: []string{"room"}}))
+	bob, bobID := wstest.DialJSON(t, clientURL(pubsub.TokenOptions{UserID: "bob"}))
+	anon, anonID := wstest.DialJSON(t, clientURL(pubsub.TokenOptions{}))
+	carol := wstest.Dial(t, clientURL(pubsub.TokenOptions{UserID: "carol", Groups: []string{"room"}}), nil)
+	// carol is a simple client: learn her connection id from a listing later;
+	// until then, barriers to her go through her user.
+	peers := map[string]*peer{
+		"alice": {alice, aliceID, false},
+		"bob":   {bob, bobID, false},
+		"anon":  {anon, anonID, false},
+		"carol": {carol, "", true},
+	}
+	var dave *peer
+
+	// expect checks that exactly the named peers received text (or, for a
+	// JSON peer, a frame containing want), then proves nothing else came.
+	expect := func(step string, got map[string]string) {
+		t.Helper()
+		for name, p := range peers {
+			if want, ok := got[name]; ok {
+				f := p.c.Next()
+				if p.simple && string(f.Data) != want || !p.simple && !strings.Contains(string(f.Data), want) {
+					t.Fatalf("%s: %s got %s, want %s", step, name, f.Data, want)
+				}
+			}
+		}
+		for name, p := range peers {
+			if p.id == "" { // carol: reach her through her user
+				continue
+			}
+			restSend(t, cs, p.id, "barrier:"+step)
+			if f := p.c.Next(); !strings.Contains(string(f.Data), "barrier:"+step) {
+				t.Fatalf("%s: %s got an unexpected %s", step, name, f.Data)
+			}
+		}
+	}
+	expectClosed := func(step, name, reason string) {
+		t.Helper()
+		p := peers[name]
+		info, frames := p.c.ExpectClose()
+		if info.Code != 1000 || info.Reason != reason {
+			t.Fatalf("%s: %s closed with %+v, want 1000 %q", step, name, info, reason)
+		}
+		if !p.simple && (len(frames) != 1 || !strings.Contains(string(frames[0].Data), `"disconnected"`)) {
+			t.Fatalf("%s: %s got %d frames before the close", step, name, len(frames))
+		}
+		delete(peers, name)
+	}
+
+	checks := map[string]func(line map[string]any){
+		"sendToAll text": func(map[string]any) {
+			expect("text", map[string]string{"alice": `"dataType":"text","data":"hello"`, "bob": `"data":"hello"`, "anon": `"data":"hello"`, "carol": "hello"})
+		},
+		"sendToAll json": func(map[string]any) {
+			expect("json", map[string]string{"alice": `"dataType":"json","data":{"x":1,"s":"y"}`, "bob": `"x":1`, "anon": `"x":1`, "carol": `{"x":1,"s":"y"}`})
+		},
+		"sendToAll binary": func(map[string]any) {
+			expect("binary", map[string]string{"alice": `"dataType":"binary","data":"AQL/"`, "bob": `"AQL/"`, "anon": `"AQL/"`, "carol": "\x01\x02\xff"})
+		},
+		"sendToAll filter": func(map[string]any) { expect("filter", map[string]string{"alice": `"for alice"`}) },
+		"sendToAll ttl": func(map[string]any) {
+			expect("ttl", map[string]string{"alice": "with ttl", "bob": "with ttl", "anon": "with ttl", "carol": "with ttl"})
+		},
+		"sendToUser": func(map[string]any) {
+			expect("user", map[string]string{"bob": `"from":"server","dataType":"text","data":"to bob"`})
+		},
+		"sendToUser filter": func(map[string]any) { expect("user filter", map[string]string{"bob": `"data":{"to":"bob"}`}) },
+		"sendToConnection":  func(map[string]any) { expect("connection", map[string]string{"alice": `"data":"to alice"`}) },
+		"group sendToAll": func(map[string]any) {
+			expect("group", map[string]string{"alice": `"from":"group","group":"room","dataType":"text","data":"to room"`, "carol": "to room"})
+		},
+		"group sendToAll filter": func(map[string]any) { expect("group filter", map[string]string{"alice": "to room but carol"}) },
+		"group addConnection": func(map[string]any) {
+			expect("add", map[string]string{"alice": "bob joined", "bob": "bob joined", "carol": "bob joined"})
+		},
+		"group removeConnection": func(map[string]any) { expect("remove", map[string]string{"alice": "bob left", "carol": "bob left"}) },
+		"group addUser":          func(map[string]any) { expect("addUser", map[string]string{"alice": `"group":"g2"`}) },
+		"addConnectionsToGroups": func(map[string]any) { expect("addTo", map[string]string{"bob": "to g3", "anon": "to g3"}) },
+		"removeConnectionsFromGroups": func(map[string]any) {
+			expect("removeFrom", map[string]string{"bob": "to g3 again"})
+		},
+		"removeConnectionFromAllGroups": func(map[string]any) { expect("removeAll", map[string]string{"carol": "room without alice"}) },
+		"removeUserFromAllGroups":       func(map[string]any) { expect("removeUserAll", map[string]string{"anon": "to g4"}) },
+		"group removeUser": func(line map[string]any) {
+			if line["g2Exists"] != false {
+				t.Fatalf("g2 still exists: %v", line)
+			}
+			expect("removeUser", nil)
+		},
+		"group listConnections": func(line map[string]any) {
+			members, _ := line["members"].([]any)
+			byUser := map[string]string{}
+			for _, m := range members {
+				m := m.(map[string]any)
+				byUser[fmt.Sprint(m["userId"])] = m["connectionId"].(string)
+			}
+			if len(members) != 2 || byUser["alice"] != aliceID || byUser["carol"] == "" {
+				t.Fatalf("members %v", members)
+			}
+			peers["carol"].id = byUser["carol"]
+			if paged, _ := line["paged"].([]any); len(paged) != 2 {
+				t.Fatalf("pages %v", paged)
+			}
+			expect("list", nil) // carol's barrier now goes through her id
+		},
+		"exists": func(line map[string]any) {
+			want := map[string]any{"alice": true, "missing": false, "userBob": true, "userNobody": false, "room": true, "empty": false}
+			delete(line, "step")
+			if !reflect.DeepEqual(line, want) {
+				t.Fatalf("exists %v, want %v", line, want)
+			}
+		},
+		"grantPermission": func(line map[string]any) {
+			if line["granted"] != true {
+				t.Fatalf("%v", line)
+			}
+			bob.Send(`{"type":"sendToGroup","group":"room","ackId":1,"dataType":"text","data":"bob may"}`)
+			bob.ExpectAck(1, "")
+			expect("grant", map[string]string{"alice": "bob may", "carol": "bob may"})
+		},
+		"revokePermission": func(line map[string]any) {
+			if line["revoked"] != true {
+				t.Fatalf("%v", line)
+			}
+			bob.Send(`{"type":"sendToGroup","group":"room","ackId":2,"dataType":"text","data":"bob may not"}`)
+			bob.ExpectAck(2, "Forbidden")
+			expect("revoke", nil)
+		},
+		"getClientAccessToken": func(line map[string]any) {
+			c, id := wstest.DialJSON(t, line["url"].(string))
+			dave = &peer{c, id, false}
+			peers["dave"] = dave
+			restSend(t, cs, id, "hi dave")
+			if m := c.NextJSON(); m["data"] != "hi dave" {
+				t.Fatalf("dave got %v", m)
+			}
+			c.Send(`{"type":"joinGroup","group":"daves-other","ackId":1}`)
+			c.ExpectAck(1, "") // the role of the token
+		},
+		"errors": func(line map[string]any) {
+			want := map[string]any{"badFilter": 400.0, "badTtl": 400.0, "addMissingConnection": 404.0, "grantMissing": 404.0}
+			delete(line, "step")
+			if !reflect.DeepEqual(line, want) {
+				t.Fatalf("errors %v, want %v", line, want)
+			}
+			expect("errors", nil)
+		},
+		"closeConnection":      func(map[string]any) { expectClosed("close", "anon", "anon closed") },
+		"closeUserConnections": func(map[string]any) { expectClosed("closeUser", "bob", "bob closed") },
+		"group closeAllConnections": func(map[string]any) {
+			expectClosed("closeGroup", "alice", "room closed")
+			expectClosed("closeGroup", "carol", "room closed")
+		},
+		"closeAllConnections": func(map[string]any) { expectClosed("closeAll", "dave", "all closed") },
+	}
+
+	ids, _ := json.Marshal(map[string]string{"alice": aliceID, "bob": bobID, "anon": anonID})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	node := exec.CommandContext(ctx, "node", "server-sdk.mjs", cs.String(), string(ids))
+	node.Dir = dir
+	node.Stderr = os.Stderr
+	stdin, _ := node.StdinPipe()
+	stdout, _ := node.StdoutPipe()
+	if err := node.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	seen := map[string]bool{}
+	for sc.Scan() {
+		var line map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			t.Fatalf("node printed %q", sc.Text())
+		}
+		step := line["step"].(string)
+		if step == "done" {
+			seen[step] = true
+			break
+		}
+		check, ok := checks[step]
+		if !ok {
+			t.Fatalf("no check for step %q", step)
+		}
+		check(line)
+		seen[step] = true
+		fmt.Fprintln(stdin, "next")
+	}
+	if err := node.Wait(); err != nil {
+		t.Fatalf("node: %v", err)
+	}
+	for step := range checks {
+		if !seen[step] {
+			t.Errorf("step %q never ran", step)
+		}
+	}
+	if !seen["done"] {
+		t.Fatal("the SDK script did not finish")
+	}
+}
