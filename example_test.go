@@ -19,7 +19,7 @@ func Example() {
 		log.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/client/", svc.ClientHandler())             // WebSocket clients: /client/hubs/{hub}
+	mux.Handle("/client/", svc.ClientHandler())               // WebSocket clients: /client/hubs/{hub}
 	mux.Handle("/api/", rest.NewHandler(svc, rest.Options{})) // the REST API Azure's server SDKs call
 	go http.ListenAndServe("localhost:8080", mux)
 
