@@ -11,7 +11,6 @@ import (
 
 	"github.com/embedwps/pubsub/internal/wsframe"
 	"github.com/embedwps/pubsub/protocol"
-	"github.com/lxzan/gws"
 )
 
 // clientKind is how a connection speaks: the subprotocol family it
@@ -21,15 +20,21 @@ type clientKind uint8
 const (
 	// kindSimple is a client with no predefined subprotocol: raw frames in
 	// both directions, each inbound frame a "message" user event.
-	kindSimple clientKind = iota
-	// kindJSON speaks json.webpubsub.azure.v1.
-	kindJSON
+	kindSimple           clientKind = iota
+	kindJSON                        // json.webpubsub.azure.v1
+	kindJSONReliable                // json.reliable.webpubsub.azure.v1
+	kindProtobuf                    // protobuf.webpubsub.azure.v1
+	kindProtobufReliable            // protobuf.reliable.webpubsub.azure.v1
 	numKinds
 )
 
-// conn is one client connection: its identity, permissions, groups, and
-// outbound queue. Its inbound frames are handled one at a time, in order, by
-// the gws read loop goroutine.
+func (k clientKind) reliable() bool { return k == kindJSONReliable || k == kindProtobufReliable }
+func (k clientKind) protobuf() bool { return k == kindProtobuf || k == kindProtobufReliable }
+
+// conn is one logical client connection: its identity, permissions, groups,
+// and outbound queue. Its inbound frames are handled one at a time, in order,
+// by the gws read loop goroutine of its transport. A reliable connection
+// outlives a dropped transport for the recovery window.
 type conn struct {
 	hub         *Hub
 	id          string
@@ -37,7 +42,6 @@ type conn struct {
 	subprotocol string
 	kind        clientKind
 	perms       *permissions
-	socket      *gws.Conn
 
 	// ctx is cancelled when the connection ends, aborting its user events.
 	ctx    context.Context
@@ -51,12 +55,16 @@ type conn struct {
 
 	acks ackLog // touched by the read goroutine only
 
-	outMu    sync.Mutex // guards out and disconnect
-	out      outbox
-	lastSeen atomic.Int64 // unix nanoseconds of the last inbound frame
+	outMu      sync.Mutex // guards out, rel, ended, released, disconnect
+	out        *outbox    // the current transport's
+	rel        *reliable  // nil unless the subprotocol is reliable
+	ended      bool       // the service ended the logical connection
+	released   bool       // it left the registry
+	disconnect Disconnect // why the service ended it
 
-	closing    atomic.Bool
-	disconnect Disconnect // why the service closed it; set before closing
+	lastSeen  atomic.Int64 // unix nanoseconds of the last inbound frame
+	closing   atomic.Bool  // set with ended: inbound frames are ignored
+	connected atomic.Bool  // the connected event was raised
 }
 
 func (c *conn) context() ConnectionContext {
@@ -98,6 +106,8 @@ func (c *conn) handleFrame(binary bool, payload []byte) {
 	if c.closing.Load() {
 		return // the service already declined this client
 	}
+	var req protocol.Request
+	var err error
 	switch c.kind {
 	case kindSimple:
 		t := DataTypeText
@@ -114,28 +124,36 @@ func (c *conn) handleFrame(binary bool, payload []byte) {
 		if resp != nil && len(resp.Data) > 0 {
 			c.send(simpleFrame(resp.DataType, resp.Data))
 		}
-	case kindJSON:
+		return
+	case kindJSON, kindJSONReliable:
 		if binary {
 			c.close(DisconnectBinaryOnJSON)
 			return
 		}
-		req, err := protocol.DecodeJSONRequest(payload)
-		if err != nil {
-			c.close(Disconnect{CloseInvalidPayload, err.Error()})
+		req, err = protocol.DecodeJSONRequest(payload)
+	case kindProtobuf, kindProtobufReliable:
+		if !binary {
+			c.close(DisconnectTextOnProtobuf)
 			return
 		}
-		c.handleRequest(req)
+		req, err = protocol.DecodeProtobufRequest(payload)
 	}
+	if err != nil {
+		c.close(Disconnect{CloseInvalidPayload, err.Error()})
+		return
+	}
+	c.handleRequest(req)
 }
 
 // handleRequest answers one PubSub request, with an ack when it has an ackId.
 func (c *conn) handleRequest(req protocol.Request) {
 	switch req.Type {
 	case protocol.Ping:
-		c.send(c.encode(protocol.AppendPong))
+		c.send(c.encodePong())
 		return
 	case protocol.SequenceAck:
-		return // only the reliable subprotocols keep messages to acknowledge
+		c.ackSequence(req.SequenceID) // a no-op unless the subprotocol is reliable
+		return
 	}
 	if req.HasAckID && c.acks.done(req.AckID) {
 		c.sendAck(req.AckID, protocol.AckDuplicate, fmt.Sprintf("Message with ack-id: %d has been processed", req.AckID))
@@ -192,8 +210,10 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 			return protocol.AckInternalServerError, err.Error()
 		}
 		if resp != nil && len(resp.Data) > 0 {
-			// The reply reaches the client before the ack (spec §6.1).
-			c.send(c.encode(func(b []byte) []byte { return protocol.AppendServerMessage(b, resp.DataType, resp.Data) }))
+			// The reply reaches the client before the ack (spec §6.1), as a
+			// message from the server (with a sequence id when reliable).
+			reply := &Command{Op: OpSendToConnection, Message: Message{resp.DataType, resp.Data}}
+			c.deliver(&delivery{cmd: reply}, 0)
 		}
 	}
 	return "", ""
@@ -222,13 +242,42 @@ func (c *conn) userEvent(name string, t DataType, data []byte) (*UserEventRespon
 }
 
 func (c *conn) sendAck(ackID uint64, errName, errMessage string) {
-	c.send(c.encode(func(b []byte) []byte { return protocol.AppendAck(b, ackID, errName, errMessage) }))
+	if c.kind.protobuf() {
+		c.send(protobufFrame(protocol.AppendProtobufAck(wsframe.Begin(32), ackID, errName, errMessage)))
+		return
+	}
+	c.send(jsonFrame(protocol.AppendAck(wsframe.Begin(64), ackID, errName, errMessage)))
 }
 
-// encode frames one JSON frame for this connection alone.
-func (c *conn) encode(appendFrame func([]byte) []byte) []byte {
-	return wsframe.Finish(appendFrame(wsframe.Begin(64)), wsframe.OpText)
+func (c *conn) encodePong() []byte {
+	if c.kind.protobuf() {
+		return protobufPong
+	}
+	return jsonPong
 }
+
+func (c *conn) encodeConnected(reconnectionToken string) []byte {
+	if c.kind.protobuf() {
+		return protobufFrame(protocol.AppendProtobufConnected(wsframe.Begin(64), c.userID, c.id, reconnectionToken))
+	}
+	return jsonFrame(protocol.AppendConnected(wsframe.Begin(96), c.userID, c.id, reconnectionToken))
+}
+
+func (c *conn) encodeDisconnected(reason string) []byte {
+	if c.kind.protobuf() {
+		return protobufFrame(protocol.AppendProtobufDisconnected(wsframe.Begin(64), reason))
+	}
+	return jsonFrame(protocol.AppendDisconnected(wsframe.Begin(64), reason))
+}
+
+// jsonFrame and protobufFrame finish a frame begun with wsframe.Begin.
+func jsonFrame(buf []byte) []byte     { return wsframe.Finish(buf, wsframe.OpText) }
+func protobufFrame(buf []byte) []byte { return wsframe.Finish(buf, wsframe.OpBinary) }
+
+var (
+	jsonPong     = jsonFrame(protocol.AppendPong(wsframe.Begin(16)))
+	protobufPong = protobufFrame(protocol.AppendProtobufPong(wsframe.Begin(16)))
+)
 
 // simpleFrame is how a simple client receives a payload: text or binary, raw.
 func simpleFrame(t DataType, data []byte) []byte {

@@ -33,6 +33,12 @@ var (
 	DisconnectPingTimeout = Disconnect{CloseGoingAway, "PingTimeout: the client did not answer keep-alive pings."}
 	// DisconnectBinaryOnJSON closes a JSON subprotocol client that sent a binary frame.
 	DisconnectBinaryOnJSON = Disconnect{CloseUnsupportedData, "The JSON subprotocol requires text messages."}
+	// DisconnectTextOnProtobuf closes a protobuf subprotocol client that sent
+	// a text frame.
+	DisconnectTextOnProtobuf = Disconnect{CloseUnsupportedData, "The protobuf subprotocol requires binary messages."}
+	// DisconnectNotRecovered closes a transport that asked to recover a
+	// connection that is gone, or with a token that is not its own.
+	DisconnectNotRecovered = Disconnect{ClosePolicyViolation, "The connection could not be recovered."}
 	// DisconnectEventFailed closes a simple client whose message event failed
 	// or had no handler.
 	DisconnectEventFailed = Disconnect{CloseInternalError, "The message event could not be handled."}

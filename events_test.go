@@ -189,15 +189,23 @@ func TestConnectEventBadSubprotocolChoice(t *testing.T) {
 	}
 }
 
-func TestUnsupportedPredefinedSubprotocol(t *testing.T) {
+func TestSubprotocolNegotiation(t *testing.T) {
 	e := newEnv(t, pubsub.Config{})
-	if got := wstest.HandshakeStatus(t, e.url(pubsub.TokenOptions{}), http.Header{"Sec-Websocket-Protocol": {"protobuf.webpubsub.azure.v1"}}); got != 400 {
-		t.Fatalf("status %d, want 400", got)
-	}
-	// Offered together with a served one, the served one wins.
-	c := wstest.Dial(t, e.url(pubsub.TokenOptions{}), nil, "protobuf.webpubsub.azure.v1", "json.webpubsub.azure.v1")
-	if c.Conn.SubProtocol() != "json.webpubsub.azure.v1" {
-		t.Fatalf("negotiated %q", c.Conn.SubProtocol())
+	for _, tc := range []struct {
+		offered []string
+		want    string
+	}{
+		{[]string{"json.webpubsub.azure.v1"}, "json.webpubsub.azure.v1"},
+		{[]string{"json.reliable.webpubsub.azure.v1"}, "json.reliable.webpubsub.azure.v1"},
+		{[]string{"protobuf.webpubsub.azure.v1"}, "protobuf.webpubsub.azure.v1"},
+		{[]string{"protobuf.reliable.webpubsub.azure.v1"}, "protobuf.reliable.webpubsub.azure.v1"},
+		{[]string{"custom", "protobuf.webpubsub.azure.v1", "json.webpubsub.azure.v1"}, "protobuf.webpubsub.azure.v1"}, // the first predefined
+		{[]string{"JSON.WebPubSub.Azure.V1"}, "JSON.WebPubSub.Azure.V1"},                                              // matched case-insensitively, echoed as offered
+	} {
+		c := wstest.Dial(t, e.url(pubsub.TokenOptions{}), nil, tc.offered...)
+		if got := c.Conn.SubProtocol(); got != tc.want {
+			t.Fatalf("offered %v: negotiated %q, want %q", tc.offered, got, tc.want)
+		}
 	}
 }
 

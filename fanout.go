@@ -22,7 +22,7 @@ func (s *Service) apply(cmd *Command) {
 	switch cmd.Op {
 	case OpSendToAll, OpSendToGroup, OpSendToUser, OpSendToConnection:
 		d := delivery{cmd: cmd}
-		h.selectConns(cmd, func(c *conn) { c.enqueue(d.frame(c.kind), cmd.ExpiresAt) })
+		h.selectConns(cmd, func(c *conn) { c.deliver(&d, cmd.ExpiresAt) })
 	case OpCloseAll, OpCloseGroup, OpCloseUser, OpCloseConnection:
 		reason := DisconnectClosedByAppServer
 		if cmd.Reason != "" {
@@ -60,31 +60,78 @@ func (h *Hub) selectConns(cmd *Command, f func(*conn)) {
 	}
 }
 
-// delivery is one message on its way out, with its frame encoded lazily, once
-// per client kind.
+// delivery is one message on its way out, encoded lazily, once per client
+// kind: a whole frame for the simple, JSON and protobuf kinds; for the
+// reliable kinds, a body that every receiver shares and that each completes
+// with a few bytes of its own sequence id.
 type delivery struct {
-	cmd    *Command
-	frames [numKinds][]byte
+	cmd       *Command
+	simple    []byte
+	jsonFrame []byte
+	jsonBody  []byte // jsonFrame without its header
+	pbData    []byte // the DataMessage, without sequence id
+	pbFrame   []byte
 }
 
-func (d *delivery) frame(k clientKind) []byte {
-	if f := d.frames[k]; f != nil {
-		return f
-	}
-	m := d.cmd.Message
-	var f []byte
-	switch k {
+// deliver queues d for c in c's encoding.
+func (c *conn) deliver(d *delivery, deadline int64) {
+	switch c.kind {
 	case kindSimple:
-		f = simpleFrame(m.DataType, m.Data)
+		c.enqueue(deadline, d.simpleFrame())
 	case kindJSON:
+		c.enqueue(deadline, d.json())
+	case kindProtobuf:
+		c.enqueue(deadline, d.protobuf())
+	case kindJSONReliable:
+		d.json()
+		c.deliverReliable(deadline, func(seq uint64) [][]byte { return reliableJSONFrame(d.jsonBody, seq) })
+	case kindProtobufReliable:
+		d.protobufData()
+		c.deliverReliable(deadline, func(seq uint64) [][]byte { return reliableProtobufFrame(d.pbData, seq) })
+	}
+}
+
+func (d *delivery) simpleFrame() []byte {
+	if d.simple == nil {
+		d.simple = simpleFrame(d.cmd.Message.DataType, d.cmd.Message.Data)
+	}
+	return d.simple
+}
+
+// json encodes the JSON frame, in place after room for its header, so that
+// the body and the frame share their bytes.
+func (d *delivery) json() []byte {
+	if d.jsonFrame == nil {
+		m := d.cmd.Message
 		buf := wsframe.Begin(len(m.Data)*4/3 + 96 + len(d.cmd.Target))
 		if d.cmd.Op == OpSendToGroup {
 			buf = protocol.AppendGroupMessage(buf, d.cmd.Target, d.cmd.FromUserID, m.DataType, m.Data)
 		} else {
 			buf = protocol.AppendServerMessage(buf, m.DataType, m.Data)
 		}
-		f = wsframe.Finish(buf, wsframe.OpText)
+		d.jsonBody = buf[wsframe.Reserve:]
+		d.jsonFrame = wsframe.Finish(buf, wsframe.OpText)
 	}
-	d.frames[k] = f
-	return f
+	return d.jsonFrame
+}
+
+func (d *delivery) protobufData() []byte {
+	if d.pbData == nil {
+		m := d.cmd.Message
+		from, group := "server", ""
+		if d.cmd.Op == OpSendToGroup {
+			from, group = "group", d.cmd.Target
+		}
+		d.pbData = protocol.AppendProtobufDataMessage(make([]byte, 0, len(m.Data)+len(group)+24), from, group, m.DataType, m.Data)
+	}
+	return d.pbData
+}
+
+func (d *delivery) protobuf() []byte {
+	if d.pbFrame == nil {
+		data := d.protobufData()
+		buf := protocol.AppendProtobufDataEnvelope(wsframe.Begin(len(data)+8), len(data))
+		d.pbFrame = protobufFrame(append(buf, data...))
+	}
+	return d.pbFrame
 }

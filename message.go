@@ -3,6 +3,7 @@ package pubsub
 import (
 	"encoding/json"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/embedwps/pubsub/protocol"
 )
@@ -42,7 +43,11 @@ func (m Message) validate() error {
 		if !json.Valid(m.Data) {
 			return fmt.Errorf("%w: data is not a valid JSON value", ErrInvalidMessage)
 		}
-	case DataTypeText, DataTypeBinary, DataTypeProtobuf:
+	case DataTypeText:
+		if !utf8.Valid(m.Data) {
+			return fmt.Errorf("%w: text is not valid UTF-8", ErrInvalidMessage)
+		}
+	case DataTypeBinary, DataTypeProtobuf:
 	default:
 		return fmt.Errorf("%w: unknown data type %d", ErrInvalidMessage, m.DataType)
 	}

@@ -5,101 +5,163 @@ import (
 	"time"
 
 	"github.com/embedwps/pubsub/internal/wsframe"
-	"github.com/embedwps/pubsub/protocol"
+	"github.com/lxzan/gws"
 )
 
-// outbox is a connection's outbound queue of complete WebSocket frames. A
-// send never blocks: it appends the frame (shared with the other recipients
-// of the same message) and, if no flush is running, starts one. The flush
-// writes everything queued in one writev, so a burst to one connection costs
-// one syscall, and an idle connection holds no goroutine.
+// outbox is one transport's outbound queue of WebSocket frames, each frame
+// one or more byte slices (a reliable receiver's frame is a small
+// per-connection prefix and the body shared by every recipient). A send
+// never blocks: it appends the slices and, if no flush is running, starts
+// one. The flush writes everything queued in one writev, so a burst to one
+// connection costs one syscall, and an idle connection holds no goroutine.
+//
+// A reliable connection gets a new outbox with each transport; the
+// connection's outMu guards whichever is current and the old ones.
 type outbox struct {
+	socket *gws.Conn // nil until the upgrade is done
 	frames [][]byte
-	// expires holds each queued frame's deadline (Unix nanoseconds, 0 for
-	// none), or is nil while no queued frame has one.
+	// expires holds each queued slice's deadline (Unix nanoseconds, 0 for
+	// none), or is nil while no queued slice has one.
 	expires  []int64
 	spare    [][]byte
 	size     int  // bytes queued or being written
-	flushing bool // a flush goroutine is running
+	flushing bool // a flush goroutine is running (or the outbox is held)
 	closed   bool // nothing more is written
 	closeReq *Disconnect
 }
 
-// send queues one frame for c.
-func (c *conn) send(frame []byte) { c.enqueue(frame, 0) }
+// newOutbox returns an outbox held until start is called with its socket.
+func newOutbox() *outbox { return &outbox{flushing: true} }
 
-// enqueue queues one frame for c, to be dropped if it is not written by
-// deadline (Unix nanoseconds; 0: never). When the frames queued or in flight
-// would exceed the outbound buffer, c is a slow client: its queue is dropped
-// and it is closed, and no sender waits for it.
-func (c *conn) enqueue(frame []byte, deadline int64) {
-	o := &c.out
+// start gives a held outbox its socket and flushes what was queued.
+func (c *conn) start(o *outbox, socket *gws.Conn) {
 	c.outMu.Lock()
-	if o.closed || o.closeReq != nil {
-		c.outMu.Unlock()
-		return
+	o.socket = socket
+	aborted := o.closed
+	c.outMu.Unlock()
+	if aborted {
+		_ = socket.NetConn().Close() // the read loop then releases it
 	}
-	if o.size > 0 && o.size+len(frame) > c.hub.svc.cfg.OutboundBufferSize {
+	go c.flush(o)
+}
+
+// send queues one frame for c.
+func (c *conn) send(frame []byte) { c.enqueue(0, frame) }
+
+// enqueue queues one frame, made of parts, to be dropped if it is not
+// written by deadline (Unix nanoseconds; 0: never).
+func (c *conn) enqueue(deadline int64, parts ...[]byte) {
+	c.outMu.Lock()
+	start := c.enqueueLocked(c.out, deadline, parts)
+	c.outMu.Unlock()
+	if start {
+		go c.flush(c.out)
+	}
+}
+
+// enqueueLocked queues parts on o and reports whether a flush must start.
+// When the bytes queued or in flight would exceed the outbound buffer, c is
+// a slow client: its queue is dropped and it is closed, and no sender waits
+// for it.
+func (c *conn) enqueueLocked(o *outbox, deadline int64, parts [][]byte) bool {
+	if o.closed || o.closeReq != nil {
+		return false
+	}
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	if o.size > 0 && o.size+n > c.hub.svc.cfg.OutboundBufferSize {
 		c.hub.svc.slowClients.Add(1)
-		c.disconnect = DisconnectSlowClient
-		c.closing.Store(true)
+		c.hub.svc.log.Warn("closing a slow client", "hub", c.hub.name, "connectionId", c.id)
 		for _, f := range o.frames {
 			o.size -= len(f)
 		}
 		clear(o.frames)
-		o.frames = o.frames[:0]
-		o.expires = nil
+		o.frames, o.expires = o.frames[:0], nil
+		c.endSessionLocked(DisconnectSlowClient)
 		o.closeReq = &c.disconnect
-		c.outMu.Unlock()
-		c.hub.svc.log.Warn("closing a slow client", "hub", c.hub.name, "connectionId", c.id)
-		return // the running flush writes the close frame when its write returns
+		return false // the running flush writes the close frame when its write returns
 	}
 	if deadline != 0 && o.expires == nil {
 		o.expires = make([]int64, len(o.frames), cap(o.frames))
 	}
-	o.frames = append(o.frames, frame)
+	o.frames = append(o.frames, parts...)
 	if o.expires != nil {
-		o.expires = append(o.expires, deadline)
+		for range parts {
+			o.expires = append(o.expires, deadline)
+		}
 	}
-	o.size += len(frame)
+	o.size += n
 	start := !o.flushing
 	o.flushing = true
-	c.outMu.Unlock()
-	if start {
-		go c.flush()
-	}
+	return start
 }
 
 // close closes c as the service: a PubSub client gets a "disconnected"
-// message, then every client gets a close frame after what is queued. It is
-// idempotent; the first reason wins.
+// message, then a close frame after what is queued. The logical connection
+// ends with it (a reliable one is not recoverable). It is idempotent; the
+// first reason wins.
 func (c *conn) close(d Disconnect) {
 	c.outMu.Lock()
-	if c.out.closed || c.out.closeReq != nil {
-		c.outMu.Unlock()
-		return
-	}
-	c.disconnect = d
-	c.closing.Store(true)
-	if c.kind != kindSimple {
-		frame := c.encode(func(b []byte) []byte { return protocol.AppendDisconnected(b, d.Reason) })
-		c.out.frames = append(c.out.frames, frame)
-		c.out.size += len(frame)
-	}
-	c.out.closeReq = &c.disconnect
-	start := !c.out.flushing
-	c.out.flushing = true
+	flush, release := c.closeLocked(d)
 	c.outMu.Unlock()
-	if start {
-		go c.flush()
+	c.afterClose(flush, release)
+}
+
+// closeLocked does close's work under outMu and says what is left to do
+// without it: start a flush of an outbox, or release a connection that has
+// no transport.
+func (c *conn) closeLocked(d Disconnect) (flush *outbox, release bool) {
+	if c.ended {
+		return nil, false
+	}
+	c.endSessionLocked(d)
+	if c.detached() {
+		return nil, true
+	}
+	o := c.out
+	if o.closed || o.closeReq != nil {
+		return nil, false
+	}
+	if c.kind != kindSimple {
+		frame := c.encodeDisconnected(d.Reason)
+		o.frames = append(o.frames, frame)
+		if o.expires != nil {
+			o.expires = append(o.expires, 0)
+		}
+		o.size += len(frame)
+	}
+	o.closeReq = &c.disconnect
+	if o.flushing {
+		return nil, false
+	}
+	o.flushing = true
+	return o, false
+}
+
+func (c *conn) afterClose(flush *outbox, release bool) {
+	if flush != nil {
+		go c.flush(flush)
+	}
+	if release {
+		c.hub.svc.release(c, "")
 	}
 }
 
-// flush writes the queue until it is empty, then the close frame if one was
+// endSessionLocked records why the service ends c. Caller holds outMu.
+func (c *conn) endSessionLocked(d Disconnect) {
+	if !c.ended {
+		c.ended = true
+		c.disconnect = d
+		c.closing.Store(true)
+	}
+}
+
+// flush writes o's queue until it is empty, then the close frame if one was
 // requested.
-func (c *conn) flush() {
-	o := &c.out
-	nc := c.socket.NetConn()
+func (c *conn) flush(o *outbox) {
+	nc := o.socket.NetConn()
 	for {
 		c.outMu.Lock()
 		batch := o.frames
@@ -111,7 +173,7 @@ func (c *conn) flush() {
 			if req != nil && !wasClosed {
 				// A slow client may not read even the close frame: bound it.
 				_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
-				_ = c.socket.WriteClose(req.Code, []byte(req.Reason))
+				_ = o.socket.WriteClose(req.Code, []byte(req.Reason))
 			}
 			return
 		}
@@ -136,13 +198,13 @@ func (c *conn) flush() {
 		o.spare = batch[:0]
 		c.outMu.Unlock()
 		if err != nil {
-			c.abort()
+			c.abort(o)
 			return
 		}
 	}
 }
 
-// dropExpired removes the frames whose deadline has passed, in place, and
+// dropExpired removes the slices whose deadline has passed, in place, and
 // returns the rest with the number of bytes dropped.
 func dropExpired(batch [][]byte, expires []int64) ([][]byte, int) {
 	now := time.Now().UnixNano()
@@ -157,16 +219,16 @@ func dropExpired(batch [][]byte, expires []int64) ([][]byte, int) {
 	return kept, dropped
 }
 
-// abort drops c's connection without a close frame: a write failed, or
+// abort drops o's transport without a close frame: a write failed, or
 // Shutdown ran out of time.
-func (c *conn) abort() {
+func (c *conn) abort(o *outbox) {
 	c.outMu.Lock()
-	c.out.closed = true
-	clear(c.out.frames)
-	c.out.frames, c.out.expires = nil, nil
-	socket := c.socket
+	o.closed = true
+	clear(o.frames)
+	o.frames, o.expires = nil, nil
+	socket := o.socket
 	c.outMu.Unlock()
-	if socket != nil { // nil while the upgrade is under way: it checks closed
+	if socket != nil { // nil while the upgrade is under way: start checks closed
 		_ = socket.NetConn().Close()
 	}
 }

@@ -50,6 +50,7 @@ const (
 	DefaultWriteTimeout       = 10 * time.Second
 	DefaultHandshakeTimeout   = 10 * time.Second
 	DefaultClockSkew          = 5 * time.Minute
+	DefaultRecoveryWindow     = 30 * time.Second
 	DefaultEndpoint           = "http://localhost"
 )
 
@@ -95,6 +96,10 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// ClockSkew is the leeway for exp, nbf and iat. Default 5 minutes.
 	ClockSkew time.Duration
+	// RecoveryWindow is how long a reliable connection whose transport
+	// dropped waits for its client to recover it. Default 30 s, the least
+	// the client spec promises.
+	RecoveryWindow time.Duration
 }
 
 // Stats are counters of a Service.
@@ -156,6 +161,7 @@ func New(cfg Config) (*Service, error) {
 	setDefault(&cfg.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&cfg.HandshakeTimeout, DefaultHandshakeTimeout)
 	setDefault(&cfg.ClockSkew, DefaultClockSkew)
+	setDefault(&cfg.RecoveryWindow, DefaultRecoveryWindow)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -242,7 +248,12 @@ func (s *Service) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		s.eachConn(func(c *conn) { c.abort() })
+		s.eachConn(func(c *conn) {
+			c.outMu.Lock()
+			o := c.out
+			c.outMu.Unlock()
+			c.abort(o)
+		})
 		err = ctx.Err()
 	}
 	if !already {
@@ -291,6 +302,9 @@ func (s *Service) keepAlive() {
 		case now := <-t.C:
 			deadline := now.Add(-s.cfg.IdleTimeout).UnixNano()
 			s.eachConn(func(c *conn) {
+				if c.isDetached() {
+					return // the recovery window runs instead
+				}
 				if c.lastSeen.Load() < deadline {
 					c.close(DisconnectPingTimeout)
 				} else {

@@ -23,10 +23,12 @@ import (
 // /client/?hub={hub}.
 func (s *Service) ClientHandler() http.Handler { return http.HandlerFunc(s.serveClient) }
 
-// predefinedKinds maps the predefined subprotocols to client kinds. A
-// predefined subprotocol missing here is not served yet.
+// predefinedKinds maps the predefined subprotocols to client kinds.
 var predefinedKinds = map[string]clientKind{
-	protocol.JSONSubprotocol: kindJSON,
+	protocol.JSONSubprotocol:             kindJSON,
+	protocol.JSONReliableSubprotocol:     kindJSONReliable,
+	protocol.ProtobufSubprotocol:         kindProtobuf,
+	protocol.ProtobufReliableSubprotocol: kindProtobufReliable,
 }
 
 var predefinedSubprotocols = []string{
@@ -60,6 +62,10 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 	hubName = strings.ToLower(hubName)
 	if r.Method != http.MethodGet || !headerHasToken(r.Header, "Connection", "upgrade") || !headerHasToken(r.Header, "Upgrade", "websocket") {
 		http.Error(w, "the client endpoint takes WebSocket upgrade requests only", http.StatusBadRequest)
+		return
+	}
+	if q := r.URL.Query(); q.Has("awps_connection_id") {
+		s.serveRecovery(w, r, hubName, q.Get("awps_connection_id"), q.Get("awps_reconnection_token"))
 		return
 	}
 
@@ -138,11 +144,7 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	kind, chosen, err := negotiate(offered, chosen)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
+	kind, chosen := negotiate(offered, chosen)
 	if chosen != "" {
 		r.Header.Set("Sec-WebSocket-Protocol", chosen)
 	} else {
@@ -166,9 +168,16 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 	// the 101: a client that has connected can be sent to. Its outbox is held
 	// until the upgrade is done, and "connected" is queued first so that no
 	// message overtakes it.
-	c.out.flushing = true
+	c.out = newOutbox()
+	if kind.reliable() {
+		c.rel = &reliable{}
+	}
 	if kind != kindSimple {
-		c.send(c.encode(func(b []byte) []byte { return protocol.AppendConnected(b, userID, connID, "") }))
+		token := ""
+		if kind.reliable() {
+			token = s.reconnectionToken(hubName, connID)
+		}
+		c.send(c.encodeConnected(token))
 	}
 	if !s.register(c) {
 		cancel()
@@ -182,45 +191,67 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	socket.Session().(*session).conn = c
-	c.outMu.Lock()
-	c.socket = socket
-	aborted := c.out.closed // Shutdown gave up on it meanwhile
-	c.outMu.Unlock()
-	if aborted {
-		_ = socket.NetConn().Close() // the read loop then releases it
-	}
-	go c.flush()
+	c.start(c.out, socket)
 	go socket.ReadLoop()
 }
 
-// negotiate picks the subprotocol (spec §3): the connect handler's choice, or
-// else the first predefined one offered that this server speaks. A client
-// offering only predefined subprotocols that are not served gets a clear 400
-// instead of being silently treated as a simple client.
-func negotiate(offered []string, chosen string) (clientKind, string, error) {
-	if chosen == "" {
-		var unsupported []string
-		for _, o := range offered {
-			if p, ok := predefined(o); ok {
-				if _, served := predefinedKinds[p]; served {
-					chosen = o
-					break
-				}
-				unsupported = append(unsupported, o)
-			}
+// serveRecovery resumes a reliable connection on a new transport (client spec
+// §8.3): no access token, the connection id and its reconnection token. The
+// unacknowledged messages are replayed first, in order. A recovery that is
+// impossible gets a WebSocket closed with 1008, which tells the client to
+// start a new connection.
+func (s *Service) serveRecovery(w http.ResponseWriter, r *http.Request, hubName, connID, token string) {
+	var c *conn
+	if h, ok := s.hubs.Load(hubName); ok && s.validReconnectionToken(hubName, connID, token) {
+		if found, ok := h.conns.Load(connID); ok && found.rel != nil {
+			c = found
 		}
-		if chosen == "" && len(unsupported) > 0 {
-			return 0, "", fmt.Errorf("subprotocol %s is not supported; use %s", strings.Join(unsupported, ", "), protocol.JSONSubprotocol)
+	}
+	o := newOutbox()
+	if c == nil || !c.resume(o) {
+		offered := offeredSubprotocols(r.Header)
+		chosen := ""
+		if len(offered) > 0 {
+			chosen = offered[0]
+			r.Header.Set("Sec-WebSocket-Protocol", chosen)
+		}
+		socket, err := s.upgrader(chosen).Upgrade(w, r)
+		if err == nil {
+			_ = socket.WriteClose(DisconnectNotRecovered.Code, []byte(DisconnectNotRecovered.Reason))
+		}
+		return
+	}
+	// A reliable connection keeps its subprotocol across transports.
+	r.Header.Set("Sec-WebSocket-Protocol", c.subprotocol)
+	socket, err := s.upgrader(c.subprotocol).Upgrade(w, r)
+	if err != nil {
+		s.log.Debug("websocket upgrade failed during recovery", "hub", hubName, "err", err)
+		c.detach(o, "the recovery handshake failed")
+		return
+	}
+	c.lastSeen.Store(time.Now().UnixNano())
+	c.closing.Store(false)
+	socket.Session().(*session).conn = c
+	c.start(o, socket)
+	go socket.ReadLoop()
+}
+
+// negotiate picks the subprotocol (spec §3): the connect handler's choice,
+// or else the first predefined one the client offered. Predefined names
+// match case-insensitively; anything else makes a simple client.
+func negotiate(offered []string, chosen string) (clientKind, string) {
+	if chosen == "" {
+		for _, o := range offered {
+			if _, ok := predefined(o); ok {
+				chosen = o
+				break
+			}
 		}
 	}
 	if p, ok := predefined(chosen); ok {
-		kind, served := predefinedKinds[p]
-		if !served {
-			return 0, "", fmt.Errorf("subprotocol %s is not supported; use %s", chosen, protocol.JSONSubprotocol)
-		}
-		return kind, chosen, nil
+		return predefinedKinds[p], chosen
 	}
-	return kindSimple, chosen, nil // none, or a custom subprotocol
+	return kindSimple, chosen // none, or a custom subprotocol
 }
 
 // clientHubName reads the hub from /client/hubs/{hub} or /client/?hub={hub}.
@@ -335,33 +366,66 @@ type transport struct{ svc *Service }
 
 func (t *transport) OnOpen(socket *gws.Conn) {
 	c := connOf(socket)
-	t.svc.handler.Connected(c.ctx, c.context())
+	if c.connected.CompareAndSwap(false, true) { // once per logical connection
+		t.svc.handler.Connected(c.ctx, c.context())
+	}
 }
 
 func (t *transport) OnClose(socket *gws.Conn, err error) {
 	c := connOf(socket)
-	t.svc.release(c, clientCloseReason(err))
+	c.outMu.Lock()
+	o := c.out
+	current := o.socket == socket
+	recoverable := current && c.rel != nil && !c.ended && !closedNormally(err)
+	c.outMu.Unlock()
+	switch {
+	case !current:
+		// A transport a recovery replaced: the connection lives on.
+	case recoverable:
+		c.detach(o, clientCloseReason(err))
+	default:
+		t.svc.release(c, clientCloseReason(err))
+	}
 }
 
-// release ends a registered connection: it leaves every index, and a
+// closedNormally: a client that closes with 1000 ends its session; any other
+// end of a reliable transport may be recovered.
+func closedNormally(err error) bool {
+	var ce *gws.CloseError
+	return errors.As(err, &ce) && ce.Code == CloseNormal
+}
+
+// release ends a registered connection once: it leaves every index, and a
 // connection that was opened gets its disconnected event with the service's
 // reason for closing it, or else clientReason.
 func (s *Service) release(c *conn, clientReason string) {
-	c.cancel()
 	c.outMu.Lock()
-	c.out.closed = true
-	clear(c.out.frames)
-	c.out.frames, c.out.expires = nil, nil
+	if c.released {
+		c.outMu.Unlock()
+		return
+	}
+	c.released = true
+	c.ended = true
+	o := c.out
+	o.closed = true
+	clear(o.frames)
+	o.frames, o.expires = nil, nil
+	if c.rel != nil {
+		if c.rel.timer != nil {
+			c.rel.timer.Stop()
+		}
+		c.rel.unacked = nil
+	}
 	reason := c.disconnect.Reason
-	opened := c.socket != nil
 	c.outMu.Unlock()
+	c.cancel()
 	c.closing.Store(true)
 	c.hub.unregister(c)
 	s.connections.Add(-1)
 	if reason == "" {
 		reason = clientReason
 	}
-	if opened {
+	if c.connected.Load() {
 		s.handler.Disconnected(context.Background(), c.context(), reason)
 	}
 	s.conns.Done() // Shutdown waits for the disconnected event too

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // DataType is the kind of payload a message carries, in Azure Web PubSub's own
@@ -67,10 +68,10 @@ var ErrInvalidMessage = errors.New("invalid message")
 const MaxGroupNameLength = 1024
 
 // ValidGroupName reports whether g is a valid group name: 1 to 1024
-// characters, not all whitespace (the REST swagger's rule, used by the
-// client protocol too).
+// characters of valid UTF-8, not all whitespace (the REST swagger's rule,
+// used by the client protocol too).
 func ValidGroupName(g string) bool {
-	if g == "" || len(g) > MaxGroupNameLength {
+	if g == "" || len(g) > MaxGroupNameLength || !utf8.ValidString(g) {
 		return false
 	}
 	return strings.TrimSpace(g) != ""

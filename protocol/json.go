@@ -341,3 +341,7 @@ func AppendString(dst []byte, s string) []byte {
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
 }
+
+func jsonValid(b []byte) bool { return json.Valid(b) }
+
+func toValidUTF8(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }

@@ -56,3 +56,11 @@ func putHeader(h *[Reserve]byte, opcode byte, n int) int {
 		return 10
 	}
 }
+
+// AppendHeader appends the header of a frame whose payload of n bytes will
+// follow, for frames written as several slices.
+func AppendHeader(dst []byte, opcode byte, n int) []byte {
+	var h [Reserve]byte
+	hl := putHeader(&h, opcode, n)
+	return append(dst, h[:hl]...)
+}
