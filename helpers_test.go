@@ -98,3 +98,5 @@ func timeAfter() <-chan time.Time { return time.After(waitFor) }
 func itoa(i int) string { return strconv.Itoa(i) }
 
 func quote(s string) string { b, _ := json.Marshal(s); return string(b) }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -290,3 +290,78 @@ func (c *RawClient) ReadFrame() (opcode byte, payload []byte, err error) {
 	_, err = io.ReadFull(c.r, payload)
 	return h[0] & 0x0f, payload, err
 }
+
+// Proxy forwards TCP connections to a server until Drop cuts every one of
+// them at once, as a network failure would: no close frame, no FIN from the
+// other side first.
+type Proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	wg     sync.WaitGroup
+}
+
+// NewProxy listens on a free loopback port and forwards to target
+// (host:port). It stops when the test ends.
+func NewProxy(t testing.TB, target string) *Proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{ln: ln, target: target}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(func() { ln.Close(); p.Drop(); p.wg.Wait() })
+	return p
+}
+
+// Addr is the proxy's host:port.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// URL rewrites a ws:// URL of the target to go through the proxy.
+func (p *Proxy) URL(u string) string { return strings.Replace(u, p.target, p.Addr(), 1) }
+
+func (p *Proxy) accept() {
+	defer p.wg.Done()
+	for {
+		in, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		out, err := net.Dial("tcp", p.target)
+		if err != nil {
+			in.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, in, out)
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go p.pipe(in, out)
+		go p.pipe(out, in)
+	}
+}
+
+func (p *Proxy) pipe(dst, src net.Conn) {
+	defer p.wg.Done()
+	_, _ = io.Copy(dst, src)
+	dst.Close()
+	src.Close()
+}
+
+// Drop cuts every connection through the proxy. New ones are still
+// accepted.
+func (p *Proxy) Drop() {
+	p.mu.Lock()
+	conns := p.conns
+	p.conns = nil
+	p.mu.Unlock()
+	for _, c := range conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // RST, not an orderly close
+		}
+		c.Close()
+	}
+}
