@@ -7,9 +7,7 @@ require (
 	github.com/lxzan/gws v1.10.1
 	github.com/puzpuzpuz/xsync/v3 v3.5.1
 	go.uber.org/goleak v1.3.0
+	google.golang.org/protobuf v1.36.12
 )
 
-require (
-	github.com/klauspost/compress v1.17.9 // indirect
-	google.golang.org/protobuf v1.36.12 // indirect
-)
+require github.com/klauspost/compress v1.17.9 // indirect

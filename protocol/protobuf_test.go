@@ -1,0 +1,105 @@
+package protocol
+
+import (
+	"errors"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/embedwps/pubsub/protocol/pb"
+)
+
+func u64(v uint64) *uint64 { return &v }
+
+// The hand-written data message encoding, patched with a sequence id, must
+// read back with the generated types as the message it means.
+func TestProtobufDataMessageEncoding(t *testing.T) {
+	any, _ := anypb.New(wrapperspb.String("x"))
+	anyBytes, _ := proto.Marshal(any)
+	for _, tc := range []struct {
+		t    DataType
+		data []byte
+		want *pb.MessageData
+	}{
+		{Text, []byte("hi"), &pb.MessageData{Data: &pb.MessageData_TextData{TextData: "hi"}}},
+		{Binary, []byte{0, 1}, &pb.MessageData{Data: &pb.MessageData_BinaryData{BinaryData: []byte{0, 1}}}},
+		{JSON, []byte(`{"a":1}`), &pb.MessageData{Data: &pb.MessageData_JsonData{JsonData: `{"a":1}`}}},
+		{Protobuf, anyBytes, &pb.MessageData{Data: &pb.MessageData_ProtobufData{ProtobufData: any}}},
+	} {
+		data := AppendProtobufDataMessage(nil, "group", "g", tc.t, tc.data)
+		seq := AppendProtobufSequenceID(nil, 300)
+		frame := AppendProtobufDataEnvelope(nil, len(data)+len(seq))
+		frame = append(append(frame, data...), seq...)
+		var m pb.DownstreamMessage
+		if err := proto.Unmarshal(frame, &m); err != nil {
+			t.Fatal(err)
+		}
+		d := m.GetDataMessage()
+		if d.From != "group" || d.GetGroup() != "g" || d.GetSequenceId() != 300 || !proto.Equal(d.Data, tc.want) {
+			t.Fatalf("%v: decoded %v", tc.t, d)
+		}
+	}
+}
+
+func TestDecodeProtobufRequest(t *testing.T) {
+	b, _ := proto.Marshal(&pb.UpstreamMessage{Message: &pb.UpstreamMessage_SendToGroupMessage_{SendToGroupMessage: &pb.UpstreamMessage_SendToGroupMessage{
+		Group: "g", AckId: u64(7), NoEcho: proto.Bool(true), Data: &pb.MessageData{Data: &pb.MessageData_TextData{TextData: "hi"}},
+	}}})
+	req, err := DecodeProtobufRequest(b)
+	if err != nil || req.Type != SendToGroup || req.Group != "g" || req.AckID != 7 || !req.HasAckID || !req.NoEcho || req.DataType != Text || string(req.Data) != "hi" {
+		t.Fatalf("%+v %v", req, err)
+	}
+	b, _ = proto.Marshal(&pb.UpstreamMessage{Message: &pb.UpstreamMessage_SequenceAckMessage_{SequenceAckMessage: &pb.UpstreamMessage_SequenceAckMessage{SequenceId: 9}}})
+	if req, err := DecodeProtobufRequest(b); err != nil || req.Type != SequenceAck || req.SequenceID != 9 {
+		t.Fatalf("%+v %v", req, err)
+	}
+	for _, bad := range []*pb.UpstreamMessage{
+		{},
+		{Message: &pb.UpstreamMessage_JoinGroupMessage_{JoinGroupMessage: &pb.UpstreamMessage_JoinGroupMessage{Group: " "}}},
+		{Message: &pb.UpstreamMessage_SendToGroupMessage_{SendToGroupMessage: &pb.UpstreamMessage_SendToGroupMessage{Group: "g"}}},
+		{Message: &pb.UpstreamMessage_EventMessage_{EventMessage: &pb.UpstreamMessage_EventMessage{Event: "9", Data: &pb.MessageData{Data: &pb.MessageData_TextData{TextData: "x"}}}}},
+		{Message: &pb.UpstreamMessage_SendToGroupMessage_{SendToGroupMessage: &pb.UpstreamMessage_SendToGroupMessage{Group: "g", Data: &pb.MessageData{Data: &pb.MessageData_JsonData{JsonData: "{"}}}}},
+		{Message: &pb.UpstreamMessage_SendToGroupMessage_{SendToGroupMessage: &pb.UpstreamMessage_SendToGroupMessage{Group: "g", Stream: &pb.UpstreamMessage_StreamStartInfo{StreamId: "s"}}}},
+	} {
+		b, _ := proto.Marshal(bad)
+		if _, err := DecodeProtobufRequest(b); !errors.Is(err, ErrInvalidMessage) {
+			t.Errorf("%v: %v", bad, err)
+		}
+	}
+}
+
+// FuzzDecodeProtobufRequest: no input panics the decoder, and what it
+// accepts follows the protocol's rules.
+func FuzzDecodeProtobufRequest(f *testing.F) {
+	for _, m := range []*pb.UpstreamMessage{
+		{Message: &pb.UpstreamMessage_JoinGroupMessage_{JoinGroupMessage: &pb.UpstreamMessage_JoinGroupMessage{Group: "g", AckId: u64(1)}}},
+		{Message: &pb.UpstreamMessage_SendToGroupMessage_{SendToGroupMessage: &pb.UpstreamMessage_SendToGroupMessage{Group: "g", Data: &pb.MessageData{Data: &pb.MessageData_BinaryData{BinaryData: []byte{1}}}}}},
+		{Message: &pb.UpstreamMessage_EventMessage_{EventMessage: &pb.UpstreamMessage_EventMessage{Event: "e", Data: &pb.MessageData{Data: &pb.MessageData_JsonData{JsonData: "[1]"}}}}},
+		{Message: &pb.UpstreamMessage_SequenceAckMessage_{SequenceAckMessage: &pb.UpstreamMessage_SequenceAckMessage{SequenceId: 3}}},
+		{Message: &pb.UpstreamMessage_PingMessage_{PingMessage: &pb.UpstreamMessage_PingMessage{}}},
+	} {
+		b, _ := proto.Marshal(m)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		req, err := DecodeProtobufRequest(frame)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidMessage) {
+				t.Fatalf("error does not wrap ErrInvalidMessage: %v", err)
+			}
+			return
+		}
+		switch req.Type {
+		case JoinGroup, LeaveGroup, SendToGroup:
+			if !ValidGroupName(req.Group) {
+				t.Fatalf("accepted group %q", req.Group)
+			}
+		case Event:
+			if !ValidEventName(req.Event) {
+				t.Fatalf("accepted event %q", req.Event)
+			}
+		}
+	})
+}
