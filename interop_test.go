@@ -8,8 +8,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/embedwps/pubsub"
 	"github.com/embedwps/pubsub/internal/wstest"
@@ -123,5 +126,74 @@ func TestOfficialJSClient(t *testing.T) {
 		if f := watcher.Next(); string(f.Data) != want {
 			t.Fatalf("watcher got %s\nwant %s", f.Data, want)
 		}
+	}
+}
+
+// TestOfficialJSClientRecovers: the official client in its default reliable
+// mode, behind a proxy that drops the TCP connection mid-stream, recovers
+// by itself with its connection id unchanged and no message lost.
+func TestOfficialJSClientRecovers(t *testing.T) {
+	dir := nodeInterop(t)
+	rec := newRecorder()
+	e := newEnv(t, pubsub.Config{EventHandler: rec})
+	proxy := wstest.NewProxy(t, strings.TrimPrefix(e.srv.URL, "http://"))
+	u := proxy.URL(e.url(pubsub.TokenOptions{UserID: "js", Roles: allRoles}))
+
+	const n = 400
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "client-reliable.mjs", u, strconv.Itoa(n))
+	cmd.Dir = dir
+	cmd.Stderr = os.Stderr
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	send := func(from, to int) {
+		for i := from; i <= to; i++ {
+			must(t, e.hub.SendToGroup(ctx, "g", pubsub.TextMessage(strconv.Itoa(i))))
+		}
+	}
+	var done map[string]any
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var line map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			t.Fatalf("node printed %q", sc.Text())
+		}
+		switch line["step"] {
+		case "joined":
+			send(1, n/2)
+		case "half":
+			proxy.Drop() // the client has half; the rest is sent while it is away
+			send(n/2+1, n)
+		case "done":
+			done = line
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("node: %v", err)
+	}
+	if done == nil {
+		t.Fatal("the client did not receive every message")
+	}
+	received := done["received"].([]any)
+	for i, v := range received {
+		if v != strconv.Itoa(i+1) {
+			t.Fatalf("message %d is %v: lost, duplicated or out of order", i+1, v)
+		}
+	}
+	if got := proxy.Accepted(); got < 2 {
+		t.Fatalf("%d transports: the drop did not make the client reconnect", got)
+	}
+	if conns := done["connections"].([]any); len(conns) != 1 {
+		t.Fatalf("connected events in the client: %v, want one connection id", conns)
+	}
+	rec.mu.Lock()
+	connected := len(rec.connected)
+	rec.mu.Unlock()
+	if connected != 1 {
+		t.Fatalf("%d connected events upstream, want 1", connected)
 	}
 }

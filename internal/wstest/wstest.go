@@ -297,9 +297,17 @@ func (c *RawClient) ReadFrame() (opcode byte, payload []byte, err error) {
 type Proxy struct {
 	ln     net.Listener
 	target string
-	mu     sync.Mutex
-	conns  []net.Conn
-	wg     sync.WaitGroup
+	mu       sync.Mutex
+	conns    []net.Conn
+	accepted int
+	wg       sync.WaitGroup
+}
+
+// Accepted counts the connections the proxy has forwarded.
+func (p *Proxy) Accepted() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.accepted
 }
 
 // NewProxy listens on a free loopback port and forwards to target
@@ -337,6 +345,7 @@ func (p *Proxy) accept() {
 		}
 		p.mu.Lock()
 		p.conns = append(p.conns, in, out)
+		p.accepted++
 		p.mu.Unlock()
 		p.wg.Add(2)
 		go p.pipe(in, out)
