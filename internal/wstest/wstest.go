@@ -295,8 +295,8 @@ func (c *RawClient) ReadFrame() (opcode byte, payload []byte, err error) {
 // them at once, as a network failure would: no close frame, no FIN from the
 // other side first.
 type Proxy struct {
-	ln     net.Listener
-	target string
+	ln       net.Listener
+	target   string
 	mu       sync.Mutex
 	conns    []net.Conn
 	accepted int
