@@ -3,6 +3,8 @@ package pubsub_test
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -335,7 +337,7 @@ func TestDisconnectedEventReasons(t *testing.T) {
 }
 
 func TestPanickingEventHandlerHurtsOnlyItsConnection(t *testing.T) {
-	e := newEnv(t, pubsub.Config{EventHandler: pubsub.EventHandlerFuncs{
+	e := newEnv(t, pubsub.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), EventHandler: pubsub.EventHandlerFuncs{
 		OnConnect: func(_ context.Context, req *pubsub.ConnectRequest) (*pubsub.ConnectResponse, error) {
 			if req.UserID == "boom" {
 				panic("connect bug")

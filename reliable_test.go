@@ -127,6 +127,13 @@ func TestReliableRecoveryLosesNothing(t *testing.T) {
 	send(1, 100)
 	r.readUntil(60)
 	r.ack() // 1..60 acknowledged; 61.. will be replayed and dropped as duplicates
+	r.c.Send(`{"type":"ping"}`)
+	for { // frames are handled in order: the pong proves the ack was
+		f := r.c.Next()
+		if !r.take(f) && strings.Contains(string(f.Data), `"pong"`) {
+			break
+		}
+	}
 	r.readUntil(100)
 
 	proxy.Drop() // mid-stream: the server is still sending
