@@ -38,6 +38,13 @@ type EventHandler interface {
 	UserEvent(ctx context.Context, req *UserEventRequest) (*UserEventResponse, error)
 }
 
+// AnonymousPolicy is implemented by an EventHandler that decides per hub
+// whether clients may connect without a token (Azure's
+// anonymousConnectPolicy "allow"); the handler's connect event then decides.
+type AnonymousPolicy interface {
+	AllowAnonymous(hub string) bool
+}
+
 // ErrNoEventHandler is returned by an EventHandler for an event it does not
 // handle.
 var ErrNoEventHandler = errors.New("pubsub: no event handler for this event")
@@ -127,6 +134,10 @@ type UserEventResponse struct {
 	// ConnectionState, when not nil, sets the connection state.
 	ConnectionState *string
 }
+
+// An EventHandler with a method Shutdown(context.Context) error, such as the
+// CloudEvents upstream, is shut down by Service.Shutdown after the last
+// disconnected event.
 
 // EventHandlerFuncs is an EventHandler made of optional functions; a nil
 // function handles nothing (ErrNoEventHandler for Connect and UserEvent).

@@ -257,6 +257,11 @@ func (s *Service) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	if !already {
+		if sh, ok := s.cfg.EventHandler.(interface{ Shutdown(context.Context) error }); ok {
+			if herr := sh.Shutdown(ctx); err == nil {
+				err = herr
+			}
+		}
 		if cerr := s.broker.Close(); err == nil {
 			err = cerr
 		}

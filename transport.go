@@ -71,7 +71,7 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 
 	id, err := s.authenticateClient(r, hubName)
 	switch {
-	case errors.Is(err, errNoToken) && s.cfg.AllowAnonymous:
+	case errors.Is(err, errNoToken) && s.allowAnonymous(hubName):
 		id = &identity{}
 	case errors.Is(err, errTokenGroupName):
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -234,6 +234,14 @@ func (s *Service) serveRecovery(w http.ResponseWriter, r *http.Request, hubName,
 	socket.Session().(*session).conn = c
 	c.start(o, socket)
 	go socket.ReadLoop()
+}
+
+func (s *Service) allowAnonymous(hub string) bool {
+	if s.cfg.AllowAnonymous {
+		return true
+	}
+	p, ok := s.cfg.EventHandler.(AnonymousPolicy)
+	return ok && p.AllowAnonymous(hub)
 }
 
 // negotiate picks the subprotocol (spec §3): the connect handler's choice,

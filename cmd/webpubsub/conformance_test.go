@@ -23,13 +23,13 @@ import (
 
 // startServer builds and starts cmd/webpubsub on a free port and returns its
 // connection string; the process is stopped when the test ends.
-func startServer(t *testing.T) pubsub.ConnectionString {
+func startServer(t *testing.T, args ...string) pubsub.ConnectionString {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "webpubsub")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	cmd := exec.Command(bin, "-addr", "127.0.0.1:0")
+	cmd := exec.Command(bin, append([]string{"-addr", "127.0.0.1:0"}, args...)...)
 	cmd.Env = append(os.Environ(), "WEBPUBSUB_CONNECTION_STRING=")
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -61,7 +61,7 @@ func interopDir(t *testing.T) string {
 		}
 		t.Skip("node is not installed")
 	}
-	marker := filepath.Join(dir, "node_modules", "@azure", "web-pubsub")
+	marker := filepath.Join(dir, "node_modules", "@azure", "web-pubsub-express")
 	npmOnce.Do(func() {
 		if _, err := os.Stat(marker); err == nil {
 			return
@@ -320,5 +320,126 @@ func TestServerSDKConformance(t *testing.T) {
 	}
 	if !seen["done"] {
 		t.Fatal("the SDK script did not finish")
+	}
+}
+
+// TestExpressUpstreamConformance: an application server built with the
+// official @azure/web-pubsub-express handler is the upstream of
+// cmd/webpubsub -config; real WebSocket clients check each of its effects.
+func TestExpressUpstreamConformance(t *testing.T) {
+	dir := interopDir(t)
+	node := exec.Command("node", "upstream-express.mjs")
+	node.Dir = dir
+	node.Stderr = os.Stderr
+	stdin, _ := node.StdinPipe()
+	stdout, _ := node.StdoutPipe()
+	if err := node.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); _ = node.Wait() })
+	lines := make(chan map[string]any, 64)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				lines <- m
+			}
+		}
+		close(lines)
+	}()
+	nextLine := func(step string) map[string]any {
+		t.Helper()
+		select {
+		case m, ok := <-lines:
+			if !ok || m["step"] != step {
+				t.Fatalf("node printed %v, want %s", m, step)
+			}
+			return m
+		case <-time.After(wstest.WaitFor):
+			t.Fatalf("node did not print %s", step)
+		}
+		return nil
+	}
+	port := int(nextLine("listening")["port"].(float64))
+
+	cfgPath := filepath.Join(t.TempDir(), "hubs.json")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`{"hubs": {"chat": {"eventHandlers": [{
+		"urlTemplate": "http://127.0.0.1:%d/eventhandler/{event}",
+		"userEventPattern": "*",
+		"systemEvents": ["connect", "connected", "disconnected"]}]}}}`, port)), 0o600)
+	cs := startServer(t, "-config", cfgPath)
+	minter, _ := pubsub.New(pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey})
+	clientURL := func(user string) string {
+		u, err := minter.ClientURL("chat", pubsub.TokenOptions{UserID: user})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+
+	// The handler authorises and rejects connects.
+	if got := wstest.HandshakeStatus(t, clientURL("intruder"), nil); got != 401 {
+		t.Fatalf("intruder: %d, want 401", got)
+	}
+	if got := wstest.HandshakeStatus(t, clientURL("malformed"), nil); got != 400 {
+		t.Fatalf("malformed: %d, want 400", got)
+	}
+
+	// It sets the user, the groups and the roles.
+	c := wstest.Dial(t, clientURL("alice"), nil, "json.webpubsub.azure.v1")
+	m := c.NextJSON()
+	if m["userId"] != "node-alice" {
+		t.Fatalf("connected %v", m)
+	}
+	id := m["connectionId"].(string)
+	conn := nextLine("connected")
+	if conn["connectionId"] != id || conn["userId"] != "node-alice" || conn["state"] != "hello alice" {
+		t.Fatalf("connected event %v", conn)
+	}
+	c.Send(`{"type":"sendToGroup","group":"from-node","ackId":1,"dataType":"text","data":"in my group"}`)
+	if m := c.NextJSON(); m["group"] != "from-node" || m["data"] != "in my group" {
+		t.Fatalf("got %v", m) // joined from-node, allowed to send there
+	}
+	c.ExpectAck(1, "")
+	c.Send(`{"type":"sendToGroup","group":"elsewhere","ackId":2,"dataType":"text","data":"x"}`)
+	c.ExpectAck(2, "Forbidden")
+
+	// It answers user events, with state kept across events.
+	for i, want := range []string{
+		`{"type":"message","from":"server","dataType":"text","data":"hello alice, echo 1: hi"}`,
+		`{"type":"message","from":"server","dataType":"text","data":"hello alice, echo 2: hi"}`,
+	} {
+		c.Send(fmt.Sprintf(`{"type":"event","event":"echo","ackId":%d,"dataType":"text","data":"hi"}`, 10+i))
+		if f := c.Next(); string(f.Data) != want {
+			t.Fatalf("reply %s, want %s", f.Data, want)
+		}
+		c.ExpectAck(10+i, "")
+	}
+	c.Send(`{"type":"event","event":"json","ackId":12,"dataType":"json","data":{"a":1}}`)
+	if f := c.Next(); string(f.Data) != `{"type":"message","from":"server","dataType":"json","data":{"got":{"a":1},"type":"json"}}` {
+		t.Fatalf("json reply %s", f.Data)
+	}
+	c.ExpectAck(12, "")
+	c.Send(`{"type":"event","event":"binary","ackId":13,"dataType":"text","data":"x"}`)
+	if f := c.Next(); string(f.Data) != `{"type":"message","from":"server","dataType":"binary","data":"CQgH"}` {
+		t.Fatalf("binary reply %s", f.Data)
+	}
+	c.ExpectAck(13, "")
+	c.Send(`{"type":"event","event":"fail","ackId":14,"dataType":"text","data":"x"}`)
+	c.ExpectAck(14, "InternalServerError")
+
+	// A simple client's frames are message events, answered raw.
+	s := wstest.Dial(t, clientURL("bob"), nil)
+	nextLine("connected")
+	s.Send("raw")
+	if f := s.Next(); f.Binary || string(f.Data) != "hello bob, echo 1: raw" {
+		t.Fatalf("simple reply %v %q", f.Binary, f.Data)
+	}
+
+	// disconnected reaches the handler with the connection id.
+	c.Conn.WriteClose(1000, []byte("leaving"))
+	if d := nextLine("disconnected"); d["connectionId"] != id || d["reason"] != "leaving" {
+		t.Fatalf("disconnected event %v", d)
 	}
 }

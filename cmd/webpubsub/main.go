@@ -6,7 +6,8 @@
 //
 // The access key comes from -connection-string, else from
 // WEBPUBSUB_CONNECTION_STRING, else a fresh random key; the connection string
-// a client SDK needs is printed on start.
+// a client SDK needs is printed on start. -config FILE sets per-hub
+// CloudEvents event handlers (upstream.Config).
 package main
 
 import (
@@ -19,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/embedwps/pubsub"
 	"github.com/embedwps/pubsub/rest"
+	"github.com/embedwps/pubsub/upstream"
 )
 
 func main() {
@@ -39,6 +42,7 @@ func run(args []string, stdout *os.File) error {
 	fs := flag.NewFlagSet("webpubsub", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:8080", "address to listen on, host:port")
 	connStr := fs.String("connection-string", "", "connection string whose AccessKey signs tokens (default $WEBPUBSUB_CONNECTION_STRING, else a random key)")
+	configPath := fs.String("config", "", `JSON file of hub settings with CloudEvents event handlers: {"hubs": {"<hub>": {...}, "*": {...}}}`)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -53,7 +57,23 @@ func run(args []string, stdout *os.File) error {
 		ln.Close()
 		return err
 	}
-	svc, err := pubsub.New(pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey, Logger: log})
+	cfg := pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey, Logger: log}
+	if *configPath != "" {
+		hubs, err := upstream.LoadConfig(*configPath)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		endpoint, _ := url.Parse(cs.Endpoint)
+		up, err := upstream.New(hubs, upstream.Options{AccessKeys: []string{cs.AccessKey}, Origin: endpoint.Hostname(), Logger: log})
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		cfg.EventHandler = up
+		log.Info("event handlers configured", "config", *configPath, "hubs", len(hubs.Hubs))
+	}
+	svc, err := pubsub.New(cfg)
 	if err != nil {
 		ln.Close()
 		return err

@@ -1,0 +1,588 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/puzpuzpuz/xsync/v3"
+
+	"github.com/embedwps/pubsub"
+)
+
+// Options tune the upstream; the zero value is usable but for Origin and
+// AccessKeys, which a real deployment sets.
+type Options struct {
+	// AccessKeys sign every request (ce-signature), primary first.
+	AccessKeys []string
+	// Origin is the service's host name, sent as WebHook-Request-Origin.
+	// Default "localhost".
+	Origin string
+	// Timeout bounds one blocking call (connect, user events) and one
+	// attempt of a non-blocking one. Default 30 s.
+	Timeout time.Duration
+	// MaxConcurrent bounds the calls in flight to one event handler of one
+	// hub. Default 64.
+	MaxConcurrent int
+	// Workers deliver connected and disconnected events per event handler of
+	// a hub, in order per connection. Default 4.
+	Workers int
+	// QueueSize bounds the connected and disconnected events waiting per
+	// worker; past it they are dropped and logged. Default 1024.
+	QueueSize int
+	// RetryDelays are the waits before retrying a connected or disconnected
+	// event that failed with 408, 5xx or a network error. Default 1 s, 3 s,
+	// 5 s (the emulator's).
+	RetryDelays []time.Duration
+	// ValidationRetry is how long a failed abuse-protection check is
+	// remembered before it is tried again. Default 10 s.
+	ValidationRetry time.Duration
+	// Client sends the requests. Default: a client of its own.
+	Client *http.Client
+	// Logger receives failures. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Handler is a pubsub.EventHandler that calls CloudEvents HTTP upstreams.
+type Handler struct {
+	cfg  Config
+	opts Options
+	log  *slog.Logger
+
+	targets *xsync.MapOf[string, []*target] // per hub (lower case)
+	events  *xsync.MapOf[string, *atomic.Uint64]
+
+	mu     sync.Mutex // guards closed and the queues' lifetime
+	closed bool
+	wg     sync.WaitGroup
+	ctx    context.Context // cancelled when Shutdown gives up waiting
+	cancel context.CancelFunc
+}
+
+var (
+	_ pubsub.EventHandler    = (*Handler)(nil)
+	_ pubsub.AnonymousPolicy = (*Handler)(nil)
+)
+
+// New returns a Handler for cfg.
+func New(cfg Config, opts Options) (*Handler, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if opts.Origin == "" {
+		opts.Origin = "localhost"
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 30 * time.Second
+	}
+	if opts.MaxConcurrent <= 0 {
+		opts.MaxConcurrent = 64
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 4
+	}
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = 1024
+	}
+	if opts.RetryDelays == nil {
+		opts.RetryDelays = []time.Duration{time.Second, 3 * time.Second, 5 * time.Second}
+	}
+	if opts.ValidationRetry <= 0 {
+		opts.ValidationRetry = 10 * time.Second
+	}
+	if opts.Client == nil {
+		opts.Client = &http.Client{Transport: &http.Transport{MaxConnsPerHost: opts.MaxConcurrent}}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Handler{
+		cfg:     cfg,
+		opts:    opts,
+		log:     opts.Logger,
+		targets: xsync.NewMapOf[string, []*target](),
+		events:  xsync.NewMapOf[string, *atomic.Uint64](),
+		ctx:     ctx,
+		cancel:  cancel,
+	}, nil
+}
+
+// target is one event handler of one hub: its bound on concurrent calls,
+// its abuse-protection state, and its workers for non-blocking events.
+type target struct {
+	hub      string
+	settings EventHandlerSettings
+	sem      chan struct{}
+
+	validMu   sync.Mutex
+	validated bool
+	failedAt  time.Time
+	failure   error
+
+	startOnce sync.Once
+	queues    []chan asyncEvent
+}
+
+type asyncEvent struct {
+	kind   string // "connected" or "disconnected"
+	conn   pubsub.ConnectionContext
+	id     uint64
+	reason string
+}
+
+func (h *Handler) hubTargets(hub string) []*target {
+	hub = strings.ToLower(hub)
+	ts, _ := h.targets.LoadOrCompute(hub, func() []*target {
+		s, _ := h.cfg.settings(hub)
+		out := make([]*target, len(s.EventHandlers))
+		for i, eh := range s.EventHandlers {
+			out[i] = &target{hub: hub, settings: eh, sem: make(chan struct{}, h.opts.MaxConcurrent)}
+		}
+		return out
+	})
+	return ts
+}
+
+// system returns the first handler of hub that takes system event name.
+func (h *Handler) system(hub, name string) *target {
+	for _, t := range h.hubTargets(hub) {
+		if t.settings.takesSystem(name) {
+			return t
+		}
+	}
+	return nil
+}
+
+// AllowAnonymous implements pubsub.AnonymousPolicy: the hub's
+// anonymousConnectPolicy.
+func (h *Handler) AllowAnonymous(hub string) bool {
+	s, _ := h.cfg.settings(hub)
+	return strings.EqualFold(s.AnonymousConnectPolicy, "allow")
+}
+
+// eventID returns the connection's next ce-id: 0 for connect, then 1, 2, …
+func (h *Handler) eventID(c pubsub.ConnectionContext) uint64 {
+	n, _ := h.events.LoadOrCompute(c.Hub+"/"+c.ConnectionID, func() *atomic.Uint64 { return new(atomic.Uint64) })
+	return n.Add(1) - 1
+}
+
+// Sign computes ce-signature: sha256=<hex HMAC-SHA256(key, connectionId)>
+// for each key, joined with commas (event-handler.md §4.1).
+func Sign(connectionID string, keys []string) string {
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		m := hmac.New(sha256.New, []byte(k))
+		m.Write([]byte(connectionID))
+		parts = append(parts, "sha256="+hex.EncodeToString(m.Sum(nil)))
+	}
+	return strings.Join(parts, ",")
+}
+
+// event is one CloudEvents request.
+type event struct {
+	ceType      string
+	name        string
+	id          uint64
+	conn        pubsub.ConnectionContext
+	contentType string
+	body        []byte
+}
+
+// call POSTs an event to t, bounded by t's concurrency and opts.Timeout.
+func (h *Handler) call(ctx context.Context, t *target, ev event) (*http.Response, []byte, error) {
+	if err := h.validate(ctx, t); err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, h.opts.Timeout)
+	defer cancel()
+	select {
+	case t.sem <- struct{}{}:
+		defer func() { <-t.sem }()
+	case <-ctx.Done():
+		return nil, nil, fmt.Errorf("too many calls in flight to %s: %w", t.settings.URLTemplate, ctx.Err())
+	}
+	u := resolve(t.settings.URLTemplate, ev.conn.Hub, ev.name)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(ev.body))
+	if err != nil {
+		return nil, nil, err
+	}
+	hd := req.Header
+	hd["Content-Type"] = []string{ev.contentType}
+	hd["WebHook-Request-Origin"] = []string{h.opts.Origin}
+	hd["ce-specversion"] = []string{"1.0"}
+	hd["ce-awpsversion"] = []string{"1.0"}
+	hd["ce-type"] = []string{ev.ceType}
+	hd["ce-source"] = []string{"/hubs/" + ev.conn.Hub + "/client/" + ev.conn.ConnectionID}
+	hd["ce-id"] = []string{strconv.FormatUint(ev.id, 10)}
+	hd["ce-time"] = []string{time.Now().UTC().Format("2006-01-02T15:04:05Z")}
+	if len(h.opts.AccessKeys) > 0 {
+		hd["ce-signature"] = []string{Sign(ev.conn.ConnectionID, h.opts.AccessKeys)}
+	}
+	if ev.conn.UserID != "" {
+		hd["ce-userId"] = []string{ev.conn.UserID}
+	}
+	hd["ce-connectionId"] = []string{ev.conn.ConnectionID}
+	hd["ce-hub"] = []string{ev.conn.Hub}
+	hd["ce-eventName"] = []string{ev.name}
+	if ev.conn.Subprotocol != "" {
+		hd["ce-subprotocol"] = []string{ev.conn.Subprotocol}
+	}
+	if ev.conn.ConnectionState != "" {
+		hd["ce-connectionState"] = []string{ev.conn.ConnectionState}
+	}
+	resp, err := h.opts.Client.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20+1))
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(body) > 16<<20 {
+		return nil, nil, fmt.Errorf("the %s response is larger than 16 MiB", ev.name)
+	}
+	return resp, body, nil
+}
+
+// validate runs the abuse-protection check of t (event-handler.md §3) before
+// its first use: OPTIONS with WebHook-Request-Origin, which must be answered
+// 2xx with WebHook-Allowed-Origin "*" or our origin. A failure is
+// remembered for ValidationRetry, and logged.
+func (h *Handler) validate(ctx context.Context, t *target) error {
+	t.validMu.Lock()
+	defer t.validMu.Unlock()
+	if t.validated {
+		return nil
+	}
+	if t.failure != nil && time.Since(t.failedAt) < h.opts.ValidationRetry {
+		return t.failure
+	}
+	err := h.preflight(ctx, t)
+	if err != nil {
+		t.failure, t.failedAt = err, time.Now()
+		h.log.Error("the upstream failed abuse protection: no event is sent to it",
+			"hub", t.hub, "urlTemplate", t.settings.URLTemplate, "err", err)
+		return err
+	}
+	t.validated, t.failure = true, nil
+	return nil
+}
+
+// ErrNotValidated wraps abuse-protection failures.
+var ErrNotValidated = errors.New("upstream: abuse protection failed")
+
+func (h *Handler) preflight(ctx context.Context, t *target) error {
+	ctx, cancel := context.WithTimeout(ctx, min(h.opts.Timeout, 10*time.Second))
+	defer cancel()
+	u := resolve(t.settings.URLTemplate, t.hub, "validate")
+	for _, method := range []string{http.MethodOptions, http.MethodGet} {
+		req, err := http.NewRequestWithContext(ctx, method, u, nil)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrNotValidated, err)
+		}
+		req.Header["WebHook-Request-Origin"] = []string{h.opts.Origin}
+		req.Header["ce-awpsversion"] = []string{"1.0"}
+		resp, err := h.opts.Client.Do(req)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrNotValidated, err)
+		}
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusNotFound && method == http.MethodOptions {
+			continue // the emulator falls back to GET
+		}
+		if resp.StatusCode/100 != 2 {
+			return fmt.Errorf("%w: AbuseProtectionResponseInvalidStatusCode: %s answered %d", ErrNotValidated, method, resp.StatusCode)
+		}
+		for _, v := range resp.Header.Values("WebHook-Allowed-Origin") {
+			for _, o := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' }) {
+				if o == "*" || strings.EqualFold(o, h.opts.Origin) {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("%w: AbuseProtectionResponseMissingAllowedOrigin: WebHook-Allowed-Origin does not allow %q", ErrNotValidated, h.opts.Origin)
+	}
+	return fmt.Errorf("%w: AbuseProtectionResponseInvalidStatusCode: OPTIONS and GET answered 404", ErrNotValidated)
+}
+
+// connectBody is the connect event's body (event-handler.md §5.1).
+type connectBody struct {
+	Claims             map[string][]string        `json:"claims"`
+	Query              map[string][]string        `json:"query"`
+	Headers            map[string][]string        `json:"headers"`
+	Subprotocols       []string                   `json:"subprotocols"`
+	ClientCertificates []pubsub.ClientCertificate `json:"clientCertificates"`
+}
+
+type connectReply struct {
+	UserID      json.RawMessage `json:"userId"`
+	Groups      []string        `json:"groups"`
+	Roles       []string        `json:"roles"`
+	Subprotocol string          `json:"subprotocol"`
+}
+
+// Connect implements pubsub.EventHandler: the blocking connect event.
+func (h *Handler) Connect(ctx context.Context, req *pubsub.ConnectRequest) (*pubsub.ConnectResponse, error) {
+	t := h.system(req.Hub, "connect")
+	if t == nil {
+		return nil, pubsub.ErrNoEventHandler
+	}
+	body, _ := json.Marshal(connectBody{
+		Claims: req.Claims, Query: req.Query, Headers: req.Headers,
+		Subprotocols: append([]string{}, req.Subprotocols...), ClientCertificates: append([]pubsub.ClientCertificate{}, req.ClientCertificates...),
+	})
+	resp, respBody, err := h.call(ctx, t, event{
+		ceType: "azure.webpubsub.sys.connect", name: "connect", id: h.eventID(req.ConnectionContext),
+		conn: req.ConnectionContext, contentType: "application/json; charset=utf-8", body: body,
+	})
+	if err != nil {
+		h.forget(req.ConnectionContext)
+		h.log.Error("connect event failed; refusing the connection", "hub", req.Hub, "err", err)
+		return nil, pubsub.RejectConnect(http.StatusInternalServerError, "the connect event handler failed")
+	}
+	if resp.StatusCode/100 != 2 {
+		h.forget(req.ConnectionContext)
+		status := resp.StatusCode
+		if status < 400 || status > 499 {
+			status = http.StatusInternalServerError // a 5xx upstream is a service-side failure
+		}
+		h.log.Info("connect refused by the upstream", "hub", req.Hub, "status", resp.StatusCode)
+		return nil, pubsub.RejectConnect(status, "refused by the connect event handler ("+strconv.Itoa(resp.StatusCode)+")")
+	}
+	out := &pubsub.ConnectResponse{ConnectionState: stateOf(resp)}
+	if b := bytes.TrimSpace(respBody); len(b) > 0 && !bytes.Equal(b, []byte("null")) {
+		var r connectReply
+		if err := json.Unmarshal(b, &r); err != nil {
+			h.forget(req.ConnectionContext)
+			h.log.Error("the connect event handler answered invalid JSON", "hub", req.Hub, "err", err)
+			return nil, pubsub.RejectConnect(http.StatusInternalServerError, "the connect event handler answered invalid JSON")
+		}
+		if len(r.UserID) > 0 && string(r.UserID) != "null" {
+			var u string
+			if err := json.Unmarshal(r.UserID, &u); err != nil {
+				return nil, pubsub.RejectConnect(http.StatusInternalServerError, "the connect event handler answered a userId that is not a string")
+			}
+			out.UserID = &u
+		}
+		if len(r.Groups) > 0 { // an empty array keeps the token's groups
+			out.Groups = r.Groups
+		}
+		out.Roles = r.Roles // [] removes the token's roles
+		out.Subprotocol = r.Subprotocol
+	}
+	return out, nil
+}
+
+// stateOf reads ce-connectionState from a response: nil when absent (keep
+// the state), else the new state (the last header wins).
+func stateOf(resp *http.Response) *string {
+	vs := resp.Header.Values("ce-connectionState")
+	if len(vs) == 0 {
+		return nil
+	}
+	s := vs[len(vs)-1]
+	return &s
+}
+
+// UserEvent implements pubsub.EventHandler: a blocking user event, answered
+// by the upstream's response.
+func (h *Handler) UserEvent(ctx context.Context, req *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
+	var t *target
+	for _, c := range h.hubTargets(req.Hub) {
+		if c.settings.takesUser(req.EventName) {
+			t = c
+			break
+		}
+	}
+	if t == nil {
+		return nil, pubsub.ErrNoEventHandler
+	}
+	resp, body, err := h.call(ctx, t, event{
+		ceType: "azure.webpubsub.user." + req.EventName, name: req.EventName, id: h.eventID(req.ConnectionContext),
+		conn: req.ConnectionContext, contentType: contentTypes[req.DataType], body: req.Data,
+	})
+	if err != nil {
+		h.log.Warn("user event failed", "hub", req.Hub, "event", req.EventName, "err", err)
+		return nil, fmt.Errorf("the %s event handler failed: %w", req.EventName, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		h.log.Warn("user event answered an error", "hub", req.Hub, "event", req.EventName, "status", resp.StatusCode)
+		return nil, fmt.Errorf("the %s event handler answered %d", req.EventName, resp.StatusCode)
+	}
+	out := &pubsub.UserEventResponse{ConnectionState: stateOf(resp)}
+	if len(body) > 0 {
+		t, err := dataTypeOf(resp.Header.Get("Content-Type"))
+		if err != nil {
+			return nil, err
+		}
+		out.DataType, out.Data = t, body
+	}
+	return out, nil
+}
+
+var contentTypes = map[pubsub.DataType]string{
+	pubsub.DataTypeText:     "text/plain; charset=utf-8",
+	pubsub.DataTypeJSON:     "application/json; charset=utf-8",
+	pubsub.DataTypeBinary:   "application/octet-stream",
+	pubsub.DataTypeProtobuf: "application/x-protobuf",
+}
+
+// dataTypeOf maps a response's Content-Type to the reply's data type; no
+// Content-Type is text, as the emulator's code does.
+func dataTypeOf(ct string) (pubsub.DataType, error) {
+	if ct == "" {
+		return pubsub.DataTypeText, nil
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return 0, fmt.Errorf("the event handler answered Content-Type %q: %v", ct, err)
+	}
+	switch mt {
+	case "text/plain":
+		return pubsub.DataTypeText, nil
+	case "application/json":
+		return pubsub.DataTypeJSON, nil
+	case "application/octet-stream":
+		return pubsub.DataTypeBinary, nil
+	case "application/x-protobuf":
+		return pubsub.DataTypeProtobuf, nil
+	}
+	return 0, fmt.Errorf("the event handler answered unsupported Content-Type %q", mt)
+}
+
+// Connected implements pubsub.EventHandler: queued, delivered in order per
+// connection by the handler's workers, never blocking the connection.
+func (h *Handler) Connected(_ context.Context, c pubsub.ConnectionContext) {
+	if t := h.system(c.Hub, "connected"); t != nil {
+		h.enqueue(t, asyncEvent{kind: "connected", conn: c, id: h.eventID(c)})
+	}
+}
+
+// Disconnected implements pubsub.EventHandler, like Connected.
+func (h *Handler) Disconnected(_ context.Context, c pubsub.ConnectionContext, reason string) {
+	if t := h.system(c.Hub, "disconnected"); t != nil {
+		h.enqueue(t, asyncEvent{kind: "disconnected", conn: c, id: h.eventID(c), reason: reason})
+	}
+	h.forget(c)
+}
+
+func (h *Handler) forget(c pubsub.ConnectionContext) { h.events.Delete(c.Hub + "/" + c.ConnectionID) }
+
+// enqueue hands a non-blocking event to the worker of its connection, so
+// that one connection's events keep their order and a dead upstream costs a
+// bounded queue, not a goroutine per event.
+func (h *Handler) enqueue(t *target, ev asyncEvent) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return
+	}
+	t.startOnce.Do(func() {
+		t.queues = make([]chan asyncEvent, h.opts.Workers)
+		for i := range t.queues {
+			t.queues[i] = make(chan asyncEvent, h.opts.QueueSize)
+			h.wg.Add(1)
+			go h.work(t, t.queues[i])
+		}
+	})
+	f := fnv.New32a()
+	f.Write([]byte(ev.conn.ConnectionID))
+	select {
+	case t.queues[f.Sum32()%uint32(len(t.queues))] <- ev:
+	default:
+		h.log.Error("dropping a "+ev.kind+" event: the upstream is not keeping up", "hub", t.hub, "connectionId", ev.conn.ConnectionID)
+	}
+}
+
+func (h *Handler) work(t *target, q chan asyncEvent) {
+	defer h.wg.Done()
+	for ev := range q { // closed by Shutdown once nothing more is queued
+		h.deliver(t, ev)
+	}
+}
+
+// deliver sends a non-blocking event, retrying 408, 5xx and network
+// failures after RetryDelays; the same ce-id each time.
+func (h *Handler) deliver(t *target, ev asyncEvent) {
+	body := []byte("{}")
+	if ev.kind == "disconnected" {
+		body, _ = json.Marshal(struct {
+			Reason string `json:"reason"`
+		}{ev.reason})
+	}
+	e := event{ceType: "azure.webpubsub.sys." + ev.kind, name: ev.kind, id: ev.id, conn: ev.conn,
+		contentType: "application/json; charset=utf-8", body: body}
+	for attempt := 0; ; attempt++ {
+		resp, _, err := h.call(h.ctx, t, e)
+		if err == nil && resp.StatusCode/100 == 2 {
+			return
+		}
+		transient := err != nil && !errors.Is(err, ErrNotValidated) ||
+			err == nil && (resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode >= 500)
+		if !transient || attempt >= len(h.opts.RetryDelays) || h.ctx.Err() != nil {
+			status := 0
+			if resp != nil {
+				status = resp.StatusCode
+			}
+			h.log.Warn(ev.kind+" event failed", "hub", t.hub, "connectionId", ev.conn.ConnectionID, "status", status, "err", err)
+			return
+		}
+		select {
+		case <-h.ctx.Done():
+			return
+		case <-time.After(h.opts.RetryDelays[attempt]):
+		}
+	}
+}
+
+// Shutdown lets the workers deliver what is queued and stops them; when ctx
+// ends first, the rest is dropped. The service calls it from its Shutdown.
+func (h *Handler) Shutdown(ctx context.Context) error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true // enqueue checks it under mu: no send on a closed queue
+	h.targets.Range(func(_ string, ts []*target) bool {
+		for _, t := range ts {
+			for _, q := range t.queues {
+				close(q)
+			}
+		}
+		return true
+	})
+	h.mu.Unlock()
+	done := make(chan struct{})
+	go func() { h.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	h.cancel()
+	<-done
+	if tr, ok := h.opts.Client.Transport.(*http.Transport); ok {
+		tr.CloseIdleConnections()
+	}
+	return err
+}
