@@ -1,0 +1,514 @@
+// Command load drives benchserver processes over real loopback sockets, this
+// library and its peers in the same run, and prints one table with every
+// figure also as a ratio to ours.
+//
+//	go run ./cmd/load                # the quick set
+//	go run ./cmd/load -full          # every workload of the issue
+//
+// Per run it reports deliveries per second, messages lost, p50/p99
+// end-to-end latency and the server process's CPU time per delivery (from
+// /proc/PID/stat); for idle connections, server RSS and Go heap per
+// connection. Clients spread their source addresses over 127.0.0.x.
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lxzan/gws"
+)
+
+var impls = []string{"ours", "gws", "melody", "centrifuge"}
+
+func main() {
+	full := flag.Bool("full", false, "run every workload (takes long)")
+	only := flag.String("impl", "", "comma-separated implementations (default all)")
+	flag.Parse()
+	raiseFDLimit()
+	if *only != "" {
+		impls = strings.Split(*only, ",")
+	}
+	bin := buildServer()
+	defer os.RemoveAll(filepath.Dir(bin))
+
+	var table []row
+	for _, w := range workloads(*full) {
+		results := map[string]result{}
+		for _, impl := range impls {
+			fmt.Fprintf(os.Stderr, "%-44s %-10s ", w.name(), impl)
+			r := w.run(bin, impl)
+			fmt.Fprintln(os.Stderr, r.summary())
+			results[impl] = r
+		}
+		table = append(table, row{w.name(), w.kind(), results})
+	}
+	printTable(table)
+}
+
+func raiseFDLimit() {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil {
+		l.Cur = l.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+}
+
+func buildServer() string {
+	dir, err := os.MkdirTemp("", "benchserver")
+	check(err)
+	bin := filepath.Join(dir, "benchserver")
+	out, err := exec.Command("go", "build", "-o", bin, "./cmd/benchserver").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	return bin
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "load:", err)
+		os.Exit(1)
+	}
+}
+
+// server is one running benchserver process.
+type server struct {
+	cmd  *exec.Cmd
+	addr string
+	impl string
+}
+
+func startServer(bin, impl string) *server {
+	cmd := exec.Command(bin, "-impl", impl)
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	check(cmd.Start())
+	var line string
+	_, err := fmt.Fscanln(out, &line, &line)
+	check(err)
+	return &server{cmd: cmd, addr: line, impl: impl}
+}
+
+func (s *server) stop() { _ = s.cmd.Process.Kill(); _ = s.cmd.Wait() }
+
+func (s *server) url(group string, pub bool) string {
+	q := "group=" + group
+	if pub {
+		q += "&pub=1"
+	}
+	if s.impl == "ours" {
+		return "ws://" + s.addr + "/client/hubs/bench?" + q
+	}
+	return "ws://" + s.addr + "/ws?" + q
+}
+
+// cpu returns the server's user+system CPU time so far.
+func (s *server) cpu() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	check(err)
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+func (s *server) rss() int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	check(err)
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			kb, _ := strconv.ParseInt(strings.Fields(l)[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func (s *server) heap() int64 {
+	resp, err := http.Get("http://" + s.addr + "/stats")
+	check(err)
+	defer resp.Body.Close()
+	var st map[string]int64
+	check(json.NewDecoder(resp.Body).Decode(&st))
+	return st["heapInuse"] + st["stackInuse"]
+}
+
+// recorder collects what the subscribers receive.
+type recorder struct {
+	start    time.Time
+	counts   []atomic.Int32 // deliveries per message
+	expected []int32        // subscribers per message
+	done     atomic.Int64   // messages delivered to every subscriber
+	progress chan struct{}
+	mu       sync.Mutex
+	lat      []int64 // microseconds
+	last     atomic.Int64
+	warm     atomic.Int64 // subscribers that got a warm-up probe
+}
+
+// subscriber is a gws client that parses the payloads "T<seq>:<nanos>:…"
+// and "W…" (warm-up) out of whatever frame wraps them.
+type subscriber struct {
+	gws.BuiltinEventHandler
+	rec    *recorder
+	warmed bool
+	lat    []int64
+	cent   bool
+	conn   *gws.Conn
+}
+
+func (s *subscriber) OnMessage(c *gws.Conn, m *gws.Message) {
+	defer m.Close()
+	data := m.Bytes()
+	now := time.Now().UnixNano()
+	for {
+		i := bytes.Index(data, []byte(`"`))
+		if i < 0 || i+1 >= len(data) {
+			break
+		}
+		data = data[i+1:]
+		switch data[0] {
+		case 'W':
+			if !s.warmed {
+				s.warmed = true
+				s.rec.warm.Add(1)
+			}
+		case 'T':
+			end := bytes.IndexByte(data, ':')
+			if end < 0 {
+				continue
+			}
+			rest := data[end+1:]
+			end2 := bytes.IndexByte(rest, ':')
+			if end2 < 0 {
+				continue
+			}
+			seq, err1 := strconv.Atoi(string(data[1:end]))
+			ts, err2 := strconv.ParseInt(string(rest[:end2]), 10, 64)
+			if err1 != nil || err2 != nil || seq < 0 || seq >= len(s.rec.counts) {
+				continue
+			}
+			s.lat = append(s.lat, (now-ts)/1000)
+			s.rec.last.Store(now)
+			if s.rec.counts[seq].Add(1) == s.rec.expected[seq] {
+				s.rec.done.Add(1)
+				select {
+				case s.rec.progress <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}
+}
+
+func dial(url string, h gws.Event, i int) *gws.Conn {
+	ip := net.IPv4(127, 0, 0, byte(1+i%50))
+	for attempt := 0; ; attempt++ {
+		c, _, err := gws.NewClient(h, &gws.ClientOption{
+			Addr:               url,
+			ReadMaxPayloadSize: 32 << 20,
+			NewDialer: func() (gws.Dialer, error) {
+				return &net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 10 * time.Second}, nil
+			},
+		})
+		if err == nil {
+			return c
+		}
+		if attempt == 5 {
+			check(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// connectSubscribers dials n subscribers, group(i) each, 64 at a time.
+func connectSubscribers(s *server, rec *recorder, n int, group func(int) string) []*subscriber {
+	subs := make([]*subscriber, n)
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for i := range subs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			sub := &subscriber{rec: rec, cent: s.impl == "centrifuge"}
+			sub.conn = dial(s.url(group(i), false), sub, i)
+			if sub.cent {
+				_ = sub.conn.WriteString(`{"id":1,"connect":{}}`)
+			}
+			go sub.conn.ReadLoop()
+			subs[i] = sub
+		}()
+	}
+	wg.Wait()
+	return subs
+}
+
+type publisher struct {
+	gws.BuiltinEventHandler
+	conn *gws.Conn
+	cent bool
+	id   int
+}
+
+func newPublisher(s *server, i int) *publisher {
+	p := &publisher{cent: s.impl == "centrifuge"}
+	p.conn = dial(s.url("pub", true), p, 49-i)
+	if p.cent {
+		_ = p.conn.WriteString(`{"id":1,"connect":{}}`)
+	}
+	go p.conn.ReadLoop()
+	return p
+}
+
+func (p *publisher) publish(group string, payload []byte) {
+	var frame []byte
+	if p.cent {
+		p.id++
+		frame = fmt.Appendf(nil, `{"id":%d,"publish":{"channel":%q,"data":%s}}`, p.id+1, group, payload)
+	} else {
+		frame = append(append([]byte(group), '|'), payload...)
+	}
+	_ = p.conn.WriteMessage(gws.OpcodeText, frame)
+}
+
+// payload is a JSON string of size bytes: "T<seq>:<nanos>:xxx…".
+func payload(seq, size int) []byte {
+	b := fmt.Appendf(nil, `"T%d:%d:`, seq, time.Now().UnixNano())
+	for len(b) < size-1 {
+		b = append(b, 'x')
+	}
+	return append(b, '"')
+}
+
+// result is one workload on one implementation.
+type result struct {
+	deliveries, lost int64
+	perSec           float64
+	p50, p99         time.Duration
+	cpuPer           time.Duration // server CPU per delivery
+	rssPer, heapPer  float64       // idle: bytes per connection
+	note             string
+}
+
+func (r result) summary() string {
+	if r.rssPer > 0 {
+		return fmt.Sprintf("rss %.1f KB/conn, heap %.1f KB/conn", r.rssPer/1024, r.heapPer/1024)
+	}
+	return fmt.Sprintf("%.0f/s lost %d p50 %v p99 %v cpu %v/delivery %s", r.perSec, r.lost, r.p50, r.p99, r.cpuPer, r.note)
+}
+
+type workload interface {
+	name() string
+	kind() string
+	run(bin, impl string) result
+}
+
+// fanout: one publisher, groups of size subscribers, size-byte messages,
+// inflight messages not yet delivered to everyone at a time.
+type fanout struct {
+	subs, groups, size, inflight, messages, publishers int
+}
+
+func (f fanout) name() string {
+	if f.groups > 1 {
+		return fmt.Sprintf("small groups %d×%d, %d B, %d in flight", f.groups, f.subs/f.groups, f.size, f.inflight)
+	}
+	return fmt.Sprintf("fan-out %d subs, %d B, %d in flight", f.subs, f.size, f.inflight)
+}
+
+func (f fanout) kind() string { return "throughput" }
+
+func (f fanout) run(bin, impl string) result {
+	s := startServer(bin, impl)
+	defer s.stop()
+	rec := &recorder{counts: make([]atomic.Int32, f.messages), expected: make([]int32, f.messages), progress: make(chan struct{}, 1)}
+	per := f.subs / f.groups
+	group := func(i int) string { return "g" + strconv.Itoa(i/per) }
+	subs := connectSubscribers(s, rec, f.subs, group)
+	pubs := make([]*publisher, f.publishers)
+	for i := range pubs {
+		pubs[i] = newPublisher(s, i)
+	}
+	// Warm up until every subscriber is in its group.
+	for deadline := time.Now().Add(60 * time.Second); rec.warm.Load() < int64(f.subs); {
+		if time.Now().After(deadline) {
+			return result{note: fmt.Sprintf("only %d of %d subscribers ready", rec.warm.Load(), f.subs)}
+		}
+		for g := 0; g < f.groups; g++ {
+			pubs[0].publish("g"+strconv.Itoa(g), []byte(`"W"`))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // let the last probes drain
+
+	cpu0 := s.cpu()
+	start := time.Now()
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < f.messages; i++ {
+		rec.expected[i] = int32(per)
+	}
+	stalled := false
+	for i := 0; i < f.messages; i++ {
+		for int64(i)-rec.done.Load() >= int64(f.inflight) {
+			select {
+			case <-rec.progress:
+			case <-time.After(5 * time.Second):
+				stalled = true
+			}
+			if stalled {
+				break
+			}
+		}
+		if stalled {
+			break
+		}
+		pubs[i%len(pubs)].publish("g"+strconv.Itoa(rng.IntN(f.groups)), payload(i, f.size))
+	}
+	for !stalled && rec.done.Load() < int64(f.messages) {
+		select {
+		case <-rec.progress:
+		case <-time.After(5 * time.Second):
+			stalled = true
+		}
+	}
+	end := time.Unix(0, rec.last.Load())
+	cpu := s.cpu() - cpu0
+	var r result
+	for i := range rec.counts {
+		r.deliveries += int64(rec.counts[i].Load())
+	}
+	r.lost = int64(f.messages)*int64(per) - r.deliveries
+	if el := end.Sub(start); el > 0 {
+		r.perSec = float64(r.deliveries) / el.Seconds()
+	}
+	if r.deliveries > 0 {
+		r.cpuPer = cpu / time.Duration(r.deliveries)
+	}
+	var lat []int64
+	for _, sub := range subs {
+		lat = append(lat, sub.lat...)
+	}
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		r.p50 = time.Duration(lat[len(lat)/2]) * time.Microsecond
+		r.p99 = time.Duration(lat[len(lat)*99/100]) * time.Microsecond
+	}
+	for _, sub := range subs {
+		sub.conn.NetConn().Close()
+	}
+	for _, p := range pubs {
+		p.conn.NetConn().Close()
+	}
+	return r
+}
+
+// idle: n connections that do nothing; server memory per connection.
+type idle struct{ conns int }
+
+func (w idle) name() string { return fmt.Sprintf("idle memory, %d connections", w.conns) }
+func (w idle) kind() string { return "memory" }
+
+func (w idle) run(bin, impl string) result {
+	s := startServer(bin, impl)
+	defer s.stop()
+	heap0, rss0 := s.heap(), s.rss()
+	rec := &recorder{counts: make([]atomic.Int32, 0), progress: make(chan struct{}, 1)}
+	subs := connectSubscribers(s, rec, w.conns, func(i int) string { return "g" + strconv.Itoa(i/10) })
+	time.Sleep(2 * time.Second) // let the server settle: not a synchronisation, a measurement condition
+	heap1, rss1 := s.heap(), s.rss()
+	for _, sub := range subs {
+		sub.conn.NetConn().Close()
+	}
+	return result{rssPer: float64(rss1-rss0) / float64(w.conns), heapPer: float64(heap1-heap0) / float64(w.conns)}
+}
+
+func workloads(full bool) []workload {
+	var ws []workload
+	budget := 400_000 // deliveries per run
+	add := func(subs, size, inflight int) {
+		msgs := max(20, min(5000, budget/subs))
+		if size >= 16<<10 {
+			msgs = max(10, msgs/8)
+		}
+		ws = append(ws, fanout{subs: subs, groups: 1, size: size, inflight: inflight, messages: msgs, publishers: 1})
+	}
+	if full {
+		for _, n := range []int{100, 1000, 10000} {
+			for _, size := range []int{64, 1024, 16 << 10} {
+				for _, inflight := range []int{1, 32} {
+					add(n, size, inflight)
+				}
+			}
+		}
+	} else {
+		add(1000, 1024, 8)
+		add(1000, 64, 32)
+		add(5000, 64, 32)
+		add(10000, 1024, 1)
+	}
+	ws = append(ws, fanout{subs: 10000, groups: 1000, size: 256, inflight: 32, messages: 20000, publishers: 4})
+	ws = append(ws, idle{10000})
+	if full {
+		ws = append(ws, idle{50000})
+	}
+	return ws
+}
+
+type row struct {
+	name, kind string
+	results    map[string]result
+}
+
+func ratio(v, ours float64) string {
+	if ours == 0 || v == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", v/ours)
+}
+
+func printTable(rows []row) {
+	fmt.Println("| workload | impl | deliveries/s | lost | p50 | p99 | server CPU/delivery | vs ours: rate, CPU, p99 |")
+	fmt.Println("|---|---|---|---|---|---|---|---|")
+	for _, r := range rows {
+		if r.kind != "throughput" {
+			continue
+		}
+		o := r.results["ours"]
+		for _, impl := range impls {
+			x := r.results[impl]
+			fmt.Printf("| %s | %s | %.0f | %d | %v | %v | %v | %s, %s, %s |\n", r.name, impl, x.perSec, x.lost,
+				x.p50.Round(time.Microsecond), x.p99.Round(time.Microsecond), x.cpuPer.Round(10*time.Nanosecond),
+				ratio(x.perSec, o.perSec), ratio(float64(x.cpuPer), float64(o.cpuPer)), ratio(float64(x.p99), float64(o.p99)))
+		}
+	}
+	fmt.Println()
+	fmt.Println("| workload | impl | server RSS/conn | Go heap+stacks/conn | vs ours: RSS |")
+	fmt.Println("|---|---|---|---|---|")
+	for _, r := range rows {
+		if r.kind != "memory" {
+			continue
+		}
+		o := r.results["ours"]
+		for _, impl := range impls {
+			x := r.results[impl]
+			fmt.Printf("| %s | %s | %.1f KB | %.1f KB | %s |\n", r.name, impl, x.rssPer/1024, x.heapPer/1024, ratio(x.rssPer, o.rssPer))
+		}
+	}
+}
