@@ -5,6 +5,7 @@ go 1.24.0
 require (
 	github.com/centrifugal/centrifuge v0.38.0
 	github.com/embedwps/pubsub v0.0.0
+	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/lxzan/gws v1.10.1
 	github.com/olahol/melody v1.1.4
 )
@@ -16,7 +17,6 @@ require (
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/dolthub/maphash v0.1.0 // indirect
 	github.com/gammazero/deque v0.2.1 // indirect
-	github.com/golang-jwt/jwt/v5 v5.3.1 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/gorilla/websocket v1.5.0 // indirect
 	github.com/josharian/intern v1.0.0 // indirect

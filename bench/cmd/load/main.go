@@ -30,7 +30,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/lxzan/gws"
+
+	"github.com/embedwps/pubsub"
 )
 
 var impls = []string{"ours", "gws", "melody", "centrifuge"}
@@ -439,6 +442,99 @@ func (w idle) run(bin, impl string) result {
 	return result{rssPer: float64(rss1-rss0) / float64(w.conns), heapPer: float64(heap1-heap0) / float64(w.conns)}
 }
 
+// churn: connects and disconnects per second, 64 at a time. Ours
+// authenticates each with a JWT (the peers have no auth to do).
+type churn struct{ conns int }
+
+func (w churn) name() string { return fmt.Sprintf("connect churn, %d connects", w.conns) }
+func (w churn) kind() string { return "rate" }
+
+func (w churn) run(bin, impl string) result {
+	s := startServer(bin, impl)
+	defer s.stop()
+	url := s.url("churn", false)
+	if impl == "ours" {
+		svc, err := pubsub.New(pubsub.Config{Endpoint: "http://" + s.addr, AccessKey: benchAccessKey})
+		check(err)
+		tok, err := svc.ClientToken("bench", pubsub.TokenOptions{UserID: "churner"})
+		check(err)
+		url += "&access_token=" + tok
+	}
+	cpu0, start := s.cpu(), time.Now()
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for i := 0; i < w.conns; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			c := dial(url, &gws.BuiltinEventHandler{}, i)
+			_ = c.WriteClose(1000, nil)
+		}()
+	}
+	wg.Wait()
+	el, cpu := time.Since(start), s.cpu()-cpu0
+	return result{deliveries: int64(w.conns), perSec: float64(w.conns) / el.Seconds(), cpuPer: cpu / time.Duration(w.conns)}
+}
+
+// restSends: REST sendToAll and sendToConnection requests per second to a
+// hub of 100 subscribers (ours only: the peers have no REST API).
+type restSends struct{ requests int }
+
+func (w restSends) name() string { return fmt.Sprintf("REST sends, %d requests", w.requests) }
+func (w restSends) kind() string { return "rest" }
+
+func (w restSends) run(bin, impl string) result {
+	if impl != "ours" {
+		return result{note: "no REST API"}
+	}
+	s := startServer(bin, impl)
+	defer s.stop()
+	rec := &recorder{counts: make([]atomic.Int32, 0), progress: make(chan struct{}, 1)}
+	subs := connectSubscribers(s, rec, 100, func(int) string { return "r" })
+	defer func() {
+		for _, sub := range subs {
+			sub.conn.NetConn().Close()
+		}
+	}()
+	tr := &http.Transport{MaxIdleConnsPerHost: 16}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	cpu0, start := s.cpu(), time.Now()
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for i := 0; i < w.requests; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			path := "/api/hubs/bench/:send"
+			if i%2 == 1 {
+				path = "/api/hubs/bench/connections/none/:send"
+			}
+			u := "http://" + s.addr + path + "?api-version=2024-12-01"
+			tok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"aud": u, "exp": time.Now().Add(time.Hour).Unix()}).SignedString([]byte(benchAccessKey))
+			req, _ := http.NewRequest("POST", u, strings.NewReader("hello"))
+			req.Header.Set("Authorization", "Bearer "+tok)
+			req.Header.Set("Content-Type", "text/plain")
+			resp, err := client.Do(req)
+			if err != nil || resp.StatusCode != http.StatusAccepted {
+				failed.Add(1)
+			}
+			if resp != nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	el, cpu := time.Since(start), s.cpu()-cpu0
+	return result{deliveries: int64(w.requests), lost: failed.Load(), perSec: float64(w.requests) / el.Seconds(), cpuPer: cpu / time.Duration(w.requests)}
+}
+
+// benchAccessKey is cmd/benchserver's AccessKey.
+const benchAccessKey = "bench-access-key-0123456789abcdef"
+
 func workloads(full bool) []workload {
 	var ws []workload
 	budget := 400_000 // deliveries per run
@@ -464,6 +560,7 @@ func workloads(full bool) []workload {
 		add(10000, 1024, 1)
 	}
 	ws = append(ws, fanout{subs: 10000, groups: 1000, size: 256, inflight: 32, messages: 20000, publishers: 4})
+	ws = append(ws, churn{5000}, restSends{20000})
 	ws = append(ws, idle{10000})
 	if full {
 		ws = append(ws, idle{50000})
@@ -496,6 +593,24 @@ func printTable(rows []row) {
 			fmt.Printf("| %s | %s | %.0f | %d | %v | %v | %v | %s, %s, %s |\n", r.name, impl, x.perSec, x.lost,
 				x.p50.Round(time.Microsecond), x.p99.Round(time.Microsecond), x.cpuPer.Round(10*time.Nanosecond),
 				ratio(x.perSec, o.perSec), ratio(float64(x.cpuPer), float64(o.cpuPer)), ratio(float64(x.p99), float64(o.p99)))
+		}
+	}
+	fmt.Println()
+	fmt.Println("| workload | impl | per second | failed | server CPU per operation | vs ours: rate, CPU |")
+	fmt.Println("|---|---|---|---|---|---|")
+	for _, r := range rows {
+		if r.kind != "rate" && r.kind != "rest" {
+			continue
+		}
+		o := r.results["ours"]
+		for _, impl := range impls {
+			x := r.results[impl]
+			if x.note != "" {
+				fmt.Printf("| %s | %s | – | – | – | %s |\n", r.name, impl, x.note)
+				continue
+			}
+			fmt.Printf("| %s | %s | %.0f | %d | %v | %s, %s |\n", r.name, impl, x.perSec, x.lost, x.cpuPer.Round(10*time.Nanosecond),
+				ratio(x.perSec, o.perSec), ratio(float64(x.cpuPer), float64(o.cpuPer)))
 		}
 	}
 	fmt.Println()
