@@ -55,28 +55,10 @@ var functions = map[string]function{
 
 // parseCall parses name(args…) after the name.
 func (p *parser) parseCall(name token) (*expr, error) {
-	open := p.next() // '('
-	if err := p.enter(open); err != nil {
+		args, err := p.parseList(p.next(), true) // after the '('
+	if err != nil {
 		return nil, err
 	}
-	var args []*expr
-	if p.peek().kind != tRParen {
-		for {
-			a, err := p.parseOr()
-			if err != nil {
-				return nil, err
-			}
-			args = append(args, a)
-			if p.peek().kind != tComma {
-				break
-			}
-			p.next()
-		}
-	}
-	if _, err := p.expect(tRParen, "')' or ','"); err != nil {
-		return nil, err
-	}
-	p.leave()
 
 	switch name.text {
 	case "length":

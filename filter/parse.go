@@ -153,37 +153,24 @@ func (p *parser) leave() { p.depth-- }
 
 // parseOr: and-expressions joined by 'or' (lowest precedence).
 func (p *parser) parseOr() (*expr, error) {
-	left, err := p.parseAnd()
-	if err != nil {
-		return nil, err
-	}
-	for p.isWord("or") {
-		op := p.next()
-		right, err := p.parseAnd()
-		if err != nil {
-			return nil, err
-		}
-		if err := p.needBool(op, left, right); err != nil {
-			return nil, err
-		}
-		l, r := left.eval, right.eval
-		left = &expr{typ: kBool, pos: left.pos, eval: func(c Connection) value {
-			a, b := l(c), r(c) // both sides are evaluated, as the service does
-			return boolValue(a.b || b.b)
-		}}
-	}
-	return left, nil
+	return p.parseLogical("or", p.parseAnd, func(a, b bool) bool { return a || b })
 }
 
 // parseAnd: comparisons joined by 'and'.
 func (p *parser) parseAnd() (*expr, error) {
-	left, err := p.parseComparison()
+	return p.parseLogical("and", p.parseComparison, func(a, b bool) bool { return a && b })
+}
+
+// parseLogical parses operands joined by the keyword word. Both sides are
+// always evaluated, as the service does.
+func (p *parser) parseLogical(word string, operand func() (*expr, error), combine func(a, b bool) bool) (*expr, error) {
+	left, err := operand()
 	if err != nil {
 		return nil, err
 	}
-	for p.isWord("and") {
+	for p.isWord(word) {
 		op := p.next()
-		right, err := p.parseComparison()
+		right, err := operand()
 		if err != nil {
 			return nil, err
 		}
@@ -193,10 +180,37 @@ func (p *parser) parseAnd() (*expr, error) {
 		l, r := left.eval, right.eval
 		left = &expr{typ: kBool, pos: left.pos, eval: func(c Connection) value {
 			a, b := l(c), r(c)
-			return boolValue(a.b && b.b)
+			return boolValue(combine(a.b, b.b))
 		}}
 	}
 	return left, nil
+}
+
+// parseList parses a parenthesised, comma-separated list of expressions,
+// after its '(' (open); empty lists are allowed where allowEmpty.
+func (p *parser) parseList(open token, allowEmpty bool) ([]*expr, error) {
+	if err := p.enter(open); err != nil {
+		return nil, err
+	}
+	var items []*expr
+	if !allowEmpty || p.peek().kind != tRParen {
+		for {
+			e, err := p.parseOr()
+			if err != nil {
+				return nil, err
+			}
+			items = append(items, e)
+			if p.peek().kind != tComma {
+				break
+			}
+			p.next()
+		}
+	}
+	if _, err := p.expect(tRParen, "')' or ','"); err != nil {
+		return nil, err
+	}
+	p.leave()
+	return items, nil
 }
 
 func (p *parser) needBool(op token, operands ...*expr) error {
@@ -298,24 +312,9 @@ func (p *parser) parseIn(op token, left *expr) (*expr, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := p.enter(open); err != nil {
+		if items, err = p.parseList(open, false); err != nil {
 			return nil, err
 		}
-		for {
-			e, err := p.parseOr()
-			if err != nil {
-				return nil, err
-			}
-			items = append(items, e)
-			if p.peek().kind != tComma {
-				break
-			}
-			p.next()
-		}
-		if _, err := p.expect(tRParen, "')' or ','"); err != nil {
-			return nil, err
-		}
-		p.leave()
 	}
 	l := left.eval
 	if len(items) == 1 && items[0].typ == kCollection {
