@@ -55,7 +55,7 @@ var functions = map[string]function{
 
 // parseCall parses name(args…) after the name.
 func (p *parser) parseCall(name token) (*expr, error) {
-		args, err := p.parseList(p.next(), true) // after the '('
+	args, err := p.parseList(p.next(), true) // after the '('
 	if err != nil {
 		return nil, err
 	}
