@@ -6,11 +6,9 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,42 +16,12 @@ import (
 	"github.com/embedwps/pubsub/internal/wstest"
 )
 
-var npmOnce sync.Once
-
-// nodeInterop returns the interop folder with its pinned npm packages
-// installed (npm ci, once), or skips the test where Node is not installed.
-// Under CI a missing Node is a failure, not a skip.
-func nodeInterop(t *testing.T) string {
-	t.Helper()
-	dir, _ := filepath.Abs("interop")
-	if _, err := exec.LookPath("node"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("node is not installed")
-		}
-		t.Skip("node is not installed")
-	}
-	npmOnce.Do(func() {
-		if _, err := os.Stat(filepath.Join(dir, "node_modules", "@azure", "web-pubsub-client")); err == nil {
-			return
-		}
-		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Logf("npm ci: %v\n%s", err, out)
-		}
-	})
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@azure", "web-pubsub-client")); err != nil {
-		t.Fatalf("the pinned npm packages are not installed in %s", dir)
-	}
-	return dir
-}
-
 // TestOfficialJSClient drives Azure's own @azure/web-pubsub-client, with its
 // non-reliable WebPubSubJsonProtocol, through joining a group, sending each
 // data type, receiving from the group and from the server, and a forbidden
 // send.
 func TestOfficialJSClient(t *testing.T) {
-	dir := nodeInterop(t)
+	dir := wstest.Interop(t, "interop")
 	e := newEnv(t, pubsub.Config{})
 	aliceURL := e.url(pubsub.TokenOptions{UserID: "alice", Roles: allRoles})
 	bobURL := e.url(pubsub.TokenOptions{UserID: "bob", Roles: []string{"webpubsub.joinLeaveGroup.room", "webpubsub.sendToGroup.room"}})
@@ -133,7 +101,7 @@ func TestOfficialJSClient(t *testing.T) {
 // mode, behind a proxy that drops the TCP connection mid-stream, recovers
 // by itself with its connection id unchanged and no message lost.
 func TestOfficialJSClientRecovers(t *testing.T) {
-	dir := nodeInterop(t)
+	dir := wstest.Interop(t, "interop")
 	rec := newRecorder()
 	e := newEnv(t, pubsub.Config{EventHandler: rec})
 	proxy := wstest.NewProxy(t, strings.TrimPrefix(e.srv.URL, "http://"))

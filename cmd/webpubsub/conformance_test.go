@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -48,36 +47,6 @@ func startServer(t *testing.T, args ...string) pubsub.ConnectionString {
 	return cs
 }
 
-var npmOnce sync.Once
-
-// interopDir returns ../../interop with its pinned packages installed, or
-// skips where Node is missing (a failure under CI).
-func interopDir(t *testing.T) string {
-	t.Helper()
-	dir, _ := filepath.Abs(filepath.Join("..", "..", "interop"))
-	if _, err := exec.LookPath("node"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("node is not installed")
-		}
-		t.Skip("node is not installed")
-	}
-	marker := filepath.Join(dir, "node_modules", "@azure", "web-pubsub-express")
-	npmOnce.Do(func() {
-		if _, err := os.Stat(marker); err == nil {
-			return
-		}
-		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Logf("npm ci: %v\n%s", err, out)
-		}
-	})
-	if _, err := os.Stat(marker); err != nil {
-		t.Fatalf("the pinned npm packages are not installed in %s", dir)
-	}
-	return dir
-}
-
 // restSend posts text to one connection through the REST API, signed the
 // way the SDKs sign: the barrier every step ends with.
 func restSend(t *testing.T, cs pubsub.ConnectionString, connID, text string) {
@@ -104,7 +73,7 @@ func restSend(t *testing.T, cs pubsub.ConnectionString, connID, text string) {
 // calls every method it has against cmd/webpubsub, while real WebSocket
 // clients check where each message went.
 func TestServerSDKConformance(t *testing.T) {
-	dir := interopDir(t)
+	dir := wstest.Interop(t, "../../interop")
 	cs := startServer(t)
 	minter, err := pubsub.New(pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey})
 	if err != nil {
@@ -327,7 +296,7 @@ func TestServerSDKConformance(t *testing.T) {
 // official @azure/web-pubsub-express handler is the upstream of
 // cmd/webpubsub -config; real WebSocket clients check each of its effects.
 func TestExpressUpstreamConformance(t *testing.T) {
-	dir := interopDir(t)
+	dir := wstest.Interop(t, "../../interop")
 	node := exec.Command("node", "upstream-express.mjs")
 	node.Dir = dir
 	node.Stderr = os.Stderr

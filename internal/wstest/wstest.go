@@ -13,6 +13,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -373,4 +376,41 @@ func (p *Proxy) Drop() {
 		}
 		c.Close()
 	}
+}
+
+var npmMu sync.Mutex
+
+// interopPackages are the pinned npm packages of interop/.
+var interopPackages = []string{"web-pubsub-client", "web-pubsub", "web-pubsub-express"}
+
+// Interop returns the interop folder at dir (relative to the test's package)
+// with its pinned npm packages installed (npm ci when one is missing), or
+// skips the test where Node is not installed; under CI that is a failure.
+func Interop(t testing.TB, dir string) string {
+	t.Helper()
+	dir, _ = filepath.Abs(dir)
+	if _, err := exec.LookPath("node"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("node is not installed")
+		}
+		t.Skip("node is not installed")
+	}
+	installed := func() bool {
+		for _, p := range interopPackages {
+			if _, err := os.Stat(filepath.Join(dir, "node_modules", "@azure", p)); err != nil {
+				return false
+			}
+		}
+		return true
+	}
+	npmMu.Lock()
+	defer npmMu.Unlock()
+	if !installed() {
+		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
+		}
+	}
+	return dir
 }
