@@ -260,7 +260,7 @@ func appendPayload(dst []byte, t DataType, data []byte) []byte {
 			dst = append(dst, data...)
 		}
 	case Text:
-		dst = AppendString(dst, string(data))
+		dst = AppendString(dst, data)
 	default:
 		dst = append(dst, '"')
 		dst = base64.StdEncoding.AppendEncode(dst, data)
@@ -299,9 +299,10 @@ func AppendPong(dst []byte) []byte { return append(dst, `{"type":"pong"}`...) }
 
 const hexDigits = "0123456789abcdef"
 
-// AppendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD, as
-// encoding/json does, so the frame is always valid JSON in a valid text frame.
-func AppendString(dst []byte, s string) []byte {
+// AppendString appends s (a string or bytes, without copying them first) as
+// a JSON string. Invalid UTF-8 becomes U+FFFD, as encoding/json does, so the
+// frame is always valid JSON in a valid text frame.
+func AppendString[T ~string | ~[]byte](dst []byte, s T) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); {
@@ -328,7 +329,8 @@ func AppendString(dst []byte, s string) []byte {
 			start = i
 			continue
 		}
-		r, size := utf8.DecodeRuneInString(s[i:])
+		// At most 4 bytes: the conversion stays on the stack.
+		r, size := utf8.DecodeRuneInString(string(s[i:min(i+utf8.UTFMax, len(s))]))
 		if r == utf8.RuneError && size == 1 {
 			dst = append(dst, s[start:i]...)
 			dst = append(dst, `\ufffd`...)
