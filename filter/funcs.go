@@ -7,11 +7,11 @@ type function struct {
 	args   []kind // kString arguments also take null
 	result kind
 	// apply gets the evaluated arguments; string arguments may be null.
-	apply func(c Connection, args []value) value
+	apply func(c Connection, args [3]value) value
 }
 
 func stringFn(f func(string) string) function {
-	return function{args: []kind{kString}, result: kString, apply: func(_ Connection, a []value) value {
+	return function{args: []kind{kString}, result: kString, apply: func(_ Connection, a [3]value) value {
 		if a[0].kind != kString {
 			return null
 		}
@@ -20,7 +20,7 @@ func stringFn(f func(string) string) function {
 }
 
 func predicate(f func(s, p string) bool) function {
-	return function{args: []kind{kString, kString}, result: kBool, apply: func(_ Connection, a []value) value {
+	return function{args: []kind{kString, kString}, result: kBool, apply: func(_ Connection, a [3]value) value {
 		if a[0].kind != kString || a[1].kind != kString {
 			return boolFalse
 		}
@@ -35,13 +35,13 @@ var functions = map[string]function{
 	"startswith": predicate(strings.HasPrefix),
 	"endswith":   predicate(strings.HasSuffix),
 	"contains":   predicate(strings.Contains),
-	"concat": {args: []kind{kString, kString}, result: kString, apply: func(_ Connection, a []value) value {
+	"concat": {args: []kind{kString, kString}, result: kString, apply: func(_ Connection, a [3]value) value {
 		if a[0].kind != kString || a[1].kind != kString {
 			return null
 		}
 		return value{kind: kString, s: a[0].s + a[1].s}
 	}},
-	"indexof": {args: []kind{kString, kString}, result: kInt, apply: func(_ Connection, a []value) value {
+	"indexof": {args: []kind{kString, kString}, result: kInt, apply: func(_ Connection, a [3]value) value {
 		if a[0].kind != kString || a[1].kind != kString {
 			return value{kind: kInt, i: -1}
 		}
@@ -81,14 +81,13 @@ func (p *parser) parseCall(name token) (*expr, error) {
 	return call(name.pos, fn.result, args, fn.apply), nil
 }
 
-func call(pos int, result kind, args []*expr, apply func(Connection, []value) value) *expr {
+func call(pos int, result kind, args []*expr, apply func(Connection, [3]value) value) *expr {
 	evals := make([]func(Connection) value, len(args))
 	for i, a := range args {
 		evals[i] = a.eval
 	}
 	return &expr{typ: result, pos: pos, eval: func(c Connection) value {
-		var buf [3]value
-		vals := buf[:len(evals)]
+		var vals [3]value // an array, passed by value: no allocation per match
 		for i, e := range evals {
 			vals[i] = e(c)
 		}
@@ -108,7 +107,7 @@ func (p *parser) length(name token, args []*expr) (*expr, error) {
 			return value{kind: kInt, i: int64(c.GroupCount())}
 		}}, nil
 	case kString, kNull:
-		return call(name.pos, kInt, args, func(_ Connection, a []value) value {
+		return call(name.pos, kInt, args, func(_ Connection, a [3]value) value {
 			if a[0].kind != kString {
 				return null
 			}
@@ -132,14 +131,15 @@ func (p *parser) substring(name token, args []*expr) (*expr, error) {
 			return nil, p.errorf(name, "argument %d of substring must be an integer, found %s", i+2, a.typ)
 		}
 	}
-	return call(name.pos, kString, args, func(_ Connection, a []value) value {
-		if a[0].kind != kString || a[1].kind != kInt || len(a) == 3 && a[2].kind != kInt {
+	n := len(args)
+	return call(name.pos, kString, args, func(_ Connection, a [3]value) value {
+		if a[0].kind != kString || a[1].kind != kInt || n == 3 && a[2].kind != kInt {
 			return null
 		}
 		r := []rune(a[0].s)
 		start := clamp(a[1].i, 0, int64(len(r)))
 		end := int64(len(r))
-		if len(a) == 3 && max(a[2].i, 0) < end-start {
+		if n == 3 && max(a[2].i, 0) < end-start {
 			end = start + max(a[2].i, 0)
 		}
 		return value{kind: kString, s: string(r[start:end])}
