@@ -1,6 +1,9 @@
 package pubsub
 
 import (
+	"io"
+	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -71,4 +74,69 @@ func BenchmarkFanoutPerReceiver(b *testing.B) {
 			}
 		})
 	}
+}
+
+// What coalescing buys: the frames queued for one connection written with
+// one writev (what the outbox does) against one write per frame (what a
+// server without an outbox does), over a real loopback socket.
+//
+//	go test -run XXX -bench Coalesced -benchmem .
+func BenchmarkCoalescedWrites(b *testing.B) {
+	for _, size := range []int{64, 1024} {
+		frame := wsframe.Frame(wsframe.OpText, []byte(strings.Repeat("x", size)))
+		for _, n := range []int{1, 8, 32} {
+			frames := make([][]byte, n)
+			for i := range frames {
+				frames[i] = frame
+			}
+			b.Run("writev/"+strconv.Itoa(size)+"B/"+strconv.Itoa(n), func(b *testing.B) {
+				w := loopback(b)
+				b.SetBytes(int64(n * len(frame)))
+				for b.Loop() {
+					bufs := net.Buffers(slices.Clone(frames))
+					if _, err := bufs.WriteTo(w); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			b.Run("write-each/"+strconv.Itoa(size)+"B/"+strconv.Itoa(n), func(b *testing.B) {
+				w := loopback(b)
+				b.SetBytes(int64(n * len(frame)))
+				for b.Loop() {
+					for _, f := range frames {
+						if _, err := w.Write(f); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+			})
+		}
+	}
+}
+
+// loopback returns the writing end of a TCP connection whose other end is
+// drained until the benchmark ends.
+func loopback(b *testing.B) net.Conn {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+		close(accepted)
+	}()
+	w, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := <-accepted
+	ln.Close()
+	done := make(chan struct{})
+	go func() { io.Copy(io.Discard, r); close(done) }()
+	b.Cleanup(func() { w.Close(); <-done; r.Close() })
+	return w
 }
