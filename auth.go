@@ -27,7 +27,7 @@ var (
 	errNoToken        = errors.New("no access token")
 	errInvalidToken   = errors.New("invalid access token")
 	errTokenAudience  = errors.New("the access token's audience is not this hub")
-	errTokenGroupName = errors.New("The token contains an invalid group name.")
+	errTokenGroupName = errors.New("the token contains an invalid group name")
 )
 
 // identity is what a valid client token says.

@@ -74,7 +74,7 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, errNoToken) && s.allowAnonymous(hubName):
 		id = &identity{}
 	case errors.Is(err, errTokenGroupName):
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		http.Error(w, "The token contains an invalid group name.", http.StatusBadRequest) // the emulator's words
 		return
 	case err != nil:
 		w.Header().Set("WWW-Authenticate", "Bearer")

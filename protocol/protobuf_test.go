@@ -85,21 +85,6 @@ func FuzzDecodeProtobufRequest(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		req, err := DecodeProtobufRequest(frame)
-		if err != nil {
-			if !errors.Is(err, ErrInvalidMessage) {
-				t.Fatalf("error does not wrap ErrInvalidMessage: %v", err)
-			}
-			return
-		}
-		switch req.Type {
-		case JoinGroup, LeaveGroup, SendToGroup:
-			if !ValidGroupName(req.Group) {
-				t.Fatalf("accepted group %q", req.Group)
-			}
-		case Event:
-			if !ValidEventName(req.Event) {
-				t.Fatalf("accepted event %q", req.Event)
-			}
-		}
+		checkDecoded(t, req, err)
 	})
 }
