@@ -79,6 +79,45 @@ func TestSlowClientIsDisconnectedWithoutDelayingOthers(t *testing.T) {
 	}
 }
 
+// A client that stops reading for a while but within its outbound buffer
+// loses nothing: once the kernel's buffers are full, its frames wait in the
+// outbox, and a write that the socket took only in part goes on where it
+// stopped when the client reads again.
+func TestBackloggedClientGetsEverythingInOrder(t *testing.T) {
+	e := newEnv(t, pubsub.Config{OutboundBufferSize: 64 << 20, WriteTimeout: time.Minute})
+	ctx := t.Context()
+	c := wstest.RawDial(t, e.url(pubsub.TokenOptions{Groups: []string{"room"}}))
+
+	// 16 MB: several times what loopback's socket buffers hold for a client
+	// that reads nothing. Sizes vary so that partial writes end mid-frame
+	// at many offsets.
+	const n = 1024
+	body := strings.Repeat("0123456789abcdef", 1<<10)
+	for i := range n {
+		must(t, e.hub.SendToGroup(ctx, "room", pubsub.TextMessage(fmt.Sprintf("%04d:%s", i, body[:(i*7919)%len(body)]))))
+	}
+	for i := range n {
+		op, p, err := c.ReadFrame()
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		want := fmt.Sprintf("%04d:%s", i, body[:(i*7919)%len(body)])
+		if op != 0x1 || string(p) != want {
+			t.Fatalf("message %d: opcode %d, %d bytes %.20q, want %d bytes %.20q", i, op, len(p), p, len(want), want)
+		}
+	}
+	// Writes that follow the backlog still go out at once.
+	for i := range 3 {
+		must(t, e.hub.SendToGroup(ctx, "room", pubsub.TextMessage("after"+itoa(i))))
+		if _, p, err := c.ReadFrame(); err != nil || string(p) != "after"+itoa(i) {
+			t.Fatalf("after the backlog: %q, %v", p, err)
+		}
+	}
+	if got := e.svc.Stats().SlowClientDisconnects; got != 0 {
+		t.Fatalf("SlowClientDisconnects = %d", got)
+	}
+}
+
 func TestKeepAliveClosesSilentClients(t *testing.T) {
 	rec := newRecorder()
 	e := newEnv(t, pubsub.Config{EventHandler: rec, KeepAliveInterval: 20 * time.Millisecond, IdleTimeout: 200 * time.Millisecond})

@@ -2,6 +2,7 @@ package pubsub
 
 import (
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/embedwps/pubsub/internal/wsframe"
@@ -11,21 +12,23 @@ import (
 // outbox is one transport's outbound queue of WebSocket frames, each frame
 // one or more byte slices (a reliable receiver's frame is a small
 // per-connection prefix and the body shared by every recipient). A send
-// never blocks: it appends the slices and, if no flush is running, starts
-// one. The flush writes everything queued in one writev, so a burst to one
-// connection costs one syscall, and an idle connection holds no goroutine.
+// never blocks: it appends the slices and, if no write is under way, hands
+// the outbox to the writers (writer.go), which write everything queued in
+// one writev, so a burst to one connection costs one syscall, and an idle
+// connection holds no goroutine.
 //
 // A reliable connection gets a new outbox with each transport; the
 // connection's outMu guards whichever is current and the old ones.
 type outbox struct {
-	socket *gws.Conn // nil until the upgrade is done
+	socket *gws.Conn       // nil until the upgrade is done
+	raw    syscall.RawConn // socket's, for non-blocking writes; nil if it has none
 	frames [][]byte
 	// expires holds each queued slice's deadline (Unix nanoseconds, 0 for
 	// none), or is nil while no queued slice has one.
 	expires  []int64
 	spare    [][]byte
 	size     int  // bytes queued or being written
-	flushing bool // a flush goroutine is running (or the outbox is held)
+	flushing bool // a write is queued or under way (or the outbox is held)
 	closed   bool // nothing more is written
 	closeReq *Disconnect
 }
@@ -35,14 +38,15 @@ func newOutbox() *outbox { return &outbox{flushing: true} }
 
 // start gives a held outbox its socket and flushes what was queued.
 func (c *conn) start(o *outbox, socket *gws.Conn) {
+	raw := rawConn(socket.NetConn())
 	c.outMu.Lock()
-	o.socket = socket
+	o.socket, o.raw = socket, raw
 	aborted := o.closed
 	c.outMu.Unlock()
 	if aborted {
 		_ = socket.NetConn().Close() // the read loop then releases it
 	}
-	go c.flush(o)
+	c.kick(o)
 }
 
 // send queues one frame for c.
@@ -53,9 +57,10 @@ func (c *conn) send(frame []byte) { c.enqueue(0, frame) }
 func (c *conn) enqueue(deadline int64, parts ...[]byte) {
 	c.outMu.Lock()
 	start := c.enqueueLocked(c.out, deadline, parts)
+	o := c.out
 	c.outMu.Unlock()
 	if start {
-		go c.flush(c.out)
+		c.kick(o)
 	}
 }
 
@@ -81,7 +86,7 @@ func (c *conn) enqueueLocked(o *outbox, deadline int64, parts [][]byte) bool {
 		o.frames, o.expires = o.frames[:0], nil
 		c.endSessionLocked(DisconnectSlowClient)
 		o.closeReq = &c.disconnect
-		return false // the running flush writes the close frame when its write returns
+		return false // the write under way ends with the close frame
 	}
 	if deadline != 0 && o.expires == nil {
 		o.expires = make([]int64, len(o.frames), cap(o.frames))
@@ -142,7 +147,7 @@ func (c *conn) closeLocked(d Disconnect) (flush *outbox, release bool) {
 
 func (c *conn) afterClose(flush *outbox, release bool) {
 	if flush != nil {
-		go c.flush(flush)
+		go c.flush(flush, nil)
 	}
 	if release {
 		c.hub.svc.release(c, "")
@@ -158,13 +163,31 @@ func (c *conn) endSessionLocked(d Disconnect) {
 	}
 }
 
-// flush writes o's queue until it is empty, then the close frame if one was
-// requested.
-func (c *conn) flush(o *outbox) {
+// flush writes o's queue, waiting for the socket as long as the write
+// timeout allows, until the queue is empty, then the close frame if one was
+// requested. It starts with rest, what a non-blocking write left over.
+func (c *conn) flush(o *outbox, rest [][]byte) {
 	nc := o.socket.NetConn()
+	batch := rest
 	for {
+		if len(batch) > 0 {
+			n := 0
+			for _, f := range batch {
+				n += len(f)
+			}
+			_ = nc.SetWriteDeadline(c.writeDeadline())
+			bufs := net.Buffers(batch)
+			_, err := bufs.WriteTo(nc)
+			c.outMu.Lock()
+			o.size -= n
+			c.outMu.Unlock()
+			if err != nil {
+				c.abort(o)
+				return
+			}
+		}
 		c.outMu.Lock()
-		batch := o.frames
+		batch = o.frames
 		if len(batch) == 0 || o.closed {
 			req, wasClosed := o.closeReq, o.closed
 			o.closed = wasClosed || req != nil
@@ -174,32 +197,22 @@ func (c *conn) flush(o *outbox) {
 				// A slow client may not read even the close frame: bound it.
 				_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
 				_ = o.socket.WriteClose(req.Code, []byte(req.Reason))
+			} else {
+				// Back to the writers' non-blocking writes, which a passed
+				// deadline would refuse.
+				_ = nc.SetWriteDeadline(time.Time{})
 			}
 			return
 		}
 		expires := o.expires
-		o.frames, o.expires = o.spare[:0], nil
+		o.frames, o.expires = nil, nil
 		c.outMu.Unlock()
-
-		n := 0
 		if expires != nil {
-			batch, n = dropExpired(batch, expires)
-		}
-		for _, f := range batch {
-			n += len(f)
-		}
-		_ = nc.SetWriteDeadline(time.Now().Add(c.hub.svc.cfg.WriteTimeout))
-		bufs := net.Buffers(batch)
-		_, err := bufs.WriteTo(nc)
-
-		c.outMu.Lock()
-		o.size -= n
-		clear(batch[:cap(batch)])
-		o.spare = batch[:0]
-		c.outMu.Unlock()
-		if err != nil {
-			c.abort(o)
-			return
+			var dropped int
+			batch, dropped = dropExpired(batch, expires)
+			c.outMu.Lock()
+			o.size -= dropped
+			c.outMu.Unlock()
 		}
 	}
 }

@@ -124,6 +124,7 @@ type Service struct {
 	hubs      *xsync.MapOf[string, *Hub]
 	upgraders *xsync.MapOf[string, *gws.Upgrader]
 	transport *transport
+	writers   writers
 
 	// mu orders registration against Shutdown: a connection is registered
 	// under a read lock, and Shutdown sets closed under the write lock, so it

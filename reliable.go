@@ -85,7 +85,7 @@ func (c *conn) deliverReliable(deadline int64, build func(seq uint64) [][]byte) 
 	o := c.out
 	c.outMu.Unlock()
 	if start {
-		go c.flush(o)
+		c.kick(o)
 	}
 }
 

@@ -12,6 +12,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -22,6 +23,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 
@@ -52,6 +54,18 @@ func main() {
 		runtime.ReadMemStats(&ms)
 		json.NewEncoder(w).Encode(map[string]uint64{"heapInuse": ms.HeapInuse, "stackInuse": ms.StackInuse, "goroutines": uint64(runtime.NumGoroutine())})
 	})
+	// The load tool's -cpuprofile: a CPU profile of exactly the measured
+	// phase of a run.
+	mux.HandleFunc("POST /profile/start", func(w http.ResponseWriter, r *http.Request) {
+		if err := pprof.StartCPUProfile(&profile); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+		}
+	})
+	mux.HandleFunc("POST /profile/stop", func(w http.ResponseWriter, r *http.Request) {
+		pprof.StopCPUProfile()
+		_, _ = w.Write(profile.Bytes())
+		profile.Reset()
+	})
 	switch *impl {
 	case "ours":
 		ours(mux, "http://"+ln.Addr().String())
@@ -67,6 +81,9 @@ func main() {
 	fmt.Println("ready", ln.Addr().String())
 	log.Fatal((&http.Server{Handler: mux}).Serve(ln))
 }
+
+// profile holds the CPU profile between /profile/start and /profile/stop.
+var profile bytes.Buffer
 
 func raiseFDLimit() {
 	var l syscall.Rlimit

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,9 +39,19 @@ import (
 
 var impls = []string{"ours", "gws", "melody", "centrifuge"}
 
+// Flags that shape every run.
+var (
+	match      string
+	scale      = 1
+	profileDir string
+)
+
 func main() {
 	full := flag.Bool("full", false, "run every workload (takes long)")
 	only := flag.String("impl", "", "comma-separated implementations (default all)")
+	flag.StringVar(&match, "workload", "", "run only the workloads whose name contains this")
+	flag.IntVar(&scale, "scale", 1, "multiply each throughput run's message count (longer, steadier runs)")
+	flag.StringVar(&profileDir, "cpuprofile", "", "save each throughput run's server CPU profile (measured phase only) in this directory")
 	flag.Parse()
 	raiseFDLimit()
 	if *only != "" {
@@ -142,6 +153,17 @@ func (s *server) cpu() time.Duration {
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+// post calls one of the server's control endpoints and returns the body.
+func (s *server) post(path string) []byte {
+	resp, err := http.Post("http://"+s.addr+path, "", nil)
+	check(err)
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, err = b.ReadFrom(resp.Body)
+	check(err)
+	return b.Bytes()
 }
 
 func (s *server) rss() int64 {
@@ -374,6 +396,11 @@ func (f fanout) run(bin, impl string) result {
 	}
 	time.Sleep(200 * time.Millisecond) // let the last probes drain
 
+	var loadProfile bytes.Buffer
+	if profileDir != "" {
+		s.post("/profile/start")
+		check(pprof.StartCPUProfile(&loadProfile))
+	}
 	cpu0 := s.cpu()
 	start := time.Now()
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -406,6 +433,12 @@ func (f fanout) run(bin, impl string) result {
 	}
 	end := time.Unix(0, rec.last.Load())
 	cpu := s.cpu() - cpu0
+	if profileDir != "" {
+		name := strings.NewReplacer(" ", "_", ",", "", "×", "x").Replace(f.name()) + "." + impl + ".pprof"
+		check(os.WriteFile(filepath.Join(profileDir, name), s.post("/profile/stop"), 0o644))
+		pprof.StopCPUProfile()
+		check(os.WriteFile(filepath.Join(profileDir, name+".load"), loadProfile.Bytes(), 0o644))
+	}
 	var r result
 	for i := range rec.counts {
 		r.deliveries += int64(rec.counts[i].Load())
@@ -556,6 +589,7 @@ func workloads(full bool) []workload {
 		if size >= 16<<10 {
 			msgs = max(10, msgs/8)
 		}
+		msgs *= scale
 		ws = append(ws, fanout{subs: subs, groups: 1, size: size, inflight: inflight, messages: msgs, publishers: 1})
 	}
 	if full {
@@ -572,12 +606,15 @@ func workloads(full bool) []workload {
 		add(5000, 64, 32)
 		add(10000, 1024, 1)
 	}
-	ws = append(ws, fanout{subs: 10000, groups: 1000, size: 256, inflight: 32, messages: 20000, publishers: 4})
+	ws = append(ws, fanout{subs: 10000, groups: 1000, size: 256, inflight: 32, messages: 20000 * scale, publishers: 4})
 	ws = append(ws, churn{5000}, restSends{20000})
 	ws = append(ws, idle{10000})
 	var l syscall.Rlimit
 	if full && syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Max > 52000 {
 		ws = append(ws, idle{50000}) // needs a hard fd limit above 50,000
+	}
+	if match != "" {
+		ws = slices.DeleteFunc(ws, func(w workload) bool { return !strings.Contains(w.name(), match) })
 	}
 	return ws
 }

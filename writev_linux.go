@@ -1,0 +1,101 @@
+package pubsub
+
+import (
+	"errors"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// rawConn returns the socket under nc for non-blocking writes, or nil when
+// there is none (a TLS connection, a test's pipe): those are written by a
+// goroutine of their own.
+func rawConn(nc net.Conn) syscall.RawConn {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+// maxIovecs is Linux's IOV_MAX: the most slices one writev takes.
+const maxIovecs = 1024
+
+// writeScratch is one writer's reusable iovec array and writev callback,
+// so that a write allocates nothing.
+type writeScratch struct {
+	iov   []syscall.Iovec
+	n     int
+	errno syscall.Errno
+	call  func(fd uintptr) bool
+}
+
+// writev writes batch to rc with as many writev calls as it takes while
+// the socket accepts everything, and returns the bytes written. It never
+// waits: a socket that would block ends it early with no error.
+func (s *writeScratch) writev(rc syscall.RawConn, batch [][]byte) (int, error) {
+	if s.call == nil {
+		s.call = s.writevFD
+	}
+	written := 0
+	for len(batch) > 0 {
+		s.iov = s.iov[:0]
+		want, used := 0, 0
+		for _, b := range batch {
+			if len(s.iov) == maxIovecs {
+				break
+			}
+			used++
+			if len(b) == 0 {
+				continue
+			}
+			v := syscall.Iovec{Base: &b[0]}
+			v.SetLen(len(b))
+			s.iov = append(s.iov, v)
+			want += len(b)
+		}
+		if want == 0 {
+			return written, nil
+		}
+		s.n, s.errno = 0, 0
+		if err := rc.Write(s.call); err != nil {
+			clear(s.iov)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return written, nil // an expired deadline of an earlier blocking write: let flush set a new one
+			}
+			return written, err
+		}
+		clear(s.iov) // drop the references to the frames
+		switch s.errno {
+		case 0:
+		case syscall.EAGAIN:
+			return written, nil
+		default:
+			return written, s.errno
+		}
+		written += s.n
+		if s.n < want {
+			return written, nil
+		}
+		batch = batch[used:]
+	}
+	return written, nil
+}
+
+// writevFD is the one syscall, made inside RawConn.Write; it always returns
+// true, so that Write never parks this goroutine to wait for the socket.
+func (s *writeScratch) writevFD(fd uintptr) bool {
+	for {
+		n, _, e := syscall.Syscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&s.iov[0])), uintptr(len(s.iov)))
+		if e == syscall.EINTR {
+			continue
+		}
+		s.n, s.errno = int(n), e
+		return true
+	}
+}
