@@ -41,6 +41,7 @@ var impls = []string{"ours", "gws", "melody", "centrifuge"}
 
 // Flags that shape every run.
 var (
+	beforeBin  string // benchserver built from -before, run as "ours@<rev>"
 	match      string
 	scale      = 1
 	profileDir string
@@ -51,14 +52,21 @@ func main() {
 	only := flag.String("impl", "", "comma-separated implementations (default all)")
 	flag.StringVar(&match, "workload", "", "run only the workloads whose name contains this")
 	flag.IntVar(&scale, "scale", 1, "multiply each throughput run's message count (longer, steadier runs)")
+	before := flag.String("before", "", "also run ours as built from this git revision, as implementation \"ours@<rev>\" (a before/after comparison in one run)")
 	flag.StringVar(&profileDir, "cpuprofile", "", "save each throughput run's server CPU profile (measured phase only) in this directory")
 	flag.Parse()
 	raiseFDLimit()
 	if *only != "" {
 		impls = strings.Split(*only, ",")
 	}
-	bin := buildServer()
+	bin := buildServer(".")
 	defer os.RemoveAll(filepath.Dir(bin))
+	if *before != "" {
+		name := "ours@" + *before
+		beforeBin = buildRevision(*before)
+		defer os.RemoveAll(filepath.Dir(beforeBin))
+		impls = slices.Insert(impls, slices.Index(impls, "ours")+1, name)
+	}
 
 	var table []row
 	for _, w := range workloads(*full) {
@@ -95,16 +103,40 @@ func raiseFDLimit() {
 	}
 }
 
-func buildServer() string {
-	dir, err := os.MkdirTemp("", "benchserver")
+// isOurs: this library, as built now or from -before.
+func isOurs(impl string) bool { return impl == "ours" || strings.HasPrefix(impl, "ours@") }
+
+// buildServer builds cmd/benchserver of the bench module in dir.
+func buildServer(dir string) string {
+	tmp, err := os.MkdirTemp("", "benchserver")
 	check(err)
-	bin := filepath.Join(dir, "benchserver")
-	out, err := exec.Command("go", "build", "-o", bin, "./cmd/benchserver").CombinedOutput()
+	bin := filepath.Join(tmp, "benchserver")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/benchserver")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	return bin
+}
+
+// buildRevision builds cmd/benchserver from git revision rev of this
+// repository, in a temporary worktree.
+func buildRevision(rev string) string {
+	tree, err := os.MkdirTemp("", "bench-before")
+	check(err)
+	defer os.RemoveAll(tree)
+	git := func(args ...string) {
+		out, err := exec.Command("git", args...).CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "git %s: %v\n%s", strings.Join(args, " "), err, out)
+			os.Exit(1)
+		}
+	}
+	git("worktree", "add", "--detach", tree, rev)
+	defer git("worktree", "remove", "--force", tree)
+	return buildServer(filepath.Join(tree, "bench"))
 }
 
 func check(err error) {
@@ -122,7 +154,11 @@ type server struct {
 }
 
 func startServer(bin, impl string) *server {
-	cmd := exec.Command(bin, "-impl", impl)
+	arg := impl
+	if isOurs(impl) && impl != "ours" {
+		bin, arg = beforeBin, "ours"
+	}
+	cmd := exec.Command(bin, "-impl", arg)
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	check(cmd.Start())
@@ -139,7 +175,7 @@ func (s *server) url(group string, pub bool) string {
 	if pub {
 		q += "&pub=1"
 	}
-	if s.impl == "ours" {
+	if isOurs(s.impl) {
 		return "ws://" + s.addr + "/client/hubs/bench?" + q
 	}
 	return "ws://" + s.addr + "/ws?" + q
@@ -499,7 +535,7 @@ func (w churn) run(bin, impl string) result {
 	s := startServer(bin, impl)
 	defer s.stop()
 	url := s.url("churn", false)
-	if impl == "ours" {
+	if isOurs(impl) {
 		svc, err := pubsub.New(pubsub.Config{Endpoint: "http://" + s.addr, AccessKey: benchAccessKey})
 		check(err)
 		tok, err := svc.ClientToken("bench", pubsub.TokenOptions{UserID: "churner"})
@@ -531,7 +567,7 @@ func (w restSends) name() string { return fmt.Sprintf("REST sends, %d requests",
 func (w restSends) kind() string { return "rest" }
 
 func (w restSends) run(bin, impl string) result {
-	if impl != "ours" {
+	if !isOurs(impl) {
 		return result{note: "no REST API"}
 	}
 	s := startServer(bin, impl)
