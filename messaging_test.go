@@ -48,6 +48,8 @@ func TestJoinSendLeave(t *testing.T) {
 		{"json", `{"a": [1, 2]}`, `{"a":[1,2]}`},
 		{"binary", `"` + base64.StdEncoding.EncodeToString([]byte{0, 1, 2}) + `"`, `"AAEC"`},
 		{"", `42`, `42`}, // dataType defaults to json
+		// Far larger than a connection's read buffer.
+		{"text", quote(strings.Repeat("y", 64<<10)), quote(strings.Repeat("y", 64<<10))},
 	} {
 		ack := 10 + i
 		alice.Send(fmt.Sprintf(`{"type":"sendToGroup","group":"room","ackId":%d,"dataType":%q,"data":%s}`, ack, tc.dataType, tc.data))

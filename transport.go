@@ -327,6 +327,13 @@ func newConnectionID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// readBufferSize is each connection's read buffer. gws's default is 4 KiB,
+// the largest part of an idle connection's memory; clients of a pub/sub
+// service mostly send small frames, and a payload larger than the buffer is
+// read straight into its own buffer anyway, so 1 KiB costs a few more read
+// syscalls only to a client that sends many small frames at once.
+const readBufferSize = 1 << 10
+
 // upgrader returns a gws upgrader that accepts exactly the chosen subprotocol
 // (gws negotiates from a fixed list per upgrader). Upgraders are cached per
 // subprotocol, up to a bound so that clients offering random names cannot
@@ -337,6 +344,7 @@ func (s *Service) upgrader(subprotocol string) *gws.Upgrader {
 	}
 	opt := &gws.ServerOption{
 		ReadMaxPayloadSize: s.cfg.MaxMessageSize,
+		ReadBufferSize:     readBufferSize,
 		CheckUtf8Enabled:   true,
 		Recovery:           gws.Recovery, // a panicking handler must not take the process down
 		Logger:             gwsLogger{s},

@@ -61,6 +61,10 @@ func main() {
 			http.Error(w, err.Error(), http.StatusConflict)
 		}
 	})
+	mux.HandleFunc("POST /profile/heap", func(w http.ResponseWriter, r *http.Request) {
+		runtime.GC()
+		_ = pprof.Lookup("heap").WriteTo(w, 0)
+	})
 	mux.HandleFunc("POST /profile/stop", func(w http.ResponseWriter, r *http.Request) {
 		pprof.StopCPUProfile()
 		_, _ = w.Write(profile.Bytes())

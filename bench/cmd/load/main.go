@@ -53,7 +53,7 @@ func main() {
 	flag.StringVar(&match, "workload", "", "run only the workloads whose name contains this")
 	flag.IntVar(&scale, "scale", 1, "multiply each throughput run's message count (longer, steadier runs)")
 	before := flag.String("before", "", "also run ours as built from this git revision, as implementation \"ours@<rev>\" (a before/after comparison in one run)")
-	flag.StringVar(&profileDir, "cpuprofile", "", "save each throughput run's server CPU profile (measured phase only) in this directory")
+	flag.StringVar(&profileDir, "cpuprofile", "", "save each throughput run's server CPU profile (measured phase only), and each idle run's heap profile, in this directory")
 	flag.Parse()
 	raiseFDLimit()
 	if *only != "" {
@@ -518,6 +518,10 @@ func (w idle) run(bin, impl string) result {
 	subs := connectSubscribers(s, rec, w.conns, func(i int) string { return "g" + strconv.Itoa(i/10) })
 	time.Sleep(2 * time.Second) // let the server settle: not a synchronisation, a measurement condition
 	heap1, rss1 := s.heap(), s.rss()
+	if profileDir != "" {
+		name := strings.ReplaceAll(w.name(), " ", "_") + "." + impl + ".heap.pprof"
+		check(os.WriteFile(filepath.Join(profileDir, name), s.post("/profile/heap"), 0o644))
+	}
 	for _, sub := range subs {
 		sub.conn.NetConn().Close()
 	}
