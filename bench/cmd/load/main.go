@@ -53,7 +53,7 @@ func main() {
 	flag.StringVar(&match, "workload", "", "run only the workloads whose name contains this")
 	flag.IntVar(&scale, "scale", 1, "multiply each throughput run's message count (longer, steadier runs)")
 	before := flag.String("before", "", "also run ours as built from this git revision, as implementation \"ours@<rev>\" (a before/after comparison in one run)")
-	flag.StringVar(&profileDir, "cpuprofile", "", "save each throughput run's server CPU profile (measured phase only), and each idle run's heap profile, in this directory")
+	flag.StringVar(&profileDir, "cpuprofile", "", "save CPU profiles of the server and the load tool for each run's measured phase, and each idle run's server heap profile, in this directory")
 	flag.Parse()
 	raiseFDLimit()
 	if *only != "" {
@@ -200,6 +200,26 @@ func (s *server) post(path string) []byte {
 	_, err = b.ReadFrom(resp.Body)
 	check(err)
 	return b.Bytes()
+}
+
+// profile starts CPU profiles of the server and of this process when
+// -cpuprofile is set; the function it returns saves them.
+func (s *server) profile(workload string) (stop func()) {
+	if profileDir == "" {
+		return func() {}
+	}
+	var own bytes.Buffer
+	s.post("/profile/start")
+	check(pprof.StartCPUProfile(&own))
+	return func() {
+		check(os.WriteFile(profilePath(workload, s.impl, "pprof"), s.post("/profile/stop"), 0o644))
+		pprof.StopCPUProfile()
+		check(os.WriteFile(profilePath(workload, s.impl, "load.pprof"), own.Bytes(), 0o644))
+	}
+}
+
+func profilePath(workload, impl, ext string) string {
+	return filepath.Join(profileDir, strings.NewReplacer(" ", "_", ",", "", "×", "x").Replace(workload)+"."+impl+"."+ext)
 }
 
 func (s *server) rss() int64 {
@@ -432,11 +452,7 @@ func (f fanout) run(bin, impl string) result {
 	}
 	time.Sleep(200 * time.Millisecond) // let the last probes drain
 
-	var loadProfile bytes.Buffer
-	if profileDir != "" {
-		s.post("/profile/start")
-		check(pprof.StartCPUProfile(&loadProfile))
-	}
+	stopProfile := s.profile(f.name())
 	cpu0 := s.cpu()
 	start := time.Now()
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -469,12 +485,7 @@ func (f fanout) run(bin, impl string) result {
 	}
 	end := time.Unix(0, rec.last.Load())
 	cpu := s.cpu() - cpu0
-	if profileDir != "" {
-		name := strings.NewReplacer(" ", "_", ",", "", "×", "x").Replace(f.name()) + "." + impl + ".pprof"
-		check(os.WriteFile(filepath.Join(profileDir, name), s.post("/profile/stop"), 0o644))
-		pprof.StopCPUProfile()
-		check(os.WriteFile(filepath.Join(profileDir, name+".load"), loadProfile.Bytes(), 0o644))
-	}
+	stopProfile()
 	var r result
 	for i := range rec.counts {
 		r.deliveries += int64(rec.counts[i].Load())
@@ -519,8 +530,7 @@ func (w idle) run(bin, impl string) result {
 	time.Sleep(2 * time.Second) // let the server settle: not a synchronisation, a measurement condition
 	heap1, rss1 := s.heap(), s.rss()
 	if profileDir != "" {
-		name := strings.ReplaceAll(w.name(), " ", "_") + "." + impl + ".heap.pprof"
-		check(os.WriteFile(filepath.Join(profileDir, name), s.post("/profile/heap"), 0o644))
+		check(os.WriteFile(profilePath(w.name(), impl, "heap.pprof"), s.post("/profile/heap"), 0o644))
 	}
 	for _, sub := range subs {
 		sub.conn.NetConn().Close()
@@ -546,6 +556,7 @@ func (w churn) run(bin, impl string) result {
 		check(err)
 		url += "&access_token=" + tok
 	}
+	stopProfile := s.profile(w.name())
 	cpu0, start := s.cpu(), time.Now()
 	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
@@ -560,6 +571,7 @@ func (w churn) run(bin, impl string) result {
 	}
 	wg.Wait()
 	el, cpu := time.Since(start), s.cpu()-cpu0
+	stopProfile()
 	return result{deliveries: int64(w.conns), perSec: float64(w.conns) / el.Seconds(), cpuPer: cpu / time.Duration(w.conns)}
 }
 
@@ -586,6 +598,7 @@ func (w restSends) run(bin, impl string) result {
 	tr := &http.Transport{MaxIdleConnsPerHost: 16}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr}
+	stopProfile := s.profile(w.name())
 	cpu0, start := s.cpu(), time.Now()
 	sem := make(chan struct{}, 16)
 	var wg sync.WaitGroup
@@ -615,6 +628,7 @@ func (w restSends) run(bin, impl string) result {
 	}
 	wg.Wait()
 	el, cpu := time.Since(start), s.cpu()-cpu0
+	stopProfile()
 	return result{deliveries: int64(w.requests), lost: failed.Load(), perSec: float64(w.requests) / el.Seconds(), cpuPer: cpu / time.Duration(w.requests)}
 }
 
