@@ -5,6 +5,7 @@ package wstest
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -85,8 +86,25 @@ func Dial(t testing.TB, url string, header http.Header, subprotocols ...string) 
 	return c
 }
 
+// DialTLS connects to a wss:// url, trusting what cfg trusts, and reads
+// nothing itself; the connection is closed when the test ends.
+func DialTLS(t testing.TB, url string, cfg *tls.Config, subprotocols ...string) *Client {
+	t.Helper()
+	c, _, err := dial(url, nil, cfg, subprotocols)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	c.t = t
+	t.Cleanup(func() { c.Conn.NetConn().Close(); <-c.done })
+	return c
+}
+
 // TryDial connects without failing the test.
 func TryDial(url string, header http.Header, subprotocols ...string) (*Client, *http.Response, error) {
+	return dial(url, header, nil, subprotocols)
+}
+
+func dial(url string, header http.Header, tlsConfig *tls.Config, subprotocols []string) (*Client, *http.Response, error) {
 	c := &Client{frames: make(chan Frame, 4096), done: make(chan struct{})}
 	if header == nil {
 		header = http.Header{}
@@ -94,7 +112,7 @@ func TryDial(url string, header http.Header, subprotocols ...string) (*Client, *
 	if len(subprotocols) > 0 {
 		header.Set("Sec-WebSocket-Protocol", strings.Join(subprotocols, ", "))
 	}
-	conn, resp, err := gws.NewClient(c, &gws.ClientOption{Addr: url, RequestHeader: header, ReadMaxPayloadSize: 32 << 20})
+	conn, resp, err := gws.NewClient(c, &gws.ClientOption{Addr: url, RequestHeader: header, ReadMaxPayloadSize: 32 << 20, TlsConfig: tlsConfig})
 	if err != nil {
 		return nil, resp, err
 	}
