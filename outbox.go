@@ -23,6 +23,7 @@ type outbox struct {
 	socket *gws.Conn       // nil until the upgrade is done
 	raw    syscall.RawConn // socket's, for non-blocking writes; nil if it has none
 	frames [][]byte
+	queued int // frames in frames (a frame may be several slices)
 	// expires holds each queued slice's deadline (Unix nanoseconds, 0 for
 	// none), or is nil while no queued slice has one.
 	expires  []int64
@@ -83,7 +84,7 @@ func (c *conn) enqueueLocked(o *outbox, deadline int64, parts [][]byte) bool {
 			o.size -= len(f)
 		}
 		clear(o.frames)
-		o.frames, o.expires = o.frames[:0], nil
+		o.frames, o.expires, o.queued = o.frames[:0], nil, 0
 		c.endSessionLocked(DisconnectSlowClient)
 		o.closeReq = &c.disconnect
 		return false // the write under way ends with the close frame
@@ -92,6 +93,7 @@ func (c *conn) enqueueLocked(o *outbox, deadline int64, parts [][]byte) bool {
 		o.expires = make([]int64, len(o.frames), cap(o.frames))
 	}
 	o.frames = append(o.frames, parts...)
+	o.queued++
 	if o.expires != nil {
 		for range parts {
 			o.expires = append(o.expires, deadline)
@@ -132,6 +134,7 @@ func (c *conn) closeLocked(d Disconnect) (flush *outbox, release bool) {
 	if c.kind != kindSimple {
 		frame := c.encodeDisconnected(d.Reason)
 		o.frames = append(o.frames, frame)
+		o.queued++
 		if o.expires != nil {
 			o.expires = append(o.expires, 0)
 		}
@@ -205,7 +208,7 @@ func (c *conn) flush(o *outbox, rest [][]byte) {
 			return
 		}
 		expires := o.expires
-		o.frames, o.expires = nil, nil
+		o.frames, o.expires, o.queued = nil, nil, 0
 		c.outMu.Unlock()
 		if expires != nil {
 			var dropped int
@@ -238,7 +241,7 @@ func (c *conn) abort(o *outbox) {
 	c.outMu.Lock()
 	o.closed = true
 	clear(o.frames)
-	o.frames, o.expires = nil, nil
+	o.frames, o.expires, o.queued = nil, nil, 0
 	socket := o.socket
 	c.outMu.Unlock()
 	if socket != nil { // nil while the upgrade is under way: start checks closed

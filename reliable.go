@@ -164,6 +164,7 @@ func (c *conn) resume(o *outbox) bool {
 		}
 		// Replay bypasses the outbound bound: the replay buffer has its own.
 		o.frames = append(o.frames, m.parts...)
+		o.queued++
 		if m.expires != 0 && o.expires == nil {
 			o.expires = make([]int64, len(o.frames)-len(m.parts), cap(o.frames))
 		}

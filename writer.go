@@ -168,8 +168,8 @@ func (c *conn) writeOnce(o *outbox, s *writeScratch, st *writeStats) (more bool)
 		go c.flush(o, nil)
 		return false
 	}
-	batch, expires := o.frames, o.expires
-	o.frames, o.expires, o.spare = o.spare[:0], nil, nil
+	batch, expires, frames := o.frames, o.expires, o.queued
+	o.frames, o.expires, o.spare, o.queued = o.spare[:0], nil, nil, 0
 	c.outMu.Unlock()
 
 	dropped, total := 0, 0
@@ -198,7 +198,7 @@ func (c *conn) writeOnce(o *outbox, s *writeScratch, st *writeStats) (more bool)
 		return false
 	}
 	st.writes++
-	st.frames += len(batch)
+	st.frames += frames
 	st.bytes += written
 	clear(batch[:cap(batch)])
 	o.spare = batch[:0]
