@@ -41,8 +41,8 @@ type identity struct {
 // authenticateClient validates the client token of r for hub: HS256 with the
 // primary or secondary key, exp required, nbf and iat checked when present,
 // all with ClockSkew, and aud naming this hub's client endpoint.
-func (s *Service) authenticateClient(r *http.Request, hub string) (*identity, error) {
-	raw := r.URL.Query().Get("access_token")
+func (s *Service) authenticateClient(r *http.Request, query url.Values, hub string) (*identity, error) {
+	raw := query.Get("access_token")
 	if raw == "" {
 		if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
 			raw = strings.TrimSpace(h[7:])

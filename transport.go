@@ -64,12 +64,13 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the client endpoint takes WebSocket upgrade requests only", http.StatusBadRequest)
 		return
 	}
-	if q := r.URL.Query(); q.Has("awps_connection_id") {
+	q := r.URL.Query() // once: an access token makes it the longest part of the request
+	if q.Has("awps_connection_id") {
 		s.serveRecovery(w, r, hubName, q.Get("awps_connection_id"), q.Get("awps_reconnection_token"))
 		return
 	}
 
-	id, err := s.authenticateClient(r, hubName)
+	id, err := s.authenticateClient(r, q, hubName)
 	switch {
 	case errors.Is(err, errNoToken) && s.allowAnonymous(hubName):
 		id = &identity{}
@@ -89,7 +90,7 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 	resp, err := s.handler.Connect(r.Context(), &ConnectRequest{
 		ConnectionContext:  ConnectionContext{Hub: hubName, ConnectionID: connID, UserID: userID},
 		Claims:             id.claims,
-		Query:              queryWithout(r.URL.Query(), "access_token"),
+		Query:              queryWithout(q, "access_token"),
 		Headers:            headersWithout(r.Header, "Authorization"),
 		Subprotocols:       offered,
 		ClientCertificates: clientCertificates(r),

@@ -661,7 +661,7 @@ func workloads(full bool) []workload {
 		add(10000, 1024, 1)
 	}
 	ws = append(ws, fanout{subs: 10000, groups: 1000, size: 256, inflight: 32, messages: 20000 * scale, publishers: 4})
-	ws = append(ws, churn{5000}, restSends{20000})
+	ws = append(ws, churn{5000 * scale}, restSends{20000 * scale})
 	ws = append(ws, idle{10000})
 	var l syscall.Rlimit
 	if full && syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Max > 52000 {
