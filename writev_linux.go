@@ -1,9 +1,7 @@
 package pubsub
 
 import (
-	"errors"
 	"net"
-	"os"
 	"syscall"
 	"unsafe"
 )
@@ -32,7 +30,7 @@ type writeScratch struct {
 	iov   []syscall.Iovec
 	n     int
 	errno syscall.Errno
-	call  func(fd uintptr) bool
+	call  func(fd uintptr)
 }
 
 // writev writes batch to rc with as many writev calls as it takes while
@@ -63,11 +61,13 @@ func (s *writeScratch) writev(rc syscall.RawConn, batch [][]byte) (int, error) {
 			return written, nil
 		}
 		s.n, s.errno = 0, 0
-		if err := rc.Write(s.call); err != nil {
+		// Control, not Write: Write would first take the socket's write
+		// lock, which gws holds while it answers a client's close frame,
+		// with no deadline, to a client that may not read; the writer must
+		// not wait behind it. Control only keeps the descriptor open while
+		// the call runs; this writer is the only one writing the outbox.
+		if err := rc.Control(s.call); err != nil {
 			clear(s.iov)
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return written, nil // an expired deadline of an earlier blocking write: let flush set a new one
-			}
 			return written, err
 		}
 		clear(s.iov) // drop the references to the frames
@@ -87,15 +87,15 @@ func (s *writeScratch) writev(rc syscall.RawConn, batch [][]byte) (int, error) {
 	return written, nil
 }
 
-// writevFD is the one syscall, made inside RawConn.Write; it always returns
-// true, so that Write never parks this goroutine to wait for the socket.
-func (s *writeScratch) writevFD(fd uintptr) bool {
+// writevFD is the one syscall, made inside RawConn.Control on the
+// non-blocking socket: it never waits.
+func (s *writeScratch) writevFD(fd uintptr) {
 	for {
 		n, _, e := syscall.Syscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&s.iov[0])), uintptr(len(s.iov)))
 		if e == syscall.EINTR {
 			continue
 		}
 		s.n, s.errno = int(n), e
-		return true
+		return
 	}
 }
