@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/embedwps/pubsub"
@@ -284,5 +285,62 @@ func TestSimpleAndPubSubClientsInOneGroup(t *testing.T) {
 	e.hub.SendToUser(ctx, "j", pubsub.TextMessage("direct"))
 	if f := jsonClient.Next(); string(f.Data) != `{"type":"message","from":"server","dataType":"text","data":"direct"}` {
 		t.Fatalf("got %s", f.Data)
+	}
+}
+
+// Several senders at once to simple, JSON and reliable JSON clients: each
+// client gets every message, each sender's in the order it was sent, and a
+// reliable client's sequence ids count up without a gap — whether a frame
+// went out alone, coalesced with others, or after a requeue.
+func TestConcurrentSendersKeepEachSendersOrder(t *testing.T) {
+	e := newEnv(t, pubsub.Config{})
+	const senders, perSender = 4, 200 // 800: within a reliable client's unacknowledged 1,000
+	room := pubsub.TokenOptions{Groups: []string{"room"}}
+	type receiver struct {
+		c    *wstest.Client
+		kind string
+	}
+	var rs []receiver
+	for range 3 {
+		rs = append(rs, receiver{wstest.Dial(t, e.url(room), nil), "simple"})
+		c, _ := wstest.DialJSON(t, e.url(room))
+		rs = append(rs, receiver{c, "json"})
+		rs = append(rs, receiver{dialReliable(t, e.url(room)).c, "reliable"})
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait() // before the service shuts down, even when the test fails
+	for s := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range perSender {
+				if err := e.hub.SendToGroup(context.Background(), "room", pubsub.TextMessage(fmt.Sprintf("%d:%d", s, n))); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	for _, r := range rs {
+		next := make([]int, senders)
+		for i := range senders * perSender {
+			f := r.c.Next()
+			data := string(f.Data)
+			if r.kind != "simple" {
+				m := jsonOf(t, f)
+				data, _ = m["data"].(string)
+				if seq, _ := m["sequenceId"].(float64); r.kind == "reliable" && int(seq) != i+1 {
+					t.Fatalf("reliable client: sequenceId %v, want %d", m["sequenceId"], i+1)
+				}
+			}
+			var s, n int
+			if _, err := fmt.Sscanf(data, "%d:%d", &s, &n); err != nil || s < 0 || s >= senders {
+				t.Fatalf("%s client: frame %q", r.kind, f.Data)
+			}
+			if n != next[s] {
+				t.Fatalf("%s client: sender %d's message %d came when %d was due", r.kind, s, n, next[s])
+			}
+			next[s]++
+		}
 	}
 }
