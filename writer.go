@@ -35,6 +35,10 @@ type flushJob struct {
 	o *outbox
 }
 
+// maxSpareSlices bounds the slice array an outbox keeps for its next
+// batch: 1.5 KiB.
+const maxSpareSlices = 64
+
 // writerChunk is how many outboxes a writer takes from the queue at a time:
 // few lock round trips, and the other writers still get their share.
 const writerChunk = 16
@@ -200,8 +204,10 @@ func (c *conn) writeOnce(o *outbox, s *writeScratch, st *writeStats) (more bool)
 	st.writes++
 	st.frames += frames
 	st.bytes += written
-	clear(batch[:cap(batch)])
-	o.spare = batch[:0]
+	if cap(batch) <= maxSpareSlices { // a burst's long array is not kept for the rest of the connection's life
+		clear(batch[:cap(batch)])
+		o.spare = batch[:0]
+	}
 	more = len(o.frames) > 0 || o.closeReq != nil
 	if !more {
 		o.flushing = false
