@@ -113,6 +113,9 @@ func (w *writers) run() {
 		}
 		if k == 0 {
 			w.running--
+			if w.running == 0 && w.n == 0 && len(w.ring) > 4096 {
+				w.ring, w.head = nil, 0 // a large broadcast's queue is not kept while idle
+			}
 			w.mu.Unlock()
 			return
 		}
