@@ -9,10 +9,11 @@ import (
 // writers writes the outboxes that have frames queued. A send puts its
 // outbox in one FIFO queue, served by writer goroutines that exist only
 // while the queue is not empty: one, or up to GOMAXPROCS while the writes
-// gain from being parallel (writeStats.parallel). A writer writes what one outbox holds in one non-blocking
-// writev and moves on; an outbox that filled again meanwhile goes to the
-// back of the queue, so under load each connection's frames pile up and go
-// out together, one syscall for many deliveries. A socket that cannot take everything at once (a slow reader,
+// gain from being parallel (writeStats.parallel). A writer writes what one
+// outbox holds in one non-blocking writev and moves on; an outbox that
+// filled again meanwhile goes to the back of the queue, so under load each
+// connection's frames pile up and go out together, one syscall for many
+// deliveries. A socket that cannot take everything at once (a slow reader,
 // a full kernel buffer) is handed to a goroutine of its own that waits on
 // it with the write timeout, so no broadcast waits for one slow client.
 //
