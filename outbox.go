@@ -73,16 +73,11 @@ func (c *conn) enqueueLocked(o *outbox, deadline int64, parts [][]byte) bool {
 	if o.closed || o.closeReq != nil {
 		return false
 	}
-	n := 0
-	for _, p := range parts {
-		n += len(p)
-	}
+	n := byteLen(parts)
 	if o.size > 0 && o.size+n > c.hub.svc.cfg.OutboundBufferSize {
 		c.hub.svc.slowClients.Add(1)
 		c.hub.svc.log.Warn("closing a slow client", "hub", c.hub.name, "connectionId", c.id)
-		for _, f := range o.frames {
-			o.size -= len(f)
-		}
+		o.size -= byteLen(o.frames)
 		clear(o.frames)
 		o.frames, o.expires, o.queued = o.frames[:0], nil, 0
 		c.endSessionLocked(DisconnectSlowClient)
@@ -174,10 +169,7 @@ func (c *conn) flush(o *outbox, rest [][]byte) {
 	batch := rest
 	for {
 		if len(batch) > 0 {
-			n := 0
-			for _, f := range batch {
-				n += len(f)
-			}
+			n := byteLen(batch)
 			_ = nc.SetWriteDeadline(c.writeDeadline())
 			bufs := net.Buffers(batch)
 			_, err := bufs.WriteTo(nc)
@@ -218,6 +210,15 @@ func (c *conn) flush(o *outbox, rest [][]byte) {
 			c.outMu.Unlock()
 		}
 	}
+}
+
+// byteLen is the number of bytes in bufs.
+func byteLen(bufs [][]byte) int {
+	n := 0
+	for _, b := range bufs {
+		n += len(b)
+	}
+	return n
 }
 
 // dropExpired removes the slices whose deadline has passed, in place, and

@@ -65,10 +65,7 @@ func (c *conn) deliverReliable(deadline int64, build func(seq uint64) [][]byte) 
 	r := c.rel
 	r.seq++
 	parts := build(r.seq)
-	size := 0
-	for _, p := range parts {
-		size += len(p)
-	}
+	size := byteLen(parts)
 	if len(r.unacked) >= maxUnackedMessages || r.bytes+size > maxUnackedBytes {
 		flush, release := c.closeLocked(DisconnectReliableBufferFull)
 		c.outMu.Unlock()

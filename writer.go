@@ -180,13 +180,11 @@ func (c *conn) writeOnce(o *outbox, s *writeScratch, st *writeStats) (more bool)
 	o.frames, o.expires, o.spare, o.queued = o.spare[:0], nil, nil, 0
 	c.outMu.Unlock()
 
-	dropped, total := 0, 0
+	dropped := 0
 	if expires != nil {
 		batch, dropped = dropExpired(batch, expires)
 	}
-	for _, f := range batch {
-		total += len(f)
-	}
+	total := byteLen(batch)
 	written, err := 0, error(nil)
 	if total > 0 {
 		written, err = s.writev(o.raw, batch)
