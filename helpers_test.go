@@ -31,8 +31,15 @@ type testEnv struct {
 
 func newEnv(t *testing.T, cfg pubsub.Config) *testEnv {
 	t.Helper()
+	return newEnvOn(t, cfg, httptest.NewServer)
+}
+
+// newEnvOn is newEnv on a server that newServer starts, such as
+// httptest.NewTLSServer.
+func newEnvOn(t *testing.T, cfg pubsub.Config, newServer func(http.Handler) *httptest.Server) *testEnv {
+	t.Helper()
 	mux := http.NewServeMux()
-	srv := httptest.NewServer(mux)
+	srv := newServer(mux)
 	if cfg.AccessKey == "" {
 		cfg.AccessKey = "primary-access-key-0123456789abcdef"
 	}

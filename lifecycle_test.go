@@ -240,31 +240,18 @@ func TestMessageTTLDropsLateMessages(t *testing.T) {
 // An application that serves TLS: its connections have no socket to write
 // without blocking, so each outbox is written by a goroutine of its own.
 func TestClientsOverTLS(t *testing.T) {
-	mux := http.NewServeMux()
-	srv := httptest.NewTLSServer(mux)
-	t.Cleanup(srv.Close)
-	svc, err := pubsub.New(pubsub.Config{Endpoint: srv.URL, AccessKey: "primary-access-key-0123456789abcdef"})
-	must(t, err)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		defer cancel()
-		must(t, svc.Shutdown(ctx))
-	})
-	mux.Handle("/client/", svc.ClientHandler())
-	hub, err := svc.Hub("chat")
-	must(t, err)
-	u, err := svc.ClientURL("chat", pubsub.TokenOptions{UserID: "tls", Groups: []string{"room"}, Roles: []string{"webpubsub.sendToGroup"}})
-	must(t, err)
+	e := newEnvOn(t, pubsub.Config{}, httptest.NewTLSServer)
+	u := e.url(pubsub.TokenOptions{UserID: "tls", Groups: []string{"room"}, Roles: []string{"webpubsub.sendToGroup"}})
 	if !strings.HasPrefix(u, "wss://") {
 		t.Fatalf("client URL %s", u)
 	}
-	c := wstest.DialTLS(t, u, srv.Client().Transport.(*http.Transport).TLSClientConfig, "json.webpubsub.azure.v1")
+	c := wstest.DialTLS(t, u, e.srv.Client().Transport.(*http.Transport).TLSClientConfig, "json.webpubsub.azure.v1")
 	if m := c.NextJSON(); m["event"] != "connected" {
 		t.Fatalf("first message %v", m)
 	}
 	const n = 200
 	for i := range n {
-		must(t, hub.SendToGroup(t.Context(), "room", pubsub.TextMessage("m"+itoa(i))))
+		must(t, e.hub.SendToGroup(t.Context(), "room", pubsub.TextMessage("m"+itoa(i))))
 	}
 	for i := range n {
 		if m := c.NextJSON(); m["data"] != "m"+itoa(i) {
