@@ -4,7 +4,7 @@ go 1.24.0
 
 require (
 	github.com/golang-jwt/jwt/v5 v5.3.1
-	github.com/lxzan/gws v1.10.1
+	github.com/lxzan/gws v1.10.2
 	github.com/puzpuzpuz/xsync/v3 v3.5.1
 	go.uber.org/goleak v1.3.0
 	google.golang.org/protobuf v1.36.12

@@ -6,7 +6,7 @@ require (
 	github.com/centrifugal/centrifuge v0.38.0
 	github.com/embedwps/pubsub v0.0.0
 	github.com/golang-jwt/jwt/v5 v5.3.1
-	github.com/lxzan/gws v1.10.1
+	github.com/lxzan/gws v1.10.2
 	github.com/olahol/melody v1.1.4
 )
 

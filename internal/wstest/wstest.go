@@ -287,6 +287,34 @@ func RawDial(t testing.TB, rawURL string) *RawClient {
 	return &RawClient{conn: conn, r: r}
 }
 
+// Write sends raw bytes: frames the test builds itself, well-formed or not.
+func (c *RawClient) Write(b []byte) error {
+	_, err := c.conn.Write(b)
+	return err
+}
+
+// WriteFrame sends one masked client frame (mask key zero, so the payload
+// goes as it is).
+func (c *RawClient) WriteFrame(fin bool, opcode byte, payload []byte) error {
+	b0 := opcode
+	if fin {
+		b0 |= 0x80
+	}
+	h := []byte{b0}
+	switch n := len(payload); {
+	case n < 126:
+		h = append(h, 0x80|byte(n))
+	case n < 1<<16:
+		h = append(h, 0x80|126)
+		h = binary.BigEndian.AppendUint16(h, uint16(n))
+	default:
+		h = append(h, 0x80|127)
+		h = binary.BigEndian.AppendUint64(h, uint64(n))
+	}
+	h = append(h, 0, 0, 0, 0)
+	return c.Write(append(h, payload...))
+}
+
 // ReadFrame reads one unmasked server frame.
 func (c *RawClient) ReadFrame() (opcode byte, payload []byte, err error) {
 	var h [2]byte
