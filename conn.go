@@ -31,45 +31,49 @@ const (
 func (k clientKind) reliable() bool { return k == kindJSONReliable || k == kindProtobufReliable }
 func (k clientKind) protobuf() bool { return k == kindProtobuf || k == kindProtobufReliable }
 
-// conn is one logical client connection: its identity, permissions, groups,
-// and outbound queue. Its inbound frames are handled one at a time, in order,
-// by the gws read loop goroutine of its transport. A reliable connection
-// outlives a dropped transport for the recovery window.
+// conn is one logical client connection: its identity, permissions,
+// groups and lifecycle (lifecycle.go). Its inbound frames are handled one at
+// a time, in order, by the read loop of its current transport (wire.go); a
+// reliable connection outlives a dropped transport for the recovery window,
+// and the next transport's read loop starts only when the previous one's
+// has ended.
 type conn struct {
-	hub         *Hub
+	svc         *Service
+	hub         *hubState
 	id          string
 	userID      string
 	subprotocol string
 	kind        clientKind
 	perms       *permissions
 
-	// ctx is cancelled when the connection ends, aborting its user events.
+	// ctx is cancelled when the connection is released, aborting its user
+	// events.
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu            sync.Mutex // guards groups, gone, state
-	groups        map[string]struct{}
-	gone          bool
-	state         string
+	mu         sync.Mutex // guards the fields below; lock order in lifecycle.go
+	state      connState
+	w          *wire           // the current transport; nil while detached or released
+	lastRead   <-chan struct{} // closed when the last attached transport's read loop ends
+	connected  bool            // the connected event was raised
+	disconnect Disconnect      // why the service ended the session
+	groups     map[string]struct{}
+	connState  string    // the event handler's connection state
+	rel        *reliable // nil unless the subprotocol is reliable
+
 	initialGroups []string // joined at registration
 
-	acks ackLog // touched by the read goroutine only
+	// Touched by the read loop only (read loops of successive transports
+	// run one after another).
+	acks ackLog
+	rate rateLimiter
 
-	outMu      sync.Mutex // guards out, rel, ended, released, disconnect
-	out        *outbox    // the current transport's
-	rel        *reliable  // nil unless the subprotocol is reliable
-	ended      bool       // the service ended the logical connection
-	released   bool       // it left the registry
-	disconnect Disconnect // why the service ended it
-
-	lastSeen  atomic.Int64 // unix nanoseconds of the last inbound frame
-	closing   atomic.Bool  // set with ended: inbound frames are ignored
-	connected atomic.Bool  // the connected event was raised
+	lastSeen atomic.Int64 // unix nanoseconds of the last inbound frame
 }
 
 func (c *conn) context() ConnectionContext {
 	c.mu.Lock()
-	state := c.state
+	state := c.connState
 	c.mu.Unlock()
 	return ConnectionContext{
 		Hub:             c.hub.name,
@@ -85,7 +89,7 @@ func (c *conn) setState(state *string) {
 		return
 	}
 	c.mu.Lock()
-	c.state = *state
+	c.connState = *state
 	c.mu.Unlock()
 }
 
@@ -100,23 +104,34 @@ func (c *conn) groupNames() []string {
 	return out
 }
 
-// handleFrame handles one inbound WebSocket message. This is where a client
-// frame is parsed.
+// testHookFrame, when set by a test, sees every inbound message first.
+var testHookFrame atomic.Pointer[func(payload []byte)]
+
+// handleFrame handles one inbound WebSocket message, on the read loop. This
+// is where a client frame is parsed.
 func (c *conn) handleFrame(binary bool, payload []byte) {
-	if c.closing.Load() {
-		return // the service already declined this client
+	if hook := testHookFrame.Load(); hook != nil {
+		(*hook)(payload)
+	}
+	if c.ending() {
+		return // the service already ended this session
 	}
 	var req protocol.Request
 	var err error
 	switch c.kind {
 	case kindSimple:
+		if !c.rate.allow() {
+			c.rateLimited()
+			c.close(DisconnectRateLimited) // a simple client has no ack to refuse with
+			return
+		}
 		t := DataTypeText
 		if binary {
 			t = DataTypeBinary
 		}
 		resp, err := c.userEvent("message", t, bytes.Clone(payload))
 		if err != nil {
-			c.hub.svc.log.Warn("message event failed; closing the simple client",
+			c.svc.log.Warn("message event failed; closing the simple client",
 				"hub", c.hub.name, "connectionId", c.id, "err", err)
 			c.close(DisconnectEventFailed)
 			return
@@ -145,6 +160,14 @@ func (c *conn) handleFrame(binary bool, payload []byte) {
 	c.handleRequest(req)
 }
 
+// ending reports whether the service ended the session: inbound frames are
+// then ignored.
+func (c *conn) ending() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state >= stateClosing
+}
+
 // handleRequest answers one PubSub request, with an ack when it has an ackId.
 func (c *conn) handleRequest(req protocol.Request) {
 	switch req.Type {
@@ -153,6 +176,15 @@ func (c *conn) handleRequest(req protocol.Request) {
 		return
 	case protocol.SequenceAck:
 		c.ackSequence(req.SequenceID) // a no-op unless the subprotocol is reliable
+		return
+	}
+	if !c.rate.allow() {
+		c.rateLimited()
+		if !req.HasAckID {
+			c.close(DisconnectRateLimited)
+			return
+		}
+		c.sendAck(req.AckID, protocol.AckTooManyRequests, fmt.Sprintf("The client sends more than %d messages per second.", c.svc.cfg.MaxMessagesPerSecond))
 		return
 	}
 	if req.HasAckID && c.acks.done(req.AckID) {
@@ -176,14 +208,17 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 		if !c.perms.allows(PermissionJoinLeaveGroup, req.Group) {
 			return protocol.AckForbidden, fmt.Sprintf("The client does not have permission to join group '%s'.", req.Group)
 		}
-		if !c.hub.joinGroup(c, req.Group) {
+		switch err := c.joinGroup(req.Group); {
+		case errors.Is(err, ErrTooManyGroups):
+			return protocol.AckBadRequest, fmt.Sprintf("The connection is in %d groups, the most it may join.", c.svc.cfg.MaxGroupsPerConnection)
+		case err != nil:
 			return protocol.AckInternalServerError, "The connection is closing."
 		}
 	case protocol.LeaveGroup:
 		if !c.perms.allows(PermissionJoinLeaveGroup, req.Group) {
 			return protocol.AckForbidden, fmt.Sprintf("The client does not have permission to leave group '%s'.", req.Group)
 		}
-		c.hub.leaveGroup(c, req.Group)
+		c.leaveGroup(req.Group)
 	case protocol.SendToGroup:
 		if !c.perms.allows(PermissionSendToGroup, req.Group) {
 			return protocol.AckForbidden, fmt.Sprintf("The client does not have permission to send to group '%s'.", req.Group)
@@ -198,7 +233,7 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 		if req.NoEcho {
 			cmd.Excluded = []string{c.id}
 		}
-		if err := c.hub.publish(c.ctx, cmd); err != nil {
+		if err := c.svc.publish(c.ctx, cmd); err != nil {
 			return protocol.AckInternalServerError, err.Error()
 		}
 	case protocol.Event:
@@ -213,7 +248,7 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 			// The reply reaches the client before the ack (spec §6.1), as a
 			// message from the server (with a sequence id when reliable).
 			reply := &Command{Op: OpSendToConnection, Message: Message{resp.DataType, resp.Data}}
-			c.deliver(&delivery{cmd: reply}, 0)
+			c.deliver(&delivery{cmd: reply})
 		}
 	}
 	return "", ""
@@ -221,7 +256,7 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 
 // userEvent calls the event handler and keeps the connection state it sets.
 func (c *conn) userEvent(name string, t DataType, data []byte) (*UserEventResponse, error) {
-	resp, err := c.hub.svc.handler.UserEvent(c.ctx, &UserEventRequest{
+	resp, err := c.svc.handler.UserEvent(c.ctx, &UserEventRequest{
 		ConnectionContext: c.context(),
 		EventName:         name,
 		DataType:          t,
@@ -235,6 +270,12 @@ func (c *conn) userEvent(name string, t DataType, data []byte) (*UserEventRespon
 		if len(resp.Data) > 0 {
 			if err := (Message{resp.DataType, resp.Data}).validate(); err != nil {
 				return nil, fmt.Errorf("event handler response: %w", err)
+			}
+			// The reply is one frame to the client, under the same limit as
+			// the client's own messages: a larger one fails this event, not
+			// the connection.
+			if len(resp.Data) > c.svc.cfg.MaxMessageSize {
+				return nil, fmt.Errorf("the event handler's response of %d bytes is larger than the %d bytes a message may have", len(resp.Data), c.svc.cfg.MaxMessageSize)
 			}
 		}
 	}
@@ -319,4 +360,61 @@ func (l *ackLog) add(id uint64) {
 		l.next = (l.next + 1) % ackLogSize
 	}
 	l.seen[id] = struct{}{}
+}
+
+// send queues one frame for c on its current transport.
+func (c *conn) send(frame []byte) { c.enqueue(0, frame) }
+
+// enqueue queues one frame, made of parts, to be dropped if it is not
+// written by deadline (Unix nanoseconds; 0: never).
+func (c *conn) enqueue(deadline int64, parts ...[]byte) {
+	c.mu.Lock()
+	after := c.enqueueLocked(deadline, parts)
+	c.mu.Unlock()
+	after.run(c)
+}
+
+// enqueueLocked queues parts on the current transport, under c.mu. Nothing
+// is queued for a connection between transports (a reliable connection's
+// data messages wait in its replay buffer) or one the service is closing.
+// A client whose queue would pass the outbound bound is a slow client: its
+// queue is dropped and it is closed, and no sender waits for it.
+func (c *conn) enqueueLocked(deadline int64, parts [][]byte) (after afterUnlock) {
+	if c.w == nil || c.state >= stateClosing {
+		return after
+	}
+	kick, overflow := c.w.out.enqueue(deadline, parts, c.svc.cfg.OutboundBufferSize)
+	if overflow {
+		c.svc.slowClients.Add(1)
+		c.svc.log.Warn("closing a slow client", "hub", c.hub.name, "connectionId", c.id)
+		return c.closeLocked(DisconnectSlowClient, true)
+	}
+	after.kick = kick
+	return after
+}
+
+// abort drops c's transport at once, without a close frame (Shutdown out
+// of time).
+func (c *conn) abort() {
+	c.mu.Lock()
+	w := c.w
+	c.mu.Unlock()
+	if w != nil {
+		w.out.abort()
+	}
+}
+
+// heldBytes is what c holds of the service's buffer budget: its
+// transport's queue and its replay buffer.
+func (c *conn) heldBytes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	if c.rel != nil {
+		n += c.rel.bytes
+	}
+	if c.w != nil {
+		n += c.w.out.held()
+	}
+	return n
 }

@@ -16,7 +16,8 @@ const (
 	CloseInvalidPayload  uint16 = 1007 // a malformed subprotocol message
 	ClosePolicyViolation uint16 = 1008 // slow client, unrecoverable session
 	CloseMessageTooBig   uint16 = 1009
-	CloseInternalError   uint16 = 1011 // a simple client's message event failed
+	CloseInternalError   uint16 = 1011 // a simple client's message event failed; a recovered panic
+	CloseTryAgainLater   uint16 = 1013 // the service's inbound budget is exhausted
 )
 
 // The disconnects the service initiates. Reasons use the words of Azure Web
@@ -42,4 +43,19 @@ var (
 	// DisconnectEventFailed closes a simple client whose message event failed
 	// or had no handler.
 	DisconnectEventFailed = Disconnect{CloseInternalError, "The message event could not be handled."}
+	// DisconnectInternalError closes a client whose read or write path
+	// panicked in the service.
+	DisconnectInternalError = Disconnect{CloseInternalError, "InternalServerError: the service failed on this connection."}
+	// DisconnectMessageTimeout closes a client that did not finish a message
+	// within Config.MessageTimeout.
+	DisconnectMessageTimeout = Disconnect{ClosePolicyViolation, "MessageTimeout: the client did not finish its message in time."}
+	// DisconnectInboundBudget closes a client whose message would pass the
+	// service's Config.MaxInboundBytes.
+	DisconnectInboundBudget = Disconnect{CloseTryAgainLater, "TryAgainLater: the service's inbound buffer budget is exhausted."}
+	// DisconnectBufferBudget closes the clients holding the most when the
+	// service's Config.MaxBufferedBytes is exhausted.
+	DisconnectBufferBudget = Disconnect{ClosePolicyViolation, "SlowClient: the service's buffer budget is exhausted and this client holds the most."}
+	// DisconnectRateLimited closes a client over Config.MaxMessagesPerSecond
+	// that has no ack to be refused with.
+	DisconnectRateLimited = Disconnect{ClosePolicyViolation, "RateLimited: the client sends messages faster than the service's rate limit."}
 )

@@ -9,11 +9,13 @@ import (
 
 // apply performs a command on this process's connections. Every message fans
 // out here: it is encoded once per client kind, and the same frame bytes are
-// queued for each recipient.
+// queued for each recipient. The recipients are a snapshot, taken before
+// any of them is touched: no set's lock is held while a connection is
+// filtered, delivered to or closed.
 func (s *Service) apply(cmd *Command) {
 	h, ok := s.hubs.Load(cmd.Hub)
 	if !ok {
-		return // no connection of this hub ever came to this process
+		return // no connection of this hub in this process
 	}
 	if err := cmd.compile(); err != nil { // a command from another process
 		s.log.Error("dropping a broker command with an invalid filter", "err", err)
@@ -22,7 +24,7 @@ func (s *Service) apply(cmd *Command) {
 	switch cmd.Op {
 	case OpSendToAll, OpSendToGroup, OpSendToUser, OpSendToConnection:
 		d := delivery{cmd: cmd}
-		h.selectConns(cmd, func(c *conn) { c.deliver(&d, cmd.ExpiresAt) })
+		h.selectConns(cmd, func(c *conn) { c.deliver(&d) })
 	case OpCloseAll, OpCloseGroup, OpCloseUser, OpCloseConnection:
 		reason := DisconnectClosedByAppServer
 		if cmd.Reason != "" {
@@ -36,7 +38,7 @@ func (s *Service) apply(cmd *Command) {
 
 // selectConns calls f for each connection a command addresses, minus the
 // excluded ones and those its filter does not match.
-func (h *Hub) selectConns(cmd *Command, f func(*conn)) {
+func (h *hubState) selectConns(cmd *Command, f func(*conn)) {
 	each := f
 	if len(cmd.Excluded) > 0 || cmd.filter != nil {
 		each = func(c *conn) {
@@ -48,11 +50,16 @@ func (h *Hub) selectConns(cmd *Command, f func(*conn)) {
 	}
 	switch cmd.Op {
 	case OpSendToAll, OpCloseAll:
+		// Range calls back with no lock held: it copies each bucket first.
 		h.conns.Range(func(_ string, c *conn) bool { each(c); return true })
 	case OpSendToGroup, OpCloseGroup:
-		h.groups.each(cmd.Target, each)
+		for _, c := range h.groups.members(cmd.Target) {
+			each(c)
+		}
 	case OpSendToUser, OpCloseUser:
-		h.users.each(cmd.Target, each)
+		for _, c := range h.users.members(cmd.Target) {
+			each(c)
+		}
 	case OpSendToConnection, OpCloseConnection:
 		if c, ok := h.conns.Load(cmd.Target); ok {
 			each(c)
@@ -74,7 +81,8 @@ type delivery struct {
 }
 
 // deliver queues d for c in c's encoding.
-func (c *conn) deliver(d *delivery, deadline int64) {
+func (c *conn) deliver(d *delivery) {
+	deadline := d.cmd.ExpiresAt
 	switch c.kind {
 	case kindSimple:
 		c.enqueue(deadline, d.simpleFrame())

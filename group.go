@@ -2,6 +2,7 @@ package pubsub
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/embedwps/pubsub/protocol"
 	"github.com/puzpuzpuz/xsync/v3"
@@ -9,18 +10,32 @@ import (
 
 // memberSet is the connections of one group or one user, keyed by
 // connection id: one shard of the registry with its own lock, small enough
-// that a user or a group of one costs a few hundred bytes.
+// that a user or a group of one costs a few hundred bytes. Readers never
+// hold the lock while they act on the members: they take snapshot, a slice
+// built once per change of the set and shared until the next.
 type memberSet struct {
-	mu sync.RWMutex
-	m  map[string]*conn
+	mu   sync.Mutex
+	m    map[string]*conn
+	snap atomic.Pointer[[]*conn] // nil after a change, until the next snapshot
 }
 
-func (s *memberSet) each(f func(*conn)) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	for _, c := range s.m {
-		f(c)
+// snapshot returns the members; the slice is shared and must not be
+// changed.
+func (s *memberSet) snapshot() []*conn {
+	if p := s.snap.Load(); p != nil {
+		return *p
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.snap.Load(); p != nil {
+		return *p
+	}
+	out := make([]*conn, 0, len(s.m))
+	for _, c := range s.m {
+		out = append(out, c)
+	}
+	s.snap.Store(&out)
+	return out
 }
 
 // index maps a group name or a user id to its members. A set is created by
@@ -40,6 +55,7 @@ func (x index) add(key string, c *conn) {
 		}
 		set.mu.Lock()
 		set.m[c.id] = c
+		set.snap.Store(nil)
 		set.mu.Unlock()
 		return set, false
 	})
@@ -52,19 +68,11 @@ func (x index) remove(key string, c *conn) {
 		}
 		set.mu.Lock()
 		delete(set.m, c.id)
+		set.snap.Store(nil)
 		empty := len(set.m) == 0
 		set.mu.Unlock()
 		return set, empty
 	})
-}
-
-// each calls f for every member of key.
-func (x index) each(key string, f func(*conn)) {
-	set, ok := x.sets.Load(key)
-	if !ok {
-		return
-	}
-	set.each(f)
 }
 
 func (x index) exists(key string) bool {
@@ -72,11 +80,13 @@ func (x index) exists(key string) bool {
 	return ok
 }
 
-// members returns a snapshot of key's members.
+// members returns a snapshot of key's members, shared: not to be changed.
 func (x index) members(key string) []*conn {
-	var out []*conn
-	x.each(key, func(c *conn) { out = append(out, c) })
-	return out
+	set, ok := x.sets.Load(key)
+	if !ok {
+		return nil
+	}
+	return set.snapshot()
 }
 
 func validGroup(g string) error {
@@ -86,38 +96,43 @@ func validGroup(g string) error {
 	return nil
 }
 
-// joinGroup adds c to group. c.mu makes it atomic with c's unregistration, so
-// a closed connection never lingers in a group.
-func (h *Hub) joinGroup(c *conn, group string) bool {
+// joinGroup adds c to group, within MaxGroupsPerConnection. c.mu makes it
+// atomic with c's release, so a released connection never lingers in a
+// group.
+func (c *conn) joinGroup(group string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gone {
-		return false
+	if c.state == stateReleased {
+		return ErrConnectionNotFound
 	}
-	if _, in := c.groups[group]; !in {
-		if c.groups == nil {
-			c.groups = make(map[string]struct{}, 1)
-		}
-		c.groups[group] = struct{}{}
-		h.groups.add(group, c)
+	if _, in := c.groups[group]; in {
+		return nil
 	}
-	return true
+	if len(c.groups) >= c.svc.cfg.MaxGroupsPerConnection {
+		return ErrTooManyGroups
+	}
+	if c.groups == nil {
+		c.groups = make(map[string]struct{}, 1)
+	}
+	c.groups[group] = struct{}{}
+	c.hub.groups.add(group, c)
+	return nil
 }
 
-func (h *Hub) leaveGroup(c *conn, group string) {
+func (c *conn) leaveGroup(group string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, in := c.groups[group]; in {
 		delete(c.groups, group)
-		h.groups.remove(group, c)
+		c.hub.groups.remove(group, c)
 	}
 }
 
-func (h *Hub) leaveAllGroups(c *conn) {
+func (c *conn) leaveAllGroups() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for g := range c.groups {
-		h.groups.remove(g, c)
+		c.hub.groups.remove(g, c)
 	}
 	c.groups = nil
 }

@@ -2,6 +2,7 @@ package pubsub
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -9,21 +10,37 @@ import (
 	"github.com/puzpuzpuz/xsync/v3"
 )
 
-// Hub is a hub of the service: its connections, users and groups, and the Go
-// API that mirrors the data-plane REST operations on it. Sends and closes go
-// through the service's Broker, so they reach connections in every process;
-// sending to nobody is not an error.
+// Hub is a hub of the service, by name, and the Go API that mirrors the
+// data-plane REST operations on it. Sends and closes go through the
+// service's Broker, so they reach connections in every process; sending to
+// nobody is not an error. A Hub value is a name: it stays valid while the
+// hub's connections come and go.
 type Hub struct {
-	svc    *Service
+	svc  *Service
+	name string
+}
+
+// Name returns the hub's (lower-cased) name.
+func (h *Hub) Name() string { return h.name }
+
+// state returns the hub's registry, nil while it has no connection.
+func (h *Hub) state() *hubState {
+	st, _ := h.svc.hubs.Load(h.name)
+	return st
+}
+
+// hubState is the registry of a hub with connections: its connections, and
+// its groups and users as indexes of them.
+type hubState struct {
 	name   string
 	conns  *xsync.MapOf[string, *conn]
 	groups index
 	users  index
+	live   int // registered connections; changed only inside Service.hubs' Compute
 }
 
-func newHub(s *Service, name string) *Hub {
-	return &Hub{
-		svc:    s,
+func newHubState(name string) *hubState {
+	return &hubState{
 		name:   name,
 		conns:  xsync.NewMapOf[string, *conn](),
 		groups: newIndex(),
@@ -31,35 +48,30 @@ func newHub(s *Service, name string) *Hub {
 	}
 }
 
-// Name returns the hub's (lower-cased) name.
-func (h *Hub) Name() string { return h.name }
-
-// register makes c visible to sends and exists checks, and joins its initial
-// groups.
-func (h *Hub) register(c *conn) {
+// register makes c visible to sends and exists checks, and joins its
+// initial groups (within MaxGroupsPerConnection, checked at the handshake).
+func (h *hubState) register(c *conn) {
 	h.conns.Store(c.id, c)
 	if c.userID != "" {
 		h.users.add(c.userID, c)
 	}
 	for _, g := range c.initialGroups {
-		h.joinGroup(c, g)
+		_ = c.joinGroup(g)
 	}
 	c.initialGroups = nil
 }
 
-// unregister removes c from every index; after it, joins of c fail.
-func (h *Hub) unregister(c *conn) {
-	c.mu.Lock()
-	c.gone = true
-	for g := range c.groups {
+// unregister removes a released connection, which was in groups, from
+// every index, and its hub when it was the last.
+func (h *hubState) unregister(c *conn, groups map[string]struct{}) {
+	for g := range groups {
 		h.groups.remove(g, c)
 	}
-	c.groups = nil
-	c.mu.Unlock()
 	if c.userID != "" {
 		h.users.remove(c.userID, c)
 	}
 	h.conns.Delete(c.id)
+	c.svc.pruneHub(h)
 }
 
 // SendOption modifies a send.
@@ -102,11 +114,13 @@ func (h *Hub) send(ctx context.Context, op Op, target string, msg Message, opts 
 	return h.publish(ctx, cmd)
 }
 
-func (h *Hub) publish(ctx context.Context, cmd *Command) error {
-	if h.svc.isClosed() {
+func (h *Hub) publish(ctx context.Context, cmd *Command) error { return h.svc.publish(ctx, cmd) }
+
+func (s *Service) publish(ctx context.Context, cmd *Command) error {
+	if s.isClosed() {
 		return ErrServiceClosed
 	}
-	return h.svc.broker.Publish(ctx, cmd)
+	return s.broker.Publish(ctx, cmd)
 }
 
 // SendToAll sends msg to every connection of the hub.
@@ -174,16 +188,25 @@ func (h *Hub) CloseUserConnections(ctx context.Context, userID, reason string, e
 	return h.closeMany(ctx, OpCloseUser, userID, reason, excluded)
 }
 
-// lookup returns a live connection of this process.
+// lookup returns a connection of this process.
 func (h *Hub) lookup(connectionID string) (*conn, error) {
 	if connectionID == "" {
 		return nil, ErrInvalidConnection
 	}
-	c, ok := h.conns.Load(connectionID)
-	if !ok {
-		return nil, ErrConnectionNotFound
+	if st := h.state(); st != nil {
+		if c, ok := st.conns.Load(connectionID); ok {
+			return c, nil
+		}
 	}
-	return c, nil
+	return nil, ErrConnectionNotFound
+}
+
+// userConns returns a snapshot of the user's connections in this process.
+func (h *Hub) userConns(userID string) []*conn {
+	if st := h.state(); st != nil {
+		return st.users.members(userID)
+	}
+	return nil
 }
 
 // AddConnectionToGroup adds a connection to group. No permission is needed.
@@ -195,10 +218,7 @@ func (h *Hub) AddConnectionToGroup(_ context.Context, group, connectionID string
 	if err != nil {
 		return err
 	}
-	if !h.joinGroup(c, group) {
-		return ErrConnectionNotFound
-	}
-	return nil
+	return c.joinGroup(group)
 }
 
 // RemoveConnectionFromGroup removes a connection from group; a connection
@@ -208,7 +228,7 @@ func (h *Hub) RemoveConnectionFromGroup(_ context.Context, group, connectionID s
 		return err
 	}
 	if c, err := h.lookup(connectionID); err == nil {
-		h.leaveGroup(c, group)
+		c.leaveGroup(group)
 	} else if err == ErrInvalidConnection {
 		return err
 	}
@@ -218,7 +238,7 @@ func (h *Hub) RemoveConnectionFromGroup(_ context.Context, group, connectionID s
 // RemoveConnectionFromAllGroups removes a connection from every group.
 func (h *Hub) RemoveConnectionFromAllGroups(_ context.Context, connectionID string) error {
 	if c, err := h.lookup(connectionID); err == nil {
-		h.leaveAllGroups(c)
+		c.leaveAllGroups()
 	} else if err == ErrInvalidConnection {
 		return err
 	}
@@ -227,7 +247,8 @@ func (h *Hub) RemoveConnectionFromAllGroups(_ context.Context, connectionID stri
 
 // AddUserToGroup adds every current connection of userID to group (later
 // connections of the user are not added, as in Azure's emulator). It returns
-// ErrUserNotFound when the user has no connection.
+// ErrUserNotFound when the user has no connection, or ErrTooManyGroups
+// when every connection of the user is in as many groups as it may be.
 func (h *Hub) AddUserToGroup(_ context.Context, group, userID string) error {
 	if err := validGroup(group); err != nil {
 		return err
@@ -235,14 +256,16 @@ func (h *Hub) AddUserToGroup(_ context.Context, group, userID string) error {
 	if userID == "" {
 		return ErrInvalidUser
 	}
-	added := false
-	for _, c := range h.users.members(userID) {
-		added = h.joinGroup(c, group) || added
+	result := ErrUserNotFound
+	for _, c := range h.userConns(userID) {
+		switch err := c.joinGroup(group); {
+		case err == nil:
+			result = nil
+		case errors.Is(err, ErrTooManyGroups) && result != nil:
+			result = err
+		}
 	}
-	if !added {
-		return ErrUserNotFound
-	}
-	return nil
+	return result
 }
 
 // RemoveUserFromGroup removes every connection of userID from group.
@@ -253,8 +276,8 @@ func (h *Hub) RemoveUserFromGroup(_ context.Context, group, userID string) error
 	if userID == "" {
 		return ErrInvalidUser
 	}
-	for _, c := range h.users.members(userID) {
-		h.leaveGroup(c, group)
+	for _, c := range h.userConns(userID) {
+		c.leaveGroup(group)
 	}
 	return nil
 }
@@ -264,8 +287,8 @@ func (h *Hub) RemoveUserFromAllGroups(_ context.Context, userID string) error {
 	if userID == "" {
 		return ErrInvalidUser
 	}
-	for _, c := range h.users.members(userID) {
-		h.leaveAllGroups(c)
+	for _, c := range h.userConns(userID) {
+		c.leaveAllGroups()
 	}
 	return nil
 }
@@ -301,15 +324,16 @@ func (i ConnectionInfo) GroupCount() int {
 func (i ConnectionInfo) Groups() []string { return i.c.groupNames() }
 
 // AddConnectionsToGroups adds every connection of the hub for which match
-// returns true (every connection, when match is nil) to every group.
+// returns true (every connection, when match is nil) to every group; a
+// connection in as many groups as it may be joins only those it can.
 func (h *Hub) AddConnectionsToGroups(_ context.Context, groups []string, match func(ConnectionInfo) bool) error {
-	return h.eachSelected(groups, match, func(c *conn, g string) { h.joinGroup(c, g) })
+	return h.eachSelected(groups, match, func(c *conn, g string) { _ = c.joinGroup(g) })
 }
 
 // RemoveConnectionsFromGroups removes every connection of the hub for which
 // match returns true (every connection, when match is nil) from every group.
 func (h *Hub) RemoveConnectionsFromGroups(_ context.Context, groups []string, match func(ConnectionInfo) bool) error {
-	return h.eachSelected(groups, match, func(c *conn, g string) { h.leaveGroup(c, g) })
+	return h.eachSelected(groups, match, func(c *conn, g string) { c.leaveGroup(g) })
 }
 
 func (h *Hub) eachSelected(groups []string, match func(ConnectionInfo) bool, f func(*conn, string)) error {
@@ -321,7 +345,12 @@ func (h *Hub) eachSelected(groups []string, match func(ConnectionInfo) bool, f f
 			return err
 		}
 	}
-	h.conns.Range(func(_ string, c *conn) bool {
+	st := h.state()
+	if st == nil {
+		return nil
+	}
+	// Range calls back with no lock held: it copies each bucket first.
+	st.conns.Range(func(_ string, c *conn) bool {
 		if match == nil || match(ConnectionInfo{c}) {
 			for _, g := range groups {
 				f(c, g)
@@ -346,7 +375,8 @@ func (h *Hub) GroupExists(_ context.Context, group string) (bool, error) {
 	if err := validGroup(group); err != nil {
 		return false, err
 	}
-	return h.groups.exists(group), nil
+	st := h.state()
+	return st != nil && st.groups.exists(group), nil
 }
 
 // UserExists reports whether userID has at least one connection.
@@ -354,7 +384,8 @@ func (h *Hub) UserExists(_ context.Context, userID string) (bool, error) {
 	if userID == "" {
 		return false, ErrInvalidUser
 	}
-	return h.users.exists(userID), nil
+	st := h.state()
+	return st != nil && st.users.exists(userID), nil
 }
 
 // GrantPermission grants a connection perm on group, or on every group when
@@ -407,9 +438,11 @@ func (h *Hub) ListConnectionsInGroup(_ context.Context, group string) ([]GroupMe
 		return nil, err
 	}
 	var out []GroupMember
-	h.groups.each(group, func(c *conn) {
-		out = append(out, GroupMember{ConnectionID: c.id, UserID: c.userID})
-	})
+	if st := h.state(); st != nil {
+		for _, c := range st.groups.members(group) {
+			out = append(out, GroupMember{ConnectionID: c.id, UserID: c.userID})
+		}
+	}
 	slices.SortFunc(out, func(a, b GroupMember) int { return strings.Compare(a.ConnectionID, b.ConnectionID) })
 	return out, nil
 }

@@ -2,88 +2,125 @@ package pubsub
 
 import (
 	"net"
-	"syscall"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/embedwps/pubsub/internal/wsframe"
-	"github.com/lxzan/gws"
 )
 
-// outbox is one transport's outbound queue of WebSocket frames, each frame
+// outbox is one transport's outbound queue: the one path by which bytes
+// reach its socket after the handshake, close frames included (gws's own
+// close frames come here too, through the wire's net.Conn). Each frame is
 // one or more byte slices (a reliable receiver's frame is a small
 // per-connection prefix and the body shared by every recipient). A send
-// never blocks: it appends the slices and, if no write is under way, hands
-// the outbox to the writers (writer.go), which write everything queued in
-// one writev, so a burst to one connection costs one syscall, and an idle
-// connection holds no goroutine.
+// never blocks: it appends and, if no write is under way, hands the outbox
+// to the writers (writer.go), which write everything queued in one writev;
+// a socket that cannot take it all is finished by a goroutine of its own
+// (flush), so no sender waits for a slow client and an idle connection
+// holds no goroutine.
 //
-// A reliable connection gets a new outbox with each transport; the
-// connection's outMu guards whichever is current and the old ones.
+// The queue is bounded by the bytes queued and not yet taken by a write
+// (Config.OutboundBufferSize): bytes on their way into the socket do not
+// count against it, so a client that reads as fast as the network allows is
+// never cut. Queued and in-flight bytes both count against the service's
+// budget (Config.MaxBufferedBytes).
 type outbox struct {
-	socket *gws.Conn       // nil until the upgrade is done
-	raw    syscall.RawConn // socket's, for non-blocking writes; nil if it has none
-	frames [][]byte
-	queued int // frames in frames (a frame may be several slices)
-	// expires holds each queued slice's deadline (Unix nanoseconds, 0 for
-	// none), or is nil while no queued slice has one.
-	expires  []int64
-	spare    [][]byte
-	size     int  // bytes queued or being written
-	flushing bool // a write is queued or under way (or the outbox is held)
-	closed   bool // nothing more is written
-	closeReq *Disconnect
+	w *wire
+
+	mu         sync.Mutex
+	ready      bool // the upgrade is done: frames may be written
+	flushing   bool // a writer or a flush goroutine owns writing
+	closing    bool // nothing more is queued; closeFrame goes last
+	fullClose  bool // after closeFrame, close the socket (else half-close it and wait for the client)
+	closed     bool // the socket is closed; everything is dropped
+	frames     [][]byte
+	queued     int     // frames in frames (a frame may be several slices)
+	expires    []int64 // each slice's deadline (Unix nanoseconds, 0: none), or nil while none has one
+	spare      [][]byte
+	size       int // bytes in frames
+	inflight   int // bytes a write under way has taken and not finished
+	closeFrame []byte
+	grace      *time.Timer
 }
 
-// newOutbox returns an outbox held until start is called with its socket.
-func newOutbox() *outbox { return &outbox{flushing: true} }
+// closeGrace is how long a transport whose close frame was written waits
+// for the client's close frame (or its FIN) before the socket is closed:
+// closing first could reset the connection and lose the close frame.
+const closeGrace = time.Second
 
-// start gives a held outbox its socket and flushes what was queued.
-func (c *conn) start(o *outbox, socket *gws.Conn) {
-	raw := rawConn(socket.NetConn())
-	c.outMu.Lock()
-	o.socket, o.raw = socket, raw
-	aborted := o.closed
-	c.outMu.Unlock()
-	if aborted {
-		_ = socket.NetConn().Close() // the read loop then releases it
+// closeFrame is the WebSocket close frame of a disconnect.
+func closeFrame(d Disconnect) []byte {
+	p := make([]byte, 2, 2+len(d.Reason))
+	p[0], p[1] = byte(d.Code>>8), byte(d.Code)
+	p = append(p, d.Reason...)
+	if len(p) > 125 { // a control frame's payload limit
+		p = p[:125]
 	}
-	c.kick(o)
+	return wsframe.Frame(wsframe.OpClose, p)
 }
 
-// send queues one frame for c.
-func (c *conn) send(frame []byte) { c.enqueue(0, frame) }
+// account changes the bytes held by size and inflight by d, keeping the
+// service's budget in step. Caller holds o.mu.
+func (o *outbox) account(size, inflight int) {
+	o.size += size
+	o.inflight += inflight
+	if d := size + inflight; d != 0 {
+		o.w.svc.buffered(d)
+	}
+}
+
+// held is how many bytes the outbox holds: queued, and on their way.
+func (o *outbox) held() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.size + o.inflight
+}
+
+// kickLocked claims writing for the caller when the outbox has something
+// to write and nobody is writing it; the caller then calls kick, unlocked.
+func (o *outbox) kickLocked() *outbox {
+	if !o.ready || o.flushing || o.closed || len(o.frames) == 0 && !o.closing {
+		return nil
+	}
+	o.flushing = true
+	return o
+}
+
+// kick starts writing o, whose flushing flag the caller claimed.
+func (o *outbox) kick() { o.w.svc.writers.schedule(o) }
+
+// start is called when the upgrade is done: what was queued meanwhile goes
+// out.
+func (o *outbox) start() {
+	o.mu.Lock()
+	o.ready = true
+	k := o.kickLocked()
+	o.mu.Unlock()
+	if k != nil {
+		k.kick()
+	}
+}
 
 // enqueue queues one frame, made of parts, to be dropped if it is not
-// written by deadline (Unix nanoseconds; 0: never).
-func (c *conn) enqueue(deadline int64, parts ...[]byte) {
-	c.outMu.Lock()
-	start := c.enqueueLocked(c.out, deadline, parts)
-	o := c.out
-	c.outMu.Unlock()
-	if start {
-		c.kick(o)
-	}
-}
-
-// enqueueLocked queues parts on o and reports whether a flush must start.
-// When the bytes queued or in flight would exceed the outbound buffer, c is
-// a slow client: its queue is dropped and it is closed, and no sender waits
-// for it.
-func (c *conn) enqueueLocked(o *outbox, deadline int64, parts [][]byte) bool {
-	if o.closed || o.closeReq != nil {
-		return false
+// written by deadline (Unix nanoseconds; 0: never). It reports whether the
+// caller must kick o, and whether the queue overflowed bound: then nothing
+// was queued, and the client is a slow client.
+func (o *outbox) enqueue(deadline int64, parts [][]byte, bound int) (kick *outbox, overflow bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closing || o.closed {
+		return nil, false
 	}
 	n := byteLen(parts)
-	if o.size > 0 && o.size+n > c.hub.svc.cfg.OutboundBufferSize {
-		c.hub.svc.slowClients.Add(1)
-		c.hub.svc.log.Warn("closing a slow client", "hub", c.hub.name, "connectionId", c.id)
-		o.size -= byteLen(o.frames)
-		clear(o.frames)
-		o.frames, o.expires, o.queued = o.frames[:0], nil, 0
-		c.endSessionLocked(DisconnectSlowClient)
-		o.closeReq = &c.disconnect
-		return false // the write under way ends with the close frame
+	if o.size > 0 && o.size+n > bound {
+		return nil, true
 	}
+	o.appendLocked(deadline, parts, n)
+	return o.kickLocked(), false
+}
+
+func (o *outbox) appendLocked(deadline int64, parts [][]byte, n int) {
 	if deadline != 0 && o.expires == nil {
 		o.expires = make([]int64, len(o.frames), cap(o.frames))
 	}
@@ -94,120 +131,215 @@ func (c *conn) enqueueLocked(o *outbox, deadline int64, parts [][]byte) bool {
 			o.expires = append(o.expires, deadline)
 		}
 	}
-	o.size += n
-	start := !o.flushing
-	o.flushing = true
-	return start
+	o.account(n, 0)
 }
 
-// close closes c as the service: a PubSub client gets a "disconnected"
-// message, then a close frame after what is queued. The logical connection
-// ends with it (a reliable one is not recoverable). It is idempotent; the
-// first reason wins.
-func (c *conn) close(d Disconnect) {
-	c.outMu.Lock()
-	flush, release := c.closeLocked(d)
-	c.outMu.Unlock()
-	c.afterClose(flush, release)
+// dropQueuedLocked drops the frames not yet taken by a write.
+func (o *outbox) dropQueuedLocked() {
+	clear(o.frames)
+	o.frames, o.expires, o.queued = o.frames[:0], nil, 0
+	o.account(-o.size, 0)
 }
 
-// closeLocked does close's work under outMu and says what is left to do
-// without it: start a flush of an outbox, or release a connection that has
-// no transport.
-func (c *conn) closeLocked(d Disconnect) (flush *outbox, release bool) {
-	if c.ended {
-		return nil, false
+// close queues msg (if any) and then the close frame cf; nothing is queued
+// after them. drop first discards what is queued and not yet being written
+// (a slow client's backlog). Once cf is written the socket is half-closed
+// and waits for the client's close.
+func (o *outbox) close(msg, cf []byte, drop bool) (kick *outbox) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closing || o.closed {
+		return nil
 	}
-	c.endSessionLocked(d)
-	if c.detached() {
-		return nil, true
+	if drop {
+		o.dropQueuedLocked()
 	}
-	o := c.out
-	if o.closed || o.closeReq != nil {
-		return nil, false
+	if msg != nil {
+		o.appendLocked(0, [][]byte{msg}, len(msg))
 	}
-	if c.kind != kindSimple {
-		frame := c.encodeDisconnected(d.Reason)
-		o.frames = append(o.frames, frame)
-		o.queued++
-		if o.expires != nil {
-			o.expires = append(o.expires, 0)
+	o.closing, o.closeFrame = true, cf
+	return o.kickLocked()
+}
+
+// gwsWrite takes a frame gws writes itself: only close frames (answering a
+// client's close, or on a protocol error), since every other frame is ours.
+// It goes last, after what is queued, unless a close is already on its way.
+func (o *outbox) gwsWrite(frame []byte) {
+	o.mu.Lock()
+	if o.closing || o.closed {
+		o.mu.Unlock()
+		return
+	}
+	o.closing, o.fullClose, o.closeFrame = true, true, append([]byte(nil), frame...)
+	k := o.kickLocked()
+	o.mu.Unlock()
+	if k != nil {
+		k.kick()
+	}
+}
+
+// gwsClose is gws closing the connection, right after its close frame, or
+// because it has read the client's answer to ours: the socket closes once
+// that close frame is written.
+func (o *outbox) gwsClose() {
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return
+	}
+	o.fullClose = true
+	pending := o.flushing || o.closeFrame != nil && o.ready
+	o.mu.Unlock()
+	if !pending {
+		o.closeSocket()
+	}
+}
+
+// finish is the transport's end as its read loop sees it: nothing more is
+// read, so what is queued is dropped, unless a close is under way (the
+// service's, or gws's answer to the client's), which is written first; the
+// socket closes when that is done.
+func (o *outbox) finish() {
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return
+	}
+	if !o.closing { // a close under way still delivers what came before it
+		o.dropQueuedLocked()
+	}
+	o.closing, o.fullClose = true, true
+	if o.flushing || (o.closeFrame != nil || len(o.frames) > 0) && o.ready {
+		k := o.kickLocked()
+		o.mu.Unlock()
+		if k != nil {
+			k.kick()
 		}
-		o.size += len(frame)
+		return // the writer closes the socket when it is done
 	}
-	o.closeReq = &c.disconnect
-	if o.flushing {
-		return nil, false
-	}
-	o.flushing = true
-	return o, false
+	o.mu.Unlock()
+	o.closeSocket()
 }
 
-func (c *conn) afterClose(flush *outbox, release bool) {
-	if flush != nil {
-		go c.flush(flush, nil)
+// abort closes the socket now, without a close frame: a write failed or
+// panicked, a recovery took the connection over, or Shutdown ran out of
+// time.
+func (o *outbox) abort() { o.closeSocket() }
+
+// closeSocket closes the socket, once, and drops what is queued.
+func (o *outbox) closeSocket() {
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return
 	}
-	if release {
-		c.hub.svc.release(c, "")
+	o.closed, o.closing = true, true
+	o.dropQueuedLocked()
+	o.closeFrame = nil
+	if o.grace != nil {
+		o.grace.Stop()
+	}
+	o.mu.Unlock()
+	if nc := o.w.nc; nc != nil {
+		_ = nc.Close()
 	}
 }
 
-// endSessionLocked records why the service ends c. Caller holds outMu.
-func (c *conn) endSessionLocked(d Disconnect) {
-	if !c.ended {
-		c.ended = true
-		c.disconnect = d
-		c.closing.Store(true)
+// closeWritten follows the close frame: the socket closes at once when gws
+// is done with it, or else is half-closed while the read loop waits for the
+// client's close frame, for closeGrace at most.
+func (o *outbox) closeWritten() {
+	o.mu.Lock()
+	o.flushing = false // nothing is left to write
+	full := o.fullClose || o.closed
+	o.mu.Unlock()
+	if cw, ok := o.w.nc.(interface{ CloseWrite() error }); !full && ok && cw.CloseWrite() == nil {
+		o.mu.Lock()
+		if !o.closed {
+			o.grace = time.AfterFunc(closeGrace, o.closeSocket)
+		}
+		o.mu.Unlock()
+		return
 	}
+	o.closeSocket()
 }
 
-// flush writes o's queue, waiting for the socket as long as the write
-// timeout allows, until the queue is empty, then the close frame if one was
-// requested. It starts with rest, what a non-blocking write left over.
-func (c *conn) flush(o *outbox, rest [][]byte) {
-	nc := o.socket.NetConn()
-	batch := rest
+// take hands a writer what is queued, and the close frame once nothing
+// else is left. With nothing to write, writing is over (done); closeNow
+// says the socket is then to be closed (the transport has ended).
+func (o *outbox) take() (batch [][]byte, expires []int64, frames int, isClose, done, closeNow bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case o.closed:
+	case len(o.frames) > 0:
+		batch, expires, frames = o.frames, o.expires, o.queued
+		o.frames, o.expires, o.spare, o.queued = o.spare[:0], nil, nil, 0
+		n := byteLen(batch)
+		o.account(-n, n)
+		return batch, expires, frames, false, false, false
+	case o.closing && o.closeFrame != nil:
+		batch = [][]byte{o.closeFrame}
+		o.closeFrame = nil
+		o.account(0, len(batch[0]))
+		return batch, nil, 1, true, false, false
+	case o.closing && o.fullClose:
+		closeNow = true
+	}
+	o.flushing = false
+	return nil, nil, 0, false, true, closeNow
+}
+
+// landed accounts for n bytes that left the outbox: written, dropped as
+// expired, or lost with a failed write.
+func (o *outbox) landed(n int) {
+	if n == 0 {
+		return
+	}
+	o.mu.Lock()
+	o.account(0, -n)
+	o.mu.Unlock()
+}
+
+// flush writes o, waiting for the socket as long as the write timeout
+// allows for each chunk, until the queue is empty, then the close frame if
+// one is due. It starts with rest, what a non-blocking write left over. It
+// runs on a goroutine of its own, which owns writing o until it returns.
+func (o *outbox) flush(rest [][]byte) {
+	defer o.w.svc.active.done()
+	defer o.recoverWrite()
+	batch, isClose := rest, false
 	for {
 		if len(batch) > 0 {
 			n := byteLen(batch)
-			_ = nc.SetWriteDeadline(c.writeDeadline())
-			bufs := net.Buffers(batch)
-			_, err := bufs.WriteTo(nc)
-			c.outMu.Lock()
-			o.size -= n
-			c.outMu.Unlock()
+			err := o.w.writeBlocking(batch)
+			o.landed(n)
 			if err != nil {
-				c.abort(o)
+				o.abort()
+				return
+			}
+			if isClose {
+				o.closeWritten()
 				return
 			}
 		}
-		c.outMu.Lock()
-		batch = o.frames
-		if len(batch) == 0 || o.closed {
-			req, wasClosed := o.closeReq, o.closed
-			o.closed = wasClosed || req != nil
-			o.flushing = false
-			c.outMu.Unlock()
-			if req != nil && !wasClosed {
-				// A slow client may not read even the close frame: bound it.
-				_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
-				_ = o.socket.WriteClose(req.Code, []byte(req.Reason))
-			} else {
+		var expires []int64
+		var done, closeNow bool
+		batch, expires, _, isClose, done, closeNow = o.take()
+		if done {
+			if closeNow {
+				o.closeSocket()
+			} else if nc := o.w.nc; nc != nil {
 				// Back to the writers' non-blocking writes, which a passed
 				// deadline would refuse.
 				_ = nc.SetWriteDeadline(time.Time{})
 			}
 			return
 		}
-		expires := o.expires
-		o.frames, o.expires, o.queued = nil, nil, 0
-		c.outMu.Unlock()
 		if expires != nil {
 			var dropped int
 			batch, dropped = dropExpired(batch, expires)
-			c.outMu.Lock()
-			o.size -= dropped
-			c.outMu.Unlock()
+			o.landed(dropped)
 		}
 	}
 }
@@ -236,17 +368,66 @@ func dropExpired(batch [][]byte, expires []int64) ([][]byte, int) {
 	return kept, dropped
 }
 
-// abort drops o's transport without a close frame: a write failed, or
-// Shutdown ran out of time.
-func (c *conn) abort(o *outbox) {
-	c.outMu.Lock()
-	o.closed = true
-	clear(o.frames)
-	o.frames, o.expires, o.queued = nil, nil, 0
-	socket := o.socket
-	c.outMu.Unlock()
-	if socket != nil { // nil while the upgrade is under way: start checks closed
-		_ = socket.NetConn().Close()
+// writeChunk bounds one blocking write: a socket that does not take this
+// much within the write timeout belongs to a slow client, while a client
+// that reads steadily never hits the timeout however large the backlog.
+const writeChunk = 256 << 10
+
+// writeBlocking writes batch to the socket in chunks, each within the write
+// timeout. TLS connections are written here too: after a timed-out write a
+// tls.Conn is unusable, so a chunk is the most one timeout can cost.
+func (w *wire) writeBlocking(batch [][]byte) error {
+	for len(batch) > 0 {
+		var chunk [][]byte
+		chunk, batch = splitChunk(batch, writeChunk)
+		callWriteHook(chunk)
+		_ = w.nc.SetWriteDeadline(time.Now().Add(w.svc.cfg.WriteTimeout))
+		bufs := net.Buffers(chunk)
+		if _, err := bufs.WriteTo(w.nc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// splitChunk returns the first limit bytes of batch (whole slices, and a
+// part of the one that crosses the limit) and the rest.
+func splitChunk(batch [][]byte, limit int) (chunk, rest [][]byte) {
+	n := 0
+	for i, b := range batch {
+		if n+len(b) > limit && n > 0 || n+len(b) > limit && i == 0 {
+			k := limit - n
+			if k <= 0 {
+				return batch[:i:i], batch[i:]
+			}
+			chunk = append(batch[:i:i], b[:k])
+			rest = append([][]byte{b[k:]}, batch[i+1:]...)
+			return chunk, rest
+		}
+		n += len(b)
+	}
+	return batch, nil
+}
+
+// recoverWrite turns a panic on o's write path into the end of that
+// transport alone, counted.
+func (o *outbox) recoverWrite() {
+	if r := recover(); r != nil {
+		o.w.svc.panicked("write", r)
+		o.w.c.close(DisconnectInternalError)
+		o.abort()
+	}
+}
+
+// testHookWrite, when set by a test, sees every slice before it is written.
+var testHookWrite atomic.Pointer[func([]byte)]
+
+// callWriteHook shows a test's hook what is about to be written.
+func callWriteHook(batch [][]byte) {
+	if hook := testHookWrite.Load(); hook != nil {
+		for _, b := range batch {
+			(*hook)(b)
+		}
 	}
 }
 

@@ -39,12 +39,17 @@ var (
 	ErrConnectionNotFound = errors.New("pubsub: connection not found")
 	ErrUserNotFound       = errors.New("pubsub: user has no connections")
 	ErrServiceClosed      = errors.New("pubsub: service is shut down")
+	// ErrTooManyGroups: the connection is in Config.MaxGroupsPerConnection
+	// groups already.
+	ErrTooManyGroups = errors.New("pubsub: the connection is in as many groups as it may be")
+	// ErrTooManyHubs: the service holds Config.MaxHubs hubs with clients.
+	ErrTooManyHubs = errors.New("pubsub: the service holds as many hubs as it may")
 )
 
 // Defaults of Config.
 const (
-	DefaultMaxMessageSize     = 1 << 20 // Azure's limit per client message
-	DefaultOutboundBufferSize = 4 << 20
+	DefaultMaxMessageSize     = 1 << 20  // Azure's limit per client message
+	DefaultOutboundBufferSize = 16 << 20 // sixteen messages of the largest size
 	DefaultKeepAliveInterval  = 20 * time.Second
 	DefaultIdleTimeout        = 60 * time.Second
 	DefaultWriteTimeout       = 10 * time.Second
@@ -52,6 +57,12 @@ const (
 	DefaultClockSkew          = 5 * time.Minute
 	DefaultRecoveryWindow     = 30 * time.Second
 	DefaultEndpoint           = "http://localhost"
+
+	DefaultMaxGroupsPerConnection = 1000
+	DefaultMaxHubs                = 1000
+	DefaultMessageTimeout         = 30 * time.Second
+	DefaultMaxInboundBytes        = 256 << 20
+	DefaultMaxBufferedBytes       = 1 << 30
 )
 
 // Config configures a Service. Only AccessKey is required; every zero value
@@ -82,15 +93,18 @@ type Config struct {
 	// the client with 1009. Default 1 MB.
 	MaxMessageSize int
 	// OutboundBufferSize bounds the bytes queued for one connection and not
-	// yet written. A client that overflows it is closed as a slow client, so
-	// that no send waits for it. Default 4 MiB.
+	// yet handed to its socket (a write under way does not count). A client
+	// that overflows it is closed as a slow client, so that no send waits
+	// for it. Default 16 MiB, sixteen messages of the largest size.
 	OutboundBufferSize int
 	// KeepAliveInterval is how often WebSocket pings are sent. Default 20 s.
 	KeepAliveInterval time.Duration
 	// IdleTimeout closes a client from which nothing (not even a pong) has
 	// arrived for this long. Default 60 s.
 	IdleTimeout time.Duration
-	// WriteTimeout bounds one write to a client. Default 10 s.
+	// WriteTimeout bounds how long a client's socket may take no more bytes
+	// (each write of up to 256 KiB must finish within it) before the client
+	// is dropped. Default 10 s.
 	WriteTimeout time.Duration
 	// HandshakeTimeout bounds the WebSocket handshake's write. Default 10 s.
 	HandshakeTimeout time.Duration
@@ -100,15 +114,65 @@ type Config struct {
 	// dropped waits for its client to recover it. Default 30 s, the least
 	// the client spec promises.
 	RecoveryWindow time.Duration
+
+	// MaxGroupsPerConnection bounds the groups one connection is in; a join
+	// past it fails (ack BadRequest, REST 409, ErrTooManyGroups). Default
+	// 1,000.
+	MaxGroupsPerConnection int
+	// MaxHubs bounds the hubs with connected clients; a client of one more
+	// hub is refused with 503. A hub with no client costs nothing and is
+	// pruned. Default 1,000.
+	MaxHubs int
+	// MessageTimeout bounds the time from the first byte of a client's
+	// message to its last, however many pings come meanwhile; past it the
+	// client is closed with 1008. Default 30 s.
+	MessageTimeout time.Duration
+	// MaxInboundBytes bounds the bytes of client messages being received
+	// (frames over 1 KiB and fragmented messages, which must be held whole),
+	// across all connections. A client whose message would pass it is
+	// closed with 1013, try again later. Default 256 MiB.
+	MaxInboundBytes int64
+	// MaxBufferedBytes bounds the bytes held for clients across all
+	// connections: outbound queues and reliable replay buffers. Past it,
+	// the connections holding the most are closed (1008) until a tenth of
+	// it is free again. Default 1 GiB.
+	MaxBufferedBytes int64
+	// MaxMessagesPerSecond, when set, bounds each connection's inbound
+	// messages (pings and sequence acks aside), with a burst of as many. A
+	// request over it is refused with an ack error TooManyRequests, or, if
+	// it has no ackId (or the client is a simple client), the client is
+	// closed with 1008. Default 0: no limit.
+	MaxMessagesPerSecond int
 }
 
 // Stats are counters of a Service.
 type Stats struct {
-	// Connections is the number of connections open now.
+	// Connections is the number of connections open now (detached reliable
+	// ones included).
 	Connections int64
+	// Hubs is the number of hubs with connections now.
+	Hubs int64
 	// SlowClientDisconnects counts clients closed because their outbound
 	// buffer overflowed.
 	SlowClientDisconnects int64
+	// BufferBudgetDisconnects counts clients closed because the service's
+	// MaxBufferedBytes was reached and they held the most.
+	BufferBudgetDisconnects int64
+	// BufferedBytes is what outbound queues and replay buffers hold now.
+	BufferedBytes int64
+	// InboundBudgetDisconnects counts clients closed because their message
+	// would have passed MaxInboundBytes.
+	InboundBudgetDisconnects int64
+	// InboundBytes is what the messages being received hold now.
+	InboundBytes int64
+	// MessageTimeouts counts clients closed for not finishing a message
+	// within MessageTimeout.
+	MessageTimeouts int64
+	// RateLimited counts requests refused over MaxMessagesPerSecond.
+	RateLimited int64
+	// Panics counts panics recovered on a connection's read or write path;
+	// each closed its connection.
+	Panics int64
 }
 
 // Service is one Azure Web PubSub service: its hubs, their connections, and
@@ -121,9 +185,11 @@ type Service struct {
 	broker   Broker
 	handler  EventHandler
 
-	hubs      *xsync.MapOf[string, *Hub]
+	// hubs holds the hubs with connections; one is created by its first
+	// connection and pruned with its last (Compute keeps both atomic).
+	hubs      *xsync.MapOf[string, *hubState]
+	numHubs   atomic.Int64
 	upgraders *xsync.MapOf[string, *gws.Upgrader]
-	transport *transport
 	writers   writers
 
 	// mu orders registration against Shutdown: a connection is registered
@@ -132,14 +198,24 @@ type Service struct {
 	mu       sync.RWMutex
 	closed   bool
 	shutdown atomic.Bool // closed, readable without the lock on hot paths
-	conns    sync.WaitGroup
+	// active counts registered connections and the goroutines they use:
+	// Shutdown waits for it.
+	active tracker
 
 	keepAliveOnce sync.Once
 	stopKeepAlive chan struct{}
 	keepAliveDone chan struct{}
 
-	connections atomic.Int64
-	slowClients atomic.Int64
+	connections              atomic.Int64
+	slowClients              atomic.Int64
+	bufferedBytes            atomic.Int64
+	shedding                 atomic.Bool
+	budgetDisconnects        atomic.Int64
+	inboundBytes             atomic.Int64
+	inboundBudgetDisconnects atomic.Int64
+	messageTimeouts          atomic.Int64
+	rateLimited              atomic.Int64
+	panics                   atomic.Int64
 }
 
 // New returns a Service. It starts no goroutine until the first client
@@ -163,6 +239,11 @@ func New(cfg Config) (*Service, error) {
 	setDefault(&cfg.HandshakeTimeout, DefaultHandshakeTimeout)
 	setDefault(&cfg.ClockSkew, DefaultClockSkew)
 	setDefault(&cfg.RecoveryWindow, DefaultRecoveryWindow)
+	setDefault(&cfg.MaxGroupsPerConnection, DefaultMaxGroupsPerConnection)
+	setDefault(&cfg.MaxHubs, DefaultMaxHubs)
+	setDefault(&cfg.MessageTimeout, DefaultMessageTimeout)
+	setDefault(&cfg.MaxInboundBytes, DefaultMaxInboundBytes)
+	setDefault(&cfg.MaxBufferedBytes, DefaultMaxBufferedBytes)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -173,7 +254,7 @@ func New(cfg Config) (*Service, error) {
 		keys:          [][]byte{[]byte(cfg.AccessKey)},
 		broker:        cfg.Broker,
 		handler:       cfg.EventHandler,
-		hubs:          xsync.NewMapOf[string, *Hub](),
+		hubs:          xsync.NewMapOf[string, *hubState](),
 		upgraders:     xsync.NewMapOf[string, *gws.Upgrader](),
 		stopKeepAlive: make(chan struct{}),
 		keepAliveDone: make(chan struct{}),
@@ -188,14 +269,14 @@ func New(cfg Config) (*Service, error) {
 	if s.broker == nil {
 		s.broker = &localBroker{}
 	}
-	s.transport = &transport{svc: s}
+	s.writers.svc = s
 	if err := s.broker.Start(s.apply); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-func setDefault[T int | time.Duration](v *T, def T) {
+func setDefault[T int | int64 | time.Duration](v *T, def T) {
 	if *v <= 0 {
 		*v = def
 	}
@@ -204,26 +285,29 @@ func setDefault[T int | time.Duration](v *T, def T) {
 // hubNamePattern is the swagger's hub name rule.
 var hubNamePattern = regexp.MustCompile("^[A-Za-z][A-Za-z0-9_`,.[\\]]{0,127}$")
 
-// Hub returns the hub of that name, creating it on first use. Hub names are
-// case-insensitive.
+// Hub returns the hub of that name. Hub names are case-insensitive. A hub
+// exists while it has connections; the Hub value stays valid either way,
+// and operations on a hub without connections find nobody.
 func (s *Service) Hub(name string) (*Hub, error) {
 	if !hubNamePattern.MatchString(name) {
 		return nil, ErrInvalidHub
 	}
-	return s.hub(strings.ToLower(name)), nil
-}
-
-// hub returns the hub for a validated, lower-cased name.
-func (s *Service) hub(name string) *Hub {
-	h, _ := s.hubs.LoadOrCompute(name, func() *Hub { return newHub(s, name) })
-	return h
+	return &Hub{svc: s, name: strings.ToLower(name)}, nil
 }
 
 // Stats returns the service's counters.
 func (s *Service) Stats() Stats {
 	return Stats{
-		Connections:           s.connections.Load(),
-		SlowClientDisconnects: s.slowClients.Load(),
+		Connections:              s.connections.Load(),
+		Hubs:                     s.numHubs.Load(),
+		SlowClientDisconnects:    s.slowClients.Load(),
+		BufferBudgetDisconnects:  s.budgetDisconnects.Load(),
+		BufferedBytes:            s.bufferedBytes.Load(),
+		InboundBudgetDisconnects: s.inboundBudgetDisconnects.Load(),
+		InboundBytes:             s.inboundBytes.Load(),
+		MessageTimeouts:          s.messageTimeouts.Load(),
+		RateLimited:              s.rateLimited.Load(),
+		Panics:                   s.panics.Load(),
 	}
 }
 
@@ -243,18 +327,11 @@ func (s *Service) Shutdown(ctx context.Context) error {
 		<-s.keepAliveDone
 		s.eachConn(func(c *conn) { c.close(DisconnectServiceShutdown) })
 	}
-	done := make(chan struct{})
-	go func() { s.conns.Wait(); close(done) }()
 	var err error
 	select {
-	case <-done:
+	case <-s.active.idle():
 	case <-ctx.Done():
-		s.eachConn(func(c *conn) {
-			c.outMu.Lock()
-			o := c.out
-			c.outMu.Unlock()
-			c.abort(o)
-		})
+		s.eachConn(func(c *conn) { c.abort() })
 		err = ctx.Err()
 	}
 	if !already {
@@ -270,25 +347,62 @@ func (s *Service) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// register adds an upgraded connection to its hub, unless the service is
-// shutting down.
-func (s *Service) register(c *conn) bool {
+// register adds a connection to its hub (creating the hub, within
+// MaxHubs), unless the service is shutting down.
+func (s *Service) register(c *conn, hubName string) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
-		return false
+		return ErrServiceClosed
 	}
-	s.conns.Add(1)
+	h := s.hubState(hubName)
+	if h == nil {
+		return ErrTooManyHubs
+	}
+	c.hub = h
+	s.active.add()
 	s.connections.Add(1)
-	c.hub.register(c)
+	h.register(c)
 	s.keepAliveOnce.Do(func() { go s.keepAlive() })
-	return true
+	return nil
+}
+
+// hubState returns the hub's registry, counting one more connection in it;
+// nil when creating it would pass MaxHubs.
+func (s *Service) hubState(name string) *hubState {
+	h, _ := s.hubs.Compute(name, func(h *hubState, loaded bool) (*hubState, bool) {
+		if !loaded {
+			if s.numHubs.Add(1) > int64(s.cfg.MaxHubs) {
+				s.numHubs.Add(-1)
+				return nil, true
+			}
+			h = newHubState(name)
+		}
+		h.live++
+		return h, false
+	})
+	return h
+}
+
+// pruneHub counts a connection out of h, deleting h with its last one.
+func (s *Service) pruneHub(h *hubState) {
+	s.hubs.Compute(h.name, func(cur *hubState, loaded bool) (*hubState, bool) {
+		if !loaded || cur != h {
+			return cur, !loaded
+		}
+		cur.live--
+		if cur.live > 0 {
+			return cur, false
+		}
+		s.numHubs.Add(-1)
+		return nil, true
+	})
 }
 
 func (s *Service) isClosed() bool { return s.shutdown.Load() }
 
 func (s *Service) eachConn(f func(*conn)) {
-	s.hubs.Range(func(_ string, h *Hub) bool {
+	s.hubs.Range(func(_ string, h *hubState) bool {
 		h.conns.Range(func(_ string, c *conn) bool { f(c); return true })
 		return true
 	})
@@ -307,16 +421,46 @@ func (s *Service) keepAlive() {
 			return
 		case now := <-t.C:
 			deadline := now.Add(-s.cfg.IdleTimeout).UnixNano()
-			s.eachConn(func(c *conn) {
-				if c.isDetached() {
-					return // the recovery window runs instead
-				}
-				if c.lastSeen.Load() < deadline {
-					c.close(DisconnectPingTimeout)
-				} else {
-					c.send(pingFrame)
-				}
-			})
+			s.eachConn(func(c *conn) { c.keepAlive(deadline) })
 		}
 	}
 }
+
+// tracker counts work in progress and says when there is none; unlike a
+// WaitGroup, work may start again after it was idle.
+type tracker struct {
+	mu   sync.Mutex
+	n    int
+	zero chan struct{} // closed when n drops to 0; nil while n is 0
+}
+
+func (t *tracker) add() {
+	t.mu.Lock()
+	if t.n == 0 {
+		t.zero = make(chan struct{})
+	}
+	t.n++
+	t.mu.Unlock()
+}
+
+func (t *tracker) done() {
+	t.mu.Lock()
+	t.n--
+	if t.n == 0 {
+		close(t.zero)
+		t.zero = nil
+	}
+	t.mu.Unlock()
+}
+
+// idle returns a channel closed when no work is in progress.
+func (t *tracker) idle() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == 0 {
+		return closedChan
+	}
+	return t.zero
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()

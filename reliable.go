@@ -23,14 +23,13 @@ var DisconnectReliableBufferFull = Disconnect{ClosePolicyViolation, "The reliabl
 
 // reliable is the state a reliable connection keeps across transports: the
 // sequence of its data messages, those not yet acknowledged (to replay after
-// a recovery), and whether it is between transports. Guarded by outMu.
+// a recovery), and its recovery timer while detached. Guarded by conn.mu.
 type reliable struct {
-	seq      uint64 // the last sequence id assigned
-	unacked  []unackedMessage
-	bytes    int
-	detached bool
-	reason   string // why the last transport dropped
-	timer    *time.Timer
+	seq     uint64 // the last sequence id assigned
+	unacked []unackedMessage
+	bytes   int
+	reason  string // why the last transport dropped
+	timer   *time.Timer
 }
 
 // unackedMessage is a data message as its receiver's frame: the parts that
@@ -42,14 +41,41 @@ type unackedMessage struct {
 	expires int64
 }
 
-// detached reports whether c is a reliable connection between transports.
-// Caller holds outMu.
-func (c *conn) detached() bool { return c.rel != nil && c.rel.detached }
+func (r *reliable) stopTimer() {
+	if r.timer != nil {
+		r.timer.Stop()
+		r.timer = nil
+	}
+}
 
+// drop forgets every unacknowledged message and returns their bytes.
+func (r *reliable) drop() int {
+	n := r.bytes
+	r.unacked, r.bytes = nil, 0
+	return n
+}
+
+// replay queues every unacknowledged message on o, a recovering client's
+// new transport, in sequence order; bypassing the outbound bound, since
+// the replay buffer has its own. Those whose TTL passed meanwhile are left
+// out.
+func (r *reliable) replay(o *outbox) {
+	now := time.Now().UnixNano()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, m := range r.unacked {
+		if m.expires != 0 && now > m.expires {
+			continue
+		}
+		o.appendLocked(m.expires, m.parts, m.size)
+	}
+}
+
+// isDetached reports whether c is a reliable connection between transports.
 func (c *conn) isDetached() bool {
-	c.outMu.Lock()
-	defer c.outMu.Unlock()
-	return c.detached()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state == stateDetached
 }
 
 // deliverReliable gives a data message the connection's next sequence id,
@@ -57,126 +83,49 @@ func (c *conn) isDetached() bool {
 // connection is between transports. build makes the receiver's frame for a
 // sequence id: a small prefix and the body shared with other receivers.
 func (c *conn) deliverReliable(deadline int64, build func(seq uint64) [][]byte) {
-	c.outMu.Lock()
-	if c.ended {
-		c.outMu.Unlock()
-		return
+	c.mu.Lock()
+	var after afterUnlock
+	switch c.state {
+	case stateConnecting, stateOpen, stateDetached:
+		r := c.rel
+		r.seq++
+		parts := build(r.seq)
+		size := byteLen(parts)
+		if len(r.unacked) >= maxUnackedMessages || r.bytes+size > maxUnackedBytes {
+			c.svc.log.Warn("closing a reliable client that does not acknowledge its messages", "hub", c.hub.name, "connectionId", c.id)
+			after = c.closeLocked(DisconnectReliableBufferFull, false)
+			break
+		}
+		r.unacked = append(r.unacked, unackedMessage{seq: r.seq, parts: parts, size: size, expires: deadline})
+		r.bytes += size
+		c.svc.buffered(size)
+		if c.state != stateDetached {
+			after = c.enqueueLocked(deadline, parts)
+		}
 	}
-	r := c.rel
-	r.seq++
-	parts := build(r.seq)
-	size := byteLen(parts)
-	if len(r.unacked) >= maxUnackedMessages || r.bytes+size > maxUnackedBytes {
-		flush, release := c.closeLocked(DisconnectReliableBufferFull)
-		c.outMu.Unlock()
-		c.hub.svc.log.Warn("closing a reliable client that does not acknowledge its messages", "hub", c.hub.name, "connectionId", c.id)
-		c.afterClose(flush, release)
-		return
-	}
-	r.unacked = append(r.unacked, unackedMessage{seq: r.seq, parts: parts, size: size, expires: deadline})
-	r.bytes += size
-	start := false
-	if !r.detached {
-		start = c.enqueueLocked(c.out, deadline, parts)
-	}
-	o := c.out
-	c.outMu.Unlock()
-	if start {
-		c.kick(o)
-	}
+	c.mu.Unlock()
+	after.run(c)
 }
 
 // ackSequence forgets the messages the client acknowledged: every id up to
 // seq (sequenceAck is cumulative).
 func (c *conn) ackSequence(seq uint64) {
-	c.outMu.Lock()
-	defer c.outMu.Unlock()
+	c.mu.Lock()
 	r := c.rel
 	if r == nil {
+		c.mu.Unlock()
 		return
 	}
-	n := 0
+	n, freed := 0, 0
 	for n < len(r.unacked) && r.unacked[n].seq <= seq {
-		r.bytes -= r.unacked[n].size
+		freed += r.unacked[n].size
 		n++
 	}
+	r.bytes -= freed
 	clear(r.unacked[:n])
 	r.unacked = r.unacked[n:]
-}
-
-// detach keeps a reliable connection alive after its transport o dropped,
-// for the recovery window: its groups, permissions and unacknowledged
-// messages wait for the client to come back.
-func (c *conn) detach(o *outbox, reason string) {
-	c.outMu.Lock()
-	defer c.outMu.Unlock()
-	o.closed = true
-	clear(o.frames)
-	o.frames, o.expires = nil, nil
-	if c.ended || c.out != o || c.rel.detached {
-		return
-	}
-	c.rel.detached = true
-	c.rel.reason = reason
-	c.rel.timer = time.AfterFunc(c.hub.svc.cfg.RecoveryWindow, c.recoveryExpired)
-}
-
-// recoveryExpired ends a connection whose client did not come back in time.
-func (c *conn) recoveryExpired() {
-	c.outMu.Lock()
-	if c.ended || !c.detached() {
-		c.outMu.Unlock()
-		return
-	}
-	reason := c.rel.reason
-	c.endSessionLocked(Disconnect{ClosePolicyViolation, reason})
-	c.outMu.Unlock()
-	c.hub.svc.release(c, reason)
-}
-
-// resume attaches a new transport's outbox to a reliable connection and
-// queues every unacknowledged message on it first, in sequence order. If the
-// old transport is still attached (its drop not yet noticed), it is closed.
-func (c *conn) resume(o *outbox) bool {
-	c.outMu.Lock()
-	if c.ended || c.rel == nil {
-		c.outMu.Unlock()
-		return false
-	}
-	r := c.rel
-	if r.timer != nil {
-		r.timer.Stop()
-	}
-	old := c.out
-	oldSocket := old.socket
-	old.closed = true
-	clear(old.frames)
-	old.frames, old.expires = nil, nil
-	r.detached = false
-	c.out = o
-	now := time.Now().UnixNano()
-	for _, m := range r.unacked {
-		if m.expires != 0 && now > m.expires {
-			continue // its TTL passed while the client was away
-		}
-		// Replay bypasses the outbound bound: the replay buffer has its own.
-		o.frames = append(o.frames, m.parts...)
-		o.queued++
-		if m.expires != 0 && o.expires == nil {
-			o.expires = make([]int64, len(o.frames)-len(m.parts), cap(o.frames))
-		}
-		if o.expires != nil {
-			for range m.parts {
-				o.expires = append(o.expires, m.expires)
-			}
-		}
-		o.size += m.size
-	}
-	c.outMu.Unlock()
-	if oldSocket != nil { // already closed when the drop was noticed; harmless
-		_ = oldSocket.NetConn().Close()
-	}
-	return true
+	c.mu.Unlock()
+	c.svc.buffered(-freed)
 }
 
 // reliableJSONFrame is a json.reliable receiver's frame of a JSON message

@@ -87,8 +87,9 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 	connID := newConnectionID()
 	userID, roles, groups, state := id.userID, id.roles, id.groups, ""
 	chosen := ""
+	connCtx := ConnectionContext{Hub: hubName, ConnectionID: connID, UserID: userID}
 	resp, err := s.handler.Connect(r.Context(), &ConnectRequest{
-		ConnectionContext:  ConnectionContext{Hub: hubName, ConnectionID: connID, UserID: userID},
+		ConnectionContext:  connCtx,
 		Claims:             id.claims,
 		Query:              queryWithout(q, "access_token"),
 		Headers:            headersWithout(r.Header, "Authorization"),
@@ -107,7 +108,19 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("connect event failed", "hub", hubName, "err", err)
 		http.Error(w, "the connect event handler failed", http.StatusInternalServerError)
 		return
-	case err == nil && resp != nil:
+	}
+	// The connect event accepted the client: from here on, a refusal is
+	// followed by a disconnected event, so that the handler's view of the
+	// connection ends (events.go).
+	refuse := func(status int, reason string) {
+		if status >= 500 {
+			s.log.Error("refusing an accepted connection", "hub", hubName, "status", status, "reason", reason)
+		}
+		http.Error(w, reason, status)
+		connCtx.UserID, connCtx.Subprotocol, connCtx.ConnectionState = userID, chosen, state
+		s.handler.Disconnected(context.Background(), connCtx, reason)
+	}
+	if err == nil && resp != nil {
 		if resp.UserID != nil {
 			userID = *resp.UserID
 		}
@@ -127,21 +140,24 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 				}
 			}
 			if chosen == "" {
-				s.log.Error("the connect event handler chose a subprotocol the client did not offer", "hub", hubName, "subprotocol", resp.Subprotocol)
-				http.Error(w, "the connect event handler chose a subprotocol the client did not offer", http.StatusInternalServerError)
+				refuse(http.StatusInternalServerError, "the connect event handler chose a subprotocol the client did not offer")
 				return
 			}
 		}
 		for _, g := range groups {
 			if !protocol.ValidGroupName(g) {
-				http.Error(w, "the connect event handler returned an invalid group name", http.StatusInternalServerError)
+				refuse(http.StatusInternalServerError, "the connect event handler returned an invalid group name")
 				return
 			}
 		}
 	}
+	if groups = uniqueGroups(groups); len(groups) > s.cfg.MaxGroupsPerConnection {
+		refuse(http.StatusBadRequest, fmt.Sprintf("the connection would join %d groups, more than the %d allowed", len(groups), s.cfg.MaxGroupsPerConnection))
+		return
+	}
 	perms, err := newPermissions(roles)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		refuse(http.StatusBadRequest, err.Error())
 		return
 	}
 
@@ -153,7 +169,7 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
-		hub:           s.hub(hubName),
+		svc:           s,
 		id:            connID,
 		userID:        userID,
 		subprotocol:   chosen,
@@ -161,15 +177,17 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 		perms:         perms,
 		ctx:           ctx,
 		cancel:        cancel,
-		state:         state,
+		connState:     state,
 		initialGroups: groups,
 	}
+	c.rate.init(s.cfg.MaxMessagesPerSecond)
 	c.lastSeen.Store(time.Now().UnixNano())
 	// The connection is registered, in its groups, before the client sees
-	// the 101: a client that has connected can be sent to. Its outbox is held
-	// until the upgrade is done, and "connected" is queued first so that no
-	// message overtakes it.
-	c.out = newOutbox()
+	// the 101: a client that has connected can be sent to. Its transport's
+	// outbox holds what is queued until the upgrade is done, and
+	// "connected" is queued first so that no message overtakes it.
+	wi := newWire(c)
+	c.w, c.lastRead = wi, wi.readDone
 	if kind.reliable() {
 		c.rel = &reliable{}
 	}
@@ -180,20 +198,39 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 		}
 		c.send(c.encodeConnected(token))
 	}
-	if !s.register(c) {
+	switch err := s.register(c, hubName); {
+	case errors.Is(err, ErrTooManyHubs):
 		cancel()
-		http.Error(w, "the service is shutting down", http.StatusServiceUnavailable)
+		refuse(http.StatusServiceUnavailable, fmt.Sprintf("the service holds %d hubs, the most it may", s.cfg.MaxHubs))
+		return
+	case err != nil:
+		cancel()
+		refuse(http.StatusServiceUnavailable, "the service is shutting down")
 		return
 	}
-	socket, err := s.upgrader(chosen).Upgrade(w, r)
-	if err != nil {
+	if err := s.upgradeWire(wi, chosen, w, r); err != nil {
 		s.log.Debug("websocket upgrade failed", "hub", hubName, "err", err)
-		s.release(c, "")
+		c.transportEnded(wi)
+		close(wi.readDone)
 		return
 	}
-	socket.Session().(*session).conn = c
-	c.start(c.out, socket)
-	go socket.ReadLoop()
+	c.attach(wi)
+	s.active.add()
+	go wi.readLoop(nil)
+}
+
+// upgradeWire hijacks the request's connection and completes the
+// WebSocket handshake on it for wi.
+func (s *Service) upgradeWire(wi *wire, subprotocol string, w http.ResponseWriter, r *http.Request) error {
+	nc, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		http.Error(w, "the client endpoint needs a connection it can take over (HTTP/1.1)", http.StatusInternalServerError)
+		return err
+	}
+	// The server's deadlines (ReadTimeout, WriteTimeout) are for HTTP
+	// requests, not for a WebSocket that lives for hours.
+	_ = nc.SetDeadline(time.Time{})
+	return wi.upgrade(s.upgrader(subprotocol), nc, brw.Reader, r)
 }
 
 // serveRecovery resumes a reliable connection on a new transport (client spec
@@ -208,33 +245,53 @@ func (s *Service) serveRecovery(w http.ResponseWriter, r *http.Request, hubName,
 			c = found
 		}
 	}
-	o := newOutbox()
-	if c == nil || !c.resume(o) {
-		offered := offeredSubprotocols(r.Header)
-		chosen := ""
-		if len(offered) > 0 {
-			chosen = offered[0]
-			r.Header.Set("Sec-WebSocket-Protocol", chosen)
-		}
-		socket, err := s.upgrader(chosen).Upgrade(w, r)
-		if err == nil {
-			_ = socket.WriteClose(DisconnectNotRecovered.Code, []byte(DisconnectNotRecovered.Reason))
-		}
+	if c == nil {
+		s.refuseRecovery(w, r)
+		return
+	}
+	wi := newWire(c)
+	previous, err := c.resume(wi)
+	if err != nil {
+		s.refuseRecovery(w, r)
 		return
 	}
 	// A reliable connection keeps its subprotocol across transports.
 	r.Header.Set("Sec-WebSocket-Protocol", c.subprotocol)
-	socket, err := s.upgrader(c.subprotocol).Upgrade(w, r)
-	if err != nil {
+	if err := s.upgradeWire(wi, c.subprotocol, w, r); err != nil {
 		s.log.Debug("websocket upgrade failed during recovery", "hub", hubName, "err", err)
-		c.detach(o, "the recovery handshake failed")
+		s.active.add()
+		go func() { // after the previous read loop, as a read loop would
+			defer s.active.done()
+			<-previous
+			c.transportEnded(wi)
+			close(wi.readDone)
+		}()
 		return
 	}
 	c.lastSeen.Store(time.Now().UnixNano())
-	c.closing.Store(false)
-	socket.Session().(*session).conn = c
-	c.start(o, socket)
-	go socket.ReadLoop()
+	s.active.add()
+	go wi.readLoop(previous)
+}
+
+// refuseRecovery completes the handshake and closes the WebSocket at once
+// with 1008, as the spec tells a client to read a failed recovery.
+func (s *Service) refuseRecovery(w http.ResponseWriter, r *http.Request) {
+	offered := offeredSubprotocols(r.Header)
+	chosen := ""
+	if len(offered) > 0 {
+		chosen = offered[0]
+		r.Header.Set("Sec-WebSocket-Protocol", chosen)
+	}
+	nc, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		http.Error(w, DisconnectNotRecovered.Reason, http.StatusInternalServerError)
+		return
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	if _, err := s.upgrader(chosen).UpgradeFromConn(nc, brw.Reader, r); err == nil {
+		_, _ = nc.Write(closeFrame(DisconnectNotRecovered))
+	}
 }
 
 func (s *Service) allowAnonymous(hub string) bool {
@@ -355,7 +412,7 @@ func (s *Service) upgrader(subprotocol string) *gws.Upgrader {
 	if subprotocol != "" {
 		opt.SubProtocols = []string{subprotocol}
 	}
-	u := gws.NewUpgrader(s.transport, opt)
+	u := gws.NewUpgrader(transport{}, opt)
 	if s.upgraders.Size() < 64 {
 		s.upgraders.Store(subprotocol, u)
 	}
@@ -366,119 +423,48 @@ type gwsLogger struct{ s *Service }
 
 func (l gwsLogger) Error(v ...any) { l.s.log.Error(fmt.Sprint(v...)) }
 
-// session is gws's per-connection storage, holding only our conn: gws's
+// session is gws's per-connection storage, holding only our wire: gws's
 // default storage is a map per connection.
-type session struct{ conn *conn }
+type session struct{ wire *wire }
 
 func (s *session) Len() int                             { return 1 }
-func (s *session) Load(string) (any, bool)              { return s.conn, s.conn != nil }
+func (s *session) Load(string) (any, bool)              { return s.wire, s.wire != nil }
 func (s *session) Delete(string)                        {}
 func (s *session) Store(string, any)                    {}
-func (s *session) Range(f func(key string, v any) bool) { f("conn", s.conn) }
+func (s *session) Range(f func(key string, v any) bool) { f("wire", s.wire) }
 
-func connOf(socket *gws.Conn) *conn { return socket.Session().(*session).conn }
+func wireOf(socket *gws.Conn) *wire { return socket.Session().(*session).wire }
 
-// transport receives gws's callbacks for every connection.
-type transport struct{ svc *Service }
+// transport receives gws's callbacks for every connection. Messages are
+// read by our own read loop (wire.readLoop) with gws's ReadMessage; gws
+// calls these for control frames and the close, on that loop.
+type transport struct{}
 
-func (t *transport) OnOpen(socket *gws.Conn) {
-	c := connOf(socket)
-	if c.connected.CompareAndSwap(false, true) { // once per logical connection
-		t.svc.handler.Connected(c.ctx, c.context())
-	}
-}
+func (transport) OnOpen(*gws.Conn)                 {}
+func (transport) OnMessage(_ *gws.Conn, m *gws.Message) { m.Close() }
 
-func (t *transport) OnClose(socket *gws.Conn, err error) {
-	c := connOf(socket)
-	c.outMu.Lock()
-	o := c.out
-	current := o.socket == socket
-	recoverable := current && c.rel != nil && !c.ended && !closedNormally(err)
-	c.outMu.Unlock()
-	switch {
-	case !current:
-		// A transport a recovery replaced: the connection lives on.
-	case recoverable:
-		c.detach(o, clientCloseReason(err))
-	default:
-		t.svc.release(c, clientCloseReason(err))
-	}
-}
+// OnClose records how the transport ended, for the read loop to act on.
+func (transport) OnClose(socket *gws.Conn, err error) { wireOf(socket).closeErr = err }
 
-// closedNormally: a client that closes with 1000 ends its session; any other
-// end of a reliable transport may be recovered.
-func closedNormally(err error) bool {
-	var ce *gws.CloseError
-	return errors.As(err, &ce) && ce.Code == CloseNormal
-}
-
-// release ends a registered connection once: it leaves every index, and a
-// connection that was opened gets its disconnected event with the service's
-// reason for closing it, or else clientReason.
-func (s *Service) release(c *conn, clientReason string) {
-	c.outMu.Lock()
-	if c.released {
-		c.outMu.Unlock()
-		return
-	}
-	c.released = true
-	c.ended = true
-	o := c.out
-	o.closed = true
-	clear(o.frames)
-	o.frames, o.expires = nil, nil
-	if c.rel != nil {
-		if c.rel.timer != nil {
-			c.rel.timer.Stop()
-		}
-		c.rel.unacked = nil
-	}
-	reason := c.disconnect.Reason
-	c.outMu.Unlock()
-	c.cancel()
-	c.closing.Store(true)
-	c.hub.unregister(c)
-	s.connections.Add(-1)
-	if reason == "" {
-		reason = clientReason
-	}
-	if c.connected.Load() {
-		s.handler.Disconnected(context.Background(), c.context(), reason)
-	}
-	s.conns.Done() // Shutdown waits for the disconnected event too
-}
-
-// clientCloseReason describes a close the service did not initiate.
-func clientCloseReason(err error) string {
-	var ce *gws.CloseError
-	switch {
-	case errors.As(err, &ce):
-		if len(ce.Reason) > 0 {
-			return string(ce.Reason)
-		}
-		if ce.Code == CloseNormal || ce.Code == CloseGoingAway || ce.Code == 0 {
-			return ""
-		}
-		return fmt.Sprintf("The client closed the connection with code %d.", ce.Code)
-	case err == nil:
-		return ""
-	}
-	return err.Error()
-}
-
-func (t *transport) OnPing(socket *gws.Conn, payload []byte) {
-	c := connOf(socket)
+func (transport) OnPing(socket *gws.Conn, payload []byte) {
+	c := wireOf(socket).c
 	c.lastSeen.Store(time.Now().UnixNano())
 	c.send(pongFrame(payload))
 }
 
-func (t *transport) OnPong(socket *gws.Conn, _ []byte) {
-	connOf(socket).lastSeen.Store(time.Now().UnixNano())
+func (transport) OnPong(socket *gws.Conn, _ []byte) {
+	wireOf(socket).c.lastSeen.Store(time.Now().UnixNano())
 }
 
-func (t *transport) OnMessage(socket *gws.Conn, m *gws.Message) {
-	defer m.Close()
-	c := connOf(socket)
-	c.lastSeen.Store(time.Now().UnixNano())
-	c.handleFrame(m.Opcode == gws.OpcodeBinary, m.Bytes())
+// uniqueGroups drops repeated group names, keeping the first of each.
+func uniqueGroups(groups []string) []string {
+	seen := make(map[string]struct{}, len(groups))
+	out := groups[:0:0]
+	for _, g := range groups {
+		if _, ok := seen[g]; !ok {
+			seen[g] = struct{}{}
+			out = append(out, g)
+		}
+	}
+	return out
 }

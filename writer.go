@@ -3,7 +3,6 @@ package pubsub
 import (
 	"runtime"
 	"sync"
-	"time"
 )
 
 // writers writes the outboxes that have frames queued. A send puts its
@@ -21,19 +20,15 @@ import (
 // creation and scheduling and the write deadline on every write, and bounds
 // the goroutines a broadcast to many connections wakes.
 type writers struct {
+	svc     *Service
 	mu      sync.Mutex
-	ring    []flushJob // a growable ring: queue[head], …, queue[head+n-1]
+	ring    []*outbox // a growable ring: queue[head], …, queue[head+n-1]
 	head, n int
 	running int
 	limit   int // GOMAXPROCS when the first running writer started
 	// parallel is the latest writes' verdict on whether more than one
 	// writer is worth it (writeStats.parallel).
 	parallel bool
-}
-
-type flushJob struct {
-	c *conn
-	o *outbox
 }
 
 // maxSpareSlices bounds the slice array an outbox keeps for its next
@@ -45,15 +40,16 @@ const maxSpareSlices = 64
 const writerChunk = 16
 
 // schedule queues o (whose flushing flag the caller set) to be written.
-func (w *writers) schedule(c *conn, o *outbox) {
+func (w *writers) schedule(o *outbox) {
 	w.mu.Lock()
-	w.pushLocked(flushJob{c, o})
+	w.pushLocked(o)
 	if w.running == 0 {
 		w.limit = runtime.GOMAXPROCS(0) // read once per busy spell: it takes the scheduler's lock
 	}
 	spawn := w.running == 0 || w.wantsMoreLocked()
 	if spawn {
 		w.running++
+		w.svc.active.add()
 	}
 	w.mu.Unlock()
 	if spawn {
@@ -67,9 +63,9 @@ func (w *writers) wantsMoreLocked() bool {
 	return w.parallel && w.running < w.limit && w.n >= writerChunk
 }
 
-func (w *writers) pushLocked(j flushJob) {
+func (w *writers) pushLocked(j *outbox) {
 	if w.n == len(w.ring) {
-		grown := make([]flushJob, max(64, 2*len(w.ring)))
+		grown := make([]*outbox, max(64, 2*len(w.ring)))
 		for i := 0; i < w.n; i++ {
 			grown[i] = w.ring[(w.head+i)%len(w.ring)]
 		}
@@ -80,11 +76,11 @@ func (w *writers) pushLocked(j flushJob) {
 }
 
 // popLocked moves up to len(dst) jobs from the front of the queue to dst.
-func (w *writers) popLocked(dst []flushJob) int {
+func (w *writers) popLocked(dst []*outbox) int {
 	k := min(w.n, len(dst))
 	for i := range k {
 		dst[i] = w.ring[w.head]
-		w.ring[w.head] = flushJob{}
+		w.ring[w.head] = nil
 		w.head = (w.head + 1) % len(w.ring)
 	}
 	w.n -= k
@@ -94,8 +90,9 @@ func (w *writers) popLocked(dst []flushJob) int {
 // run is one writer: it serves the queue until it is empty, or until it
 // is one writer too many.
 func (w *writers) run() {
-	var batch [writerChunk]flushJob
-	var again []flushJob
+	defer w.svc.active.done()
+	var batch [writerChunk]*outbox
+	var again []*outbox
 	var scratch writeScratch
 	var st writeStats
 	for {
@@ -123,16 +120,17 @@ func (w *writers) run() {
 		spawn := w.wantsMoreLocked()
 		if spawn {
 			w.running++
+			w.svc.active.add()
 		}
 		w.mu.Unlock()
 		if spawn {
 			go w.run()
 		}
 		for i := range k {
-			if batch[i].c.writeOnce(batch[i].o, &scratch, &st) {
+			if batch[i].writeOnce(&scratch, &st) {
 				again = append(again, batch[i])
 			}
-			batch[i] = flushJob{}
+			batch[i] = nil
 		}
 	}
 }
@@ -153,54 +151,55 @@ func (st writeStats) parallel() bool {
 	return st.frames < 2*st.writes || st.bytes > 64<<10*st.writes
 }
 
-// kick starts writing o, whose flushing flag the caller set: on a writer
-// when the socket can be written without blocking, else on a goroutine.
-func (c *conn) kick(o *outbox) {
-	c.hub.svc.writers.schedule(c, o)
-}
-
 // writeOnce writes what o holds without blocking and reports whether o has
 // more to write (it is to be queued again). Everything but a plain batch of
 // frames on a socket that can be written directly — a close frame, a TLS
 // connection, a write that did not take everything — goes to flush on a
-// goroutine of its own, which then owns o until its queue is empty.
-func (c *conn) writeOnce(o *outbox, s *writeScratch, st *writeStats) (more bool) {
-	c.outMu.Lock()
-	if o.closed || len(o.frames) == 0 && o.closeReq == nil {
+// goroutine of its own, which then owns o until its queue is empty. A panic
+// ends o's transport alone.
+func (o *outbox) writeOnce(s *writeScratch, st *writeStats) (more bool) {
+	defer o.recoverWrite()
+	o.mu.Lock()
+	if o.closed || len(o.frames) == 0 && !o.closing {
 		o.flushing = false
-		c.outMu.Unlock()
+		o.mu.Unlock()
 		return false
 	}
-	if o.closeReq != nil || o.raw == nil {
-		c.outMu.Unlock()
-		go c.flush(o, nil)
+	raw := o.w.raw
+	if o.closing || raw == nil {
+		o.mu.Unlock()
+		o.startFlush(nil)
 		return false
 	}
 	batch, expires, frames := o.frames, o.expires, o.queued
 	o.frames, o.expires, o.spare, o.queued = o.spare[:0], nil, nil, 0
-	c.outMu.Unlock()
+	taken := byteLen(batch)
+	o.account(-taken, taken)
+	o.mu.Unlock()
 
 	dropped := 0
 	if expires != nil {
 		batch, dropped = dropExpired(batch, expires)
 	}
-	total := byteLen(batch)
+	total := taken - dropped
+	callWriteHook(batch)
 	written, err := 0, error(nil)
 	if total > 0 {
-		written, err = s.writev(o.raw, batch)
+		written, err = s.writev(raw, batch)
 	}
 
-	c.outMu.Lock()
-	o.size -= dropped + written
+	o.mu.Lock()
+	o.account(0, -(dropped + written))
 	switch {
 	case err != nil:
-		c.outMu.Unlock()
-		c.abort(o)
+		o.account(0, -(total - written))
+		o.mu.Unlock()
+		o.abort()
 		return false
 	case written < total:
 		// The socket is full: wait for it on a goroutine of its own.
-		c.outMu.Unlock()
-		go c.flush(o, unwritten(batch, written))
+		o.mu.Unlock()
+		o.startFlush(unwritten(batch, written))
 		return false
 	}
 	st.writes++
@@ -210,12 +209,19 @@ func (c *conn) writeOnce(o *outbox, s *writeScratch, st *writeStats) (more bool)
 		clear(batch[:cap(batch)])
 		o.spare = batch[:0]
 	}
-	more = len(o.frames) > 0 || o.closeReq != nil
+	more = !o.closed && (len(o.frames) > 0 || o.closing)
 	if !more {
 		o.flushing = false
 	}
-	c.outMu.Unlock()
+	o.mu.Unlock()
 	return more
+}
+
+// startFlush hands writing o to a goroutine of its own, starting with
+// rest.
+func (o *outbox) startFlush(rest [][]byte) {
+	o.w.svc.active.add()
+	go o.flush(rest)
 }
 
 // unwritten returns what of batch is left after its first n bytes were
@@ -231,7 +237,3 @@ func unwritten(batch [][]byte, n int) [][]byte {
 	return batch
 }
 
-// writeDeadline is when a blocking write that started now gives up.
-func (c *conn) writeDeadline() time.Time {
-	return time.Now().Add(c.hub.svc.cfg.WriteTimeout)
-}

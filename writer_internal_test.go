@@ -32,17 +32,17 @@ func TestUnwritten(t *testing.T) {
 // growth.
 func TestWritersQueueOrder(t *testing.T) {
 	var w writers
-	conns := make([]conn, 500)
+	boxes := make([]outbox, 500)
 	next, want := 0, 0
-	var dst [7]flushJob
+	var dst [7]*outbox
 	for round := range 60 {
 		for range round % 13 {
-			w.pushLocked(flushJob{c: &conns[next%len(conns)]})
+			w.pushLocked(&boxes[next%len(boxes)])
 			next++
 		}
 		k := w.popLocked(dst[:round%5])
 		for _, j := range dst[:k] {
-			if j.c != &conns[want%len(conns)] {
+			if j != &boxes[want%len(boxes)] {
 				t.Fatalf("round %d: job %d out of order", round, want)
 			}
 			want++
@@ -51,7 +51,7 @@ func TestWritersQueueOrder(t *testing.T) {
 	for w.n > 0 {
 		k := w.popLocked(dst[:])
 		for _, j := range dst[:k] {
-			if j.c != &conns[want%len(conns)] {
+			if j != &boxes[want%len(boxes)] {
 				t.Fatalf("draining: job %d out of order", want)
 			}
 			want++
@@ -59,5 +59,31 @@ func TestWritersQueueOrder(t *testing.T) {
 	}
 	if want != next {
 		t.Fatalf("popped %d of %d", want, next)
+	}
+}
+
+func TestSplitChunk(t *testing.T) {
+	str := func(bufs [][]byte) []string {
+		var out []string
+		for _, b := range bufs {
+			out = append(out, string(b))
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		limit       int
+		chunk, rest []string
+	}{
+		{10, []string{"ab", "cde", "", "f"}, nil},
+		{6, []string{"ab", "cde", "", "f"}, nil},
+		{5, []string{"ab", "cde", ""}, []string{"f"}},
+		{4, []string{"ab", "cd"}, []string{"e", "", "f"}},
+		{1, []string{"a"}, []string{"b", "cde", "", "f"}},
+	} {
+		batch := [][]byte{[]byte("ab"), []byte("cde"), nil, []byte("f")}
+		chunk, rest := splitChunk(batch, tc.limit)
+		if !slices.Equal(str(chunk), tc.chunk) || !slices.Equal(str(rest), tc.rest) {
+			t.Errorf("splitChunk(%d) = %q, %q; want %q, %q", tc.limit, str(chunk), str(rest), tc.chunk, tc.rest)
+		}
 	}
 }

@@ -207,12 +207,14 @@ func decodeData(t DataType, raw json.RawMessage) ([]byte, error) {
 // complete JSON frame to dst and returns the extended slice, so that callers
 // can reserve room for a WebSocket header in front and encode in place.
 
-// AckError names of spec §6.2.
+// AckError names of spec §6.2, and TooManyRequests, this service's answer
+// to a client over its message rate (clients must tolerate new names).
 const (
 	AckForbidden           = "Forbidden"
 	AckDuplicate           = "Duplicate"
 	AckInternalServerError = "InternalServerError"
 	AckBadRequest          = "BadRequest"
+	AckTooManyRequests     = "TooManyRequests"
 )
 
 // AppendAck appends an ack frame. An empty errName means success.

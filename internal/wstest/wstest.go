@@ -136,6 +136,12 @@ func DialJSON(t testing.TB, url string) (*Client, string) {
 	return c, m["connectionId"].(string)
 }
 
+// Frames delivers the frames received, for a test that reads them itself.
+func (c *Client) Frames() <-chan Frame { return c.frames }
+
+// Done is closed when the connection is.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
 // Next returns the next frame, failing the test if none comes.
 func (c *Client) Next() Frame {
 	c.t.Helper()
@@ -238,13 +244,13 @@ func HandshakeStatus(t testing.TB, rawURL string, header http.Header) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", "websocket")
 	req.Header.Set("Sec-WebSocket-Version", "13")
 	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	for k, v := range header { // the test's headers win
+		req.Header[k] = v
+	}
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections() // no idle connection outlives the test
 	resp, err := (&http.Client{Transport: tr}).Do(req)

@@ -1,0 +1,107 @@
+package pubsub
+
+import (
+	"fmt"
+	"runtime/debug"
+	"slices"
+	"time"
+)
+
+// This file holds the bounds on what clients can make the service hold
+// beyond one connection's own limits: the service-wide budgets of inbound
+// and buffered bytes, a connection's message rate, and what a panic costs.
+
+// reserveInbound takes n bytes of the inbound budget (n < 0 gives them
+// back) and reports whether they fit.
+func (s *Service) reserveInbound(n int64) bool {
+	if s.inboundBytes.Add(n) > s.cfg.MaxInboundBytes && n > 0 {
+		s.inboundBytes.Add(-n)
+		return false
+	}
+	return true
+}
+
+// buffered counts n more bytes held for clients (n < 0: fewer). Past
+// MaxBufferedBytes, the connections holding the most are shed.
+func (s *Service) buffered(n int) {
+	if s.bufferedBytes.Add(int64(n)) > s.cfg.MaxBufferedBytes && n > 0 && s.shedding.CompareAndSwap(false, true) {
+		s.active.add()
+		go s.shed() // not here: the caller may hold a connection's lock
+	}
+}
+
+// shed closes the connections holding the most buffered bytes until a
+// tenth of the budget would be free again. Their queues are dropped at
+// once; replay buffers go with their release.
+func (s *Service) shed() {
+	defer s.active.done()
+	defer s.shedding.Store(false)
+	excess := s.bufferedBytes.Load() - s.cfg.MaxBufferedBytes*9/10
+	if excess <= 0 {
+		return
+	}
+	type holder struct {
+		c *conn
+		n int
+	}
+	var all []holder
+	s.eachConn(func(c *conn) {
+		if n := c.heldBytes(); n > 0 {
+			all = append(all, holder{c, n})
+		}
+	})
+	slices.SortFunc(all, func(a, b holder) int { return b.n - a.n })
+	for _, h := range all {
+		if excess <= 0 {
+			break
+		}
+		excess -= int64(h.n)
+		s.budgetDisconnects.Add(1)
+		s.log.Warn("closing a client: the service's buffer budget is exhausted and it holds the most",
+			"hub", h.c.hub.name, "connectionId", h.c.id, "bytes", h.n)
+		h.c.mu.Lock()
+		after := h.c.closeLocked(DisconnectBufferBudget, true)
+		h.c.mu.Unlock()
+		after.run(h.c)
+	}
+}
+
+// rateLimiter is a token bucket of one connection's inbound messages: up
+// to a second's worth at once, refilled continuously. The read loop alone
+// uses it.
+type rateLimiter struct {
+	rate   float64 // messages per second; 0: no limit
+	tokens float64
+	last   time.Time
+}
+
+func (l *rateLimiter) init(perSecond int) {
+	if perSecond > 0 {
+		l.rate, l.tokens, l.last = float64(perSecond), float64(perSecond), time.Now()
+	}
+}
+
+// allow takes one message from the bucket.
+func (l *rateLimiter) allow() bool {
+	if l.rate == 0 {
+		return true
+	}
+	now := time.Now()
+	l.tokens = min(l.rate, l.tokens+now.Sub(l.last).Seconds()*l.rate)
+	l.last = now
+	if l.tokens < 1 {
+		return false
+	}
+	l.tokens--
+	return true
+}
+
+func (c *conn) rateLimited() { c.svc.rateLimited.Add(1) }
+
+// panicked logs and counts a panic recovered on a connection's read or
+// write path.
+func (s *Service) panicked(path string, r any) {
+	s.panics.Add(1)
+	s.log.Error("recovered a panic on a connection's "+path+" path; closing it",
+		"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+}

@@ -1,0 +1,338 @@
+package pubsub_test
+
+// Tests of the bounds on what one client, or a few, can make the service
+// hold: groups, hubs, unfinished inbound messages, buffered outbound bytes
+// and the inbound message rate.
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/internal/wstest"
+)
+
+func TestGroupsPerConnectionAreBounded(t *testing.T) {
+	e := newEnv(t, pubsub.Config{MaxGroupsPerConnection: 5})
+	c, id := wstest.DialJSON(t, e.url(pubsub.TokenOptions{Roles: allRoles, Groups: []string{"g0"}}))
+	for i := 1; i <= 4; i++ {
+		c.Send(fmt.Sprintf(`{"type":"joinGroup","group":"g%d","ackId":%d}`, i, i))
+		c.ExpectAck(i, "")
+	}
+	c.Send(`{"type":"joinGroup","group":"g5","ackId":5}`)
+	if m := c.ExpectAck(5, "BadRequest"); !strings.Contains(fmt.Sprint(m["error"]), "5 groups") {
+		t.Fatalf("ack %v", m)
+	}
+	// Rejoining a group it is in costs nothing; leaving makes room.
+	c.Send(`{"type":"joinGroup","group":"g1","ackId":6}`)
+	c.ExpectAck(6, "")
+	c.Send(`{"type":"leaveGroup","group":"g1","ackId":7}`)
+	c.ExpectAck(7, "")
+	c.Send(`{"type":"joinGroup","group":"g5","ackId":8}`)
+	c.ExpectAck(8, "")
+	ctx := context.Background()
+	if err := e.hub.AddConnectionToGroup(ctx, "g6", id); !errors.Is(err, pubsub.ErrTooManyGroups) {
+		t.Fatalf("AddConnectionToGroup: %v", err)
+	}
+	if ok, _ := e.hub.GroupExists(ctx, "g6"); ok {
+		t.Fatal("the refused group exists")
+	}
+	// A token that names more groups than the bound is refused.
+	groups := []string{"a", "b", "c", "d", "e", "f"}
+	if got := wstest.HandshakeStatus(t, e.url(pubsub.TokenOptions{Groups: groups}), nil); got != http.StatusBadRequest {
+		t.Fatalf("status %d", got)
+	}
+}
+
+func TestHubsAreBoundedAndPruned(t *testing.T) {
+	e := newEnv(t, pubsub.Config{MaxHubs: 2})
+	dial := func(hub string) *wstest.Client {
+		u, err := e.svc.ClientURL(hub, pubsub.TokenOptions{})
+		must(t, err)
+		c, _ := wstest.DialJSON(t, u)
+		return c
+	}
+	a := dial("a")
+	dial("b")
+	dial("b")
+	if n := e.svc.Stats().Hubs; n != 2 {
+		t.Fatalf("%d hubs", n)
+	}
+	u, _ := e.svc.ClientURL("c", pubsub.TokenOptions{})
+	if got := wstest.HandshakeStatus(t, u, nil); got != http.StatusServiceUnavailable {
+		t.Fatalf("a third hub: status %d", got)
+	}
+	// Operations on a hub no client holds do not create it.
+	h, err := e.svc.Hub("d")
+	must(t, err)
+	must(t, h.SendToAll(context.Background(), pubsub.TextMessage("nobody")))
+	if n := e.svc.Stats().Hubs; n != 2 {
+		t.Fatalf("%d hubs", n)
+	}
+	// An empty hub is pruned, which makes room for another.
+	a.Conn.WriteClose(1000, nil)
+	deadline := time.Now().Add(waitFor)
+	for e.svc.Stats().Hubs != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d hubs", e.svc.Stats().Hubs)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c := dial("c")
+	hc, _ := e.svc.Hub("C") // case-insensitive: the same hub
+	must(t, hc.SendToAll(context.Background(), pubsub.TextMessage("hi")))
+	if m := c.NextJSON(); m["data"] != "hi" {
+		t.Fatalf("got %v", m)
+	}
+}
+
+// An unfinished message (here a first fragment whose last never comes) is
+// closed after MessageTimeout, however many pings the client sends: they
+// used to keep it, and the memory gws holds for it, alive for ever.
+func TestUnfinishedMessagesTimeOut(t *testing.T) {
+	rec := newRecorder()
+	e := newEnv(t, pubsub.Config{EventHandler: rec, MessageTimeout: 300 * time.Millisecond})
+	other, otherID := wstest.DialJSON(t, e.url(pubsub.TokenOptions{}))
+	for _, tc := range []struct {
+		name  string
+		start func(c *wstest.RawClient) error
+	}{
+		{"fragment", func(c *wstest.RawClient) error { return c.WriteFrame(false, 0x1, []byte(strings.Repeat("x", 1024))) }},
+		{"frame", func(c *wstest.RawClient) error {
+			frame := wsClientFrame(0x1, make([]byte, 64<<10))
+			return c.Write(frame[:32<<10])
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := wstest.RawDial(t, e.url(pubsub.TokenOptions{UserID: tc.name}))
+			must(t, tc.start(c))
+			type closeFrame struct {
+				code   uint16
+				reason string
+			}
+			closed := make(chan closeFrame, 1)
+			go func() {
+				for {
+					op, p, err := c.ReadFrame()
+					if err != nil {
+						closed <- closeFrame{1006, err.Error()}
+						return
+					}
+					if op == 0x8 && len(p) >= 2 {
+						closed <- closeFrame{binary.BigEndian.Uint16(p), string(p[2:])}
+						return
+					}
+				}
+			}()
+			// Pings between fragments are allowed, and keep the client
+			// seen; only the unfinished message counts.
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			bound := time.After(waitFor)
+			for {
+				select {
+				case cf := <-closed:
+					if cf.code != 1008 || !strings.Contains(cf.reason, "MessageTimeout") {
+						t.Fatalf("close %d %q", cf.code, cf.reason)
+					}
+				case <-tick.C:
+					if tc.name == "fragment" {
+						_ = c.WriteFrame(true, 0x9, nil)
+					}
+					continue
+				case <-bound:
+					t.Fatal("not closed")
+				}
+				break
+			}
+			if d := rec.nextDisconnect(t); d.Conn.UserID != tc.name {
+				t.Fatalf("disconnected %+v", d)
+			}
+		})
+	}
+	if n := e.svc.Stats().MessageTimeouts; n != 2 {
+		t.Fatalf("MessageTimeouts %d", n)
+	}
+	e.barrier(other, otherID)
+}
+
+// wsClientFrame is a whole masked client frame (mask key zero).
+func wsClientFrame(opcode byte, payload []byte) []byte {
+	h := []byte{0x80 | opcode, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	n := len(payload)
+	for i := 0; i < 8; i++ {
+		h[9-i] = byte(n >> (8 * i))
+	}
+	return append(h, payload...)
+}
+
+// The bytes of messages being received, across all clients, are bounded:
+// a client whose message would pass the bound is closed (1013), and the
+// others' messages are not affected.
+func TestInboundBytesAreBounded(t *testing.T) {
+	got := make(chan int, 4)
+	e := newEnv(t, pubsub.Config{MaxInboundBytes: 1 << 20, EventHandler: pubsub.EventHandlerFuncs{
+		OnUserEvent: func(_ context.Context, req *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
+			got <- len(req.Data)
+			return nil, nil
+		},
+	}})
+	a := wstest.RawDial(t, e.url(pubsub.TokenOptions{UserID: "a"}))
+	b := wstest.RawDial(t, e.url(pubsub.TokenOptions{UserID: "b"}))
+	fa := wsClientFrame(0x2, make([]byte, 600<<10))
+	fb := wsClientFrame(0x2, make([]byte, 600<<10))
+	must(t, a.Write(fa[:1024]))
+	// a's message is under way (its header was read) before b's starts.
+	deadline := time.Now().Add(waitFor)
+	for e.svc.Stats().InboundBytes == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("a's message never started")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	must(t, b.Write(fb[:1024]))
+	if code, reason := expectRawClose(t, b); code != 1013 || !strings.Contains(reason, "inbound") {
+		t.Fatalf("b closed %d %q", code, reason)
+	}
+	must(t, a.Write(fa[1024:]))
+	select {
+	case n := <-got:
+		if n != 600<<10 {
+			t.Fatalf("a's message: %d bytes", n)
+		}
+	case <-timeAfter():
+		t.Fatal("a's message never arrived")
+	}
+	if n := e.svc.Stats().InboundBudgetDisconnects; n != 1 {
+		t.Fatalf("InboundBudgetDisconnects %d", n)
+	}
+}
+
+// Reliable clients that never acknowledge, and clients that do not read,
+// share one service-wide budget: past it the connections holding the most
+// are closed first, and the others keep being served.
+func TestBufferedBytesAreBoundedServiceWide(t *testing.T) {
+	rec := newRecorder()
+	e := newEnv(t, pubsub.Config{EventHandler: rec, MaxBufferedBytes: 4 << 20})
+	ctx := context.Background()
+	hog := dialReliable(t, e.url(pubsub.TokenOptions{UserID: "hog", Groups: []string{"g"}}))
+	good := dialReliable(t, e.url(pubsub.TokenOptions{UserID: "good", Groups: []string{"g"}}))
+	payload := strings.Repeat("x", 64<<10)
+	send := func(n int, to string) {
+		for range n {
+			must(t, e.hub.SendToGroup(ctx, to, pubsub.TextMessage(payload)))
+		}
+	}
+	for i := 1; i <= 30; i++ { // the hog holds about 2 MB it never acknowledges
+		send(1, "g")
+		good.readUntil(i)
+		good.ack()
+	}
+	late := dialReliable(t, e.url(pubsub.TokenOptions{UserID: "late", Groups: []string{"g", "late"}}))
+	send(10, "late") // late holds less than the hog
+	for i := 0; ; i++ {
+		if i == 200 {
+			t.Fatal("the budget never closed anyone")
+		}
+		send(1, "g")
+		good.readUntil(31 + i)
+		good.ack()
+		if e.svc.Stats().BufferBudgetDisconnects > 0 {
+			break
+		}
+	}
+	if d := rec.nextDisconnect(t); d.Conn.UserID != "hog" || !strings.Contains(d.reason, "budget") {
+		t.Fatalf("first closed %+v", d)
+	}
+	if info, _ := hog.c.ExpectClose(); info.Code != 1008 {
+		t.Fatalf("hog closed %+v", info)
+	}
+	expectNotRecovered(t, hog.recoveryURL(hog.connID, hog.token))
+	_ = late
+	must(t, e.hub.SendToGroup(ctx, "g", pubsub.TextMessage("after")))
+	for {
+		f := good.c.Next()
+		if strings.Contains(string(f.Data), `"after"`) {
+			break
+		}
+	}
+}
+
+func TestInboundMessageRateIsBoundedWhenSet(t *testing.T) {
+	e := newEnv(t, pubsub.Config{MaxMessagesPerSecond: 5, EventHandler: pubsub.EventHandlerFuncs{
+		OnUserEvent: func(context.Context, *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) { return nil, nil },
+	}})
+	c, id := wstest.DialJSON(t, e.url(pubsub.TokenOptions{Roles: allRoles}))
+	refused := 0
+	for i := 1; i <= 20; i++ {
+		c.Send(fmt.Sprintf(`{"type":"joinGroup","group":"g","ackId":%d}`, i))
+	}
+	for i := 1; i <= 20; i++ {
+		m := c.NextJSON()
+		if m["success"] == false {
+			if e, _ := m["error"].(map[string]any); e["name"] != "TooManyRequests" {
+				t.Fatalf("ack %v", m)
+			}
+			refused++
+		}
+	}
+	if refused < 10 {
+		t.Fatalf("%d of 20 requests refused at 5 per second", refused)
+	}
+	e.barrier(c, id) // still connected
+	if n := e.svc.Stats().RateLimited; n != int64(refused) {
+		t.Fatalf("RateLimited %d, want %d", n, refused)
+	}
+	// A simple client over the rate is closed: it has no ack to refuse with.
+	s := wstest.Dial(t, e.url(pubsub.TokenOptions{}), nil)
+	for range 20 {
+		_ = s.Conn.WriteString("x")
+	}
+	if info, _ := s.ExpectClose(); info.Code != 1008 || !strings.Contains(info.Reason, "rate") {
+		t.Fatalf("simple client closed %+v", info)
+	}
+}
+
+// A panic in the service's own code on a connection's read or write path
+// closes that connection (1011 where a close frame can still be written)
+// and is counted; the process and the other clients go on.
+func TestPanicsCloseOnlyTheirConnection(t *testing.T) {
+	rec := newRecorder()
+	e := newEnv(t, pubsub.Config{EventHandler: rec})
+	pubsub.SetTestHooks(t, func(payload []byte) {
+		if string(payload) == "boom" {
+			panic("read path")
+		}
+	}, func(frame []byte) {
+		if strings.Contains(string(frame), "kaboom") {
+			panic("write path")
+		}
+	})
+	other, otherID := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "other"}))
+	r := wstest.Dial(t, e.url(pubsub.TokenOptions{UserID: "reader"}), nil)
+	r.Conn.WriteString("boom")
+	if info, _ := r.ExpectClose(); info.Code != 1011 {
+		t.Fatalf("read path panic closed %+v", info)
+	}
+	if d := rec.nextDisconnect(t); d.Conn.UserID != "reader" {
+		t.Fatalf("disconnected %+v", d)
+	}
+	w, wid := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "writer"}))
+	must(t, e.hub.SendToConnection(context.Background(), wid, pubsub.TextMessage("kaboom")))
+	if info, _ := w.ExpectClose(); info.Code != 1006 && info.Code != 1011 {
+		t.Fatalf("write path panic closed %+v", info)
+	}
+	if d := rec.nextDisconnect(t); d.Conn.UserID != "writer" {
+		t.Fatalf("disconnected %+v", d)
+	}
+	if n := e.svc.Stats().Panics; n != 2 {
+		t.Fatalf("Panics %d", n)
+	}
+	e.barrier(other, otherID)
+}

@@ -1,0 +1,302 @@
+package pubsub
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lxzan/gws"
+)
+
+// wire is one transport of a connection: a WebSocket over one TCP (or TLS)
+// connection, with its outbound queue and its read loop. A reliable
+// connection may have several over its life, one at a time.
+//
+// gws parses the frames, but every byte it reads and writes passes through
+// the wire (wireConn): inbound, so that an unfinished message is bounded in
+// time and in the service's inbound budget; outbound, so that gws's own
+// close frames join the outbox rather than being written between the
+// writers' frames.
+type wire struct {
+	svc *Service
+	c   *conn
+	out outbox
+
+	nc       net.Conn        // the hijacked connection; nil until then
+	raw      syscall.RawConn // nc's socket, for non-blocking writes; nil for TLS
+	socket   *gws.Conn
+	upgraded atomic.Bool // the 101 is written: gws's writes go to the outbox
+
+	readDone chan struct{} // closed when the read loop has ended
+	closeErr error         // what gws reported on close; read loop only
+	in       inbound       // read loop only
+}
+
+func newWire(c *conn) *wire {
+	w := &wire{svc: c.svc, c: c, readDone: make(chan struct{})}
+	w.out.w = w
+	return w
+}
+
+// clientClosed reports whether the client ended the transport with a close
+// frame of its own (any code, or none): that ends a reliable session too.
+// Read loop only, after it ended.
+func (w *wire) clientClosed() bool {
+	var ce *gws.CloseError
+	return errors.As(w.closeErr, &ce)
+}
+
+// upgrade completes the WebSocket handshake on the hijacked connection nc,
+// whose buffered reader br may hold bytes the client sent after its request.
+func (w *wire) upgrade(u *gws.Upgrader, nc net.Conn, br *bufio.Reader, r *http.Request) error {
+	w.nc, w.raw = nc, rawConn(nc)
+	wc := &wireConn{Conn: nc, w: w}
+	if br != nil && br.Buffered() > 0 {
+		wc.pre = br
+	}
+	socket, err := u.UpgradeFromConn(wc, bufio.NewReaderSize(wc, readBufferSize), r)
+	if err != nil {
+		return err
+	}
+	socket.Session().(*session).wire = w
+	w.socket = socket
+	w.upgraded.Store(true)
+	w.out.start()
+	return nil
+}
+
+// readLoop reads the transport's messages and hands them to the
+// connection, one at a time, until the transport ends. It starts reading
+// only once previous, the read loop of the transport this one replaced, has
+// ended. A panic in it ends this transport alone.
+func (w *wire) readLoop(previous <-chan struct{}) {
+	defer w.svc.active.done()
+	if previous != nil {
+		<-previous
+	}
+	defer close(w.readDone)
+	c := w.c
+	c.opened()
+	for w.readOne() {
+	}
+	w.in.release(w.svc)
+	c.transportEnded(w)
+}
+
+// readOne reads and handles one message; false ends the read loop.
+func (w *wire) readOne() (more bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			w.svc.panicked("read", r)
+			w.c.close(DisconnectInternalError)
+			more = false
+		}
+	}()
+	msg, err := w.socket.ReadMessage()
+	if err != nil {
+		return false
+	}
+	defer msg.Close()
+	w.c.lastSeen.Store(time.Now().UnixNano())
+	w.c.handleFrame(msg.Opcode == gws.OpcodeBinary, msg.Bytes())
+	return true
+}
+
+// wireConn is the net.Conn gws reads and writes: the hijacked connection,
+// seen through the wire.
+type wireConn struct {
+	net.Conn
+	w   *wire
+	pre *bufio.Reader // what the HTTP server read past the request
+}
+
+// Read reads for gws and follows the frames it returns, so that an
+// unfinished message is bounded (inbound.scan).
+func (wc *wireConn) Read(p []byte) (int, error) {
+	var n int
+	var err error
+	if wc.pre != nil {
+		n, err = wc.pre.Read(p)
+		if wc.pre.Buffered() == 0 {
+			wc.pre = nil
+		}
+	} else {
+		n, err = wc.Conn.Read(p)
+	}
+	w := wc.w
+	if err != nil {
+		if w.in.armed && errors.Is(err, os.ErrDeadlineExceeded) {
+			w.svc.messageTimeouts.Add(1)
+			w.c.close(DisconnectMessageTimeout)
+		}
+		return n, err
+	}
+	if !w.upgraded.Load() {
+		return n, nil // the handshake's own bytes, if any
+	}
+	if serr := w.in.scan(p[:n], w.svc); serr != nil {
+		w.svc.inboundBudgetDisconnects.Add(1)
+		w.c.close(DisconnectInboundBudget)
+		return 0, serr
+	}
+	w.in.deadline(wc.Conn, w.svc.cfg.MessageTimeout)
+	return n, nil
+}
+
+// Write takes gws's writes: the 101 before the upgrade, then only close
+// frames, which go to the outbox.
+func (wc *wireConn) Write(p []byte) (int, error) {
+	if !wc.w.upgraded.Load() {
+		return wc.Conn.Write(p)
+	}
+	wc.w.out.gwsWrite(p)
+	return len(p), nil
+}
+
+// Close is gws closing the connection: after the upgrade, once the outbox
+// has written its close frame.
+func (wc *wireConn) Close() error {
+	if !wc.w.upgraded.Load() {
+		return wc.Conn.Close()
+	}
+	wc.w.out.gwsClose()
+	return nil
+}
+
+// inbound follows the frames of a transport's inbound byte stream (client
+// frames are masked: a 2-byte head, 0, 2 or 8 bytes of length, a 4-byte
+// mask), to know when a message is unfinished and how many bytes gws holds
+// for it.
+type inbound struct {
+	head     [14]byte
+	headLen  int   // bytes of head read
+	headNeed int   // the head's length once known; 0 between frames
+	left     int64 // payload bytes of the current frame not yet read
+	inFrame  bool  // a frame is under way
+	data     bool  // the current frame is a data frame
+	fin      bool  // the current frame ends its message
+	frag     bool  // a fragmented message is under way
+	reserved int64 // bytes of the service's inbound budget this message holds
+	since    time.Time
+	armed    bool // a read deadline bounds the unfinished message
+}
+
+// errInboundBudget ends a transport whose message would pass the service's
+// inbound budget.
+var errInboundBudget = errors.New("pubsub: the service's inbound budget is exhausted")
+
+// scan follows p, the next bytes of the stream. It reserves the payload of
+// data frames that gws must hold whole (large frames, and the fragments of
+// a message) from the service's inbound budget, and releases it when the
+// message is complete.
+func (in *inbound) scan(p []byte, s *Service) error {
+	for len(p) > 0 {
+		if in.left > 0 {
+			k := min(int64(len(p)), in.left)
+			in.left -= k
+			p = p[k:]
+			if in.left == 0 {
+				in.frameDone(s)
+			}
+			continue
+		}
+		// A frame head.
+		in.inFrame = true
+		in.head[in.headLen] = p[0]
+		in.headLen++
+		p = p[1:]
+		if in.headLen == 2 {
+			in.headNeed = 2
+			switch in.head[1] & 0x7f {
+			case 126:
+				in.headNeed += 2
+			case 127:
+				in.headNeed += 8
+			}
+			if in.head[1]&0x80 != 0 {
+				in.headNeed += 4
+			}
+		}
+		if in.headLen < 2 || in.headLen < in.headNeed {
+			continue
+		}
+		if err := in.headDone(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// headDone starts the payload of the frame whose head was read.
+func (in *inbound) headDone(s *Service) error {
+	var size uint64
+	switch l := in.head[1] & 0x7f; l {
+	case 126:
+		size = uint64(in.head[2])<<8 | uint64(in.head[3])
+	case 127:
+		for _, b := range in.head[2:10] {
+			size = size<<8 | uint64(b)
+		}
+	default:
+		size = uint64(l)
+	}
+	in.headLen, in.headNeed = 0, 0
+	opcode := in.head[0] & 0x0f
+	in.data, in.fin = opcode < 8, in.head[0]&0x80 != 0
+	if in.data {
+		if opcode != 0 && !in.fin {
+			in.frag = true
+		}
+		// gws refuses a frame over MaxMessageSize before reading it, so
+		// only what it will hold counts.
+		if size <= uint64(s.cfg.MaxMessageSize) && (in.frag || size > readBufferSize) {
+			if !s.reserveInbound(int64(size)) {
+				return errInboundBudget
+			}
+			in.reserved += int64(size)
+		}
+	}
+	in.left = int64(min(size, 1<<62))
+	if in.left == 0 {
+		in.frameDone(s)
+	}
+	return nil
+}
+
+// frameDone ends a frame; the final frame of a message ends the message.
+func (in *inbound) frameDone(s *Service) {
+	in.inFrame = false
+	if in.data && in.fin {
+		in.frag = false
+		in.release(s)
+	}
+}
+
+// release gives the message's reservation back.
+func (in *inbound) release(s *Service) {
+	if in.reserved != 0 {
+		s.reserveInbound(-in.reserved)
+		in.reserved = 0
+	}
+}
+
+// deadline bounds an unfinished message: it must be complete within
+// timeout of the read that began it, whatever else (pings) arrives
+// meanwhile. A message read whole costs no clock and no deadline.
+func (in *inbound) deadline(nc net.Conn, timeout time.Duration) {
+	unfinished := in.inFrame || in.frag
+	switch {
+	case unfinished && !in.armed:
+		in.since = time.Now()
+		in.armed = true
+		_ = nc.SetReadDeadline(in.since.Add(timeout))
+	case !unfinished && in.armed:
+		in.armed = false
+		_ = nc.SetReadDeadline(time.Time{})
+	}
+}
