@@ -18,10 +18,12 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/client/", svc.ClientHandler())               // WebSocket clients: /client/hubs/{hub}
-	mux.Handle("/api/", rest.NewHandler(svc, rest.Options{})) // the REST API Azure's server SDKs call
-	go http.ListenAndServe("localhost:8080", mux)
+	// WebSocket clients on /client/hubs/{hub}, the REST API Azure's server
+	// SDKs call on /api/, the application's own routes (nil: none) for the
+	// rest. Not behind http.ServeMux, which would redirect /users/../:send to
+	// the hub's /:send.
+	handler := rest.NewServiceHandler(svc, rest.Options{}, nil)
+	go http.ListenAndServe("localhost:8080", handler)
 
 	url, _ := svc.ClientURL("chat", pubsub.TokenOptions{UserID: "alice", Roles: []string{"webpubsub.joinLeaveGroup"}})
 	log.Println("clients connect to", url)

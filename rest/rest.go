@@ -37,7 +37,11 @@ var supportedAPIVersions = map[string]bool{
 	"2024-12-01": true,
 }
 
-// NewHandler returns the REST API of svc. Mount it at "/api/".
+// NewHandler returns the REST API of svc, for paths /api/…. It routes on
+// the raw path, where "." and ".." are names; mount it where nothing cleans
+// the path first. http.ServeMux does: it redirects a path with dot segments
+// (/api/hubs/h/users/../:send) to the cleaned one (/api/hubs/h/:send),
+// another operation. NewServiceHandler mounts it safely.
 func NewHandler(svc *pubsub.Service, opts Options) http.Handler {
 	if opts.MaxBodySize <= 0 {
 		opts.MaxBodySize = DefaultMaxBodySize

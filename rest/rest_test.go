@@ -36,14 +36,13 @@ type env struct {
 
 func newEnv(t *testing.T, opts rest.Options) *env {
 	t.Helper()
-	mux := http.NewServeMux()
-	srv := httptest.NewServer(mux)
-	svc, err := pubsub.New(pubsub.Config{Endpoint: srv.URL, AccessKey: primaryKey, SecondaryAccessKey: secondaryKey})
+	srv := httptest.NewUnstartedServer(nil)
+	svc, err := pubsub.New(pubsub.Config{Endpoint: "http://" + srv.Listener.Addr().String(), AccessKey: primaryKey, SecondaryAccessKey: secondaryKey})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux.Handle("/client/", svc.ClientHandler())
-	mux.Handle("/api/", rest.NewHandler(svc, opts))
+	srv.Config.Handler = rest.NewServiceHandler(svc, opts, nil)
+	srv.Start()
 	hub, _ := svc.Hub("chat")
 	e := &env{t: t, svc: svc, srv: srv, hub: hub, tr: &http.Transport{}}
 	t.Cleanup(func() {
@@ -117,13 +116,18 @@ func (e *env) send(method, u, contentType, body, auth string) response {
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
-	resp, err := (&http.Client{Transport: e.tr}).Do(req)
+	resp, err := e.client().Do(req)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return response{resp.StatusCode, resp.Header, b}
+}
+
+// client never follows a redirect: a redirect is an answer the test checks.
+func (e *env) client() *http.Client {
+	return &http.Client{Transport: e.tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
 
 func (e *env) expect(want int, r response) response {
@@ -493,5 +497,101 @@ func TestGenerateClientToken(t *testing.T) {
 	r = e.expect(400, e.do("POST", "hubs/chat/:generateToken", url.Values{"clientType": {"mqtt"}}, "", ""))
 	if d := r.errorDetail(t); d.Code != "NotSupported" {
 		t.Fatalf("MQTT: %+v", d)
+	}
+}
+
+// TestDotSegmentsAreNames: "." and ".." (also percent-encoded) in a path are
+// user, group and connection names like any other, never dot segments that
+// lead to another operation. Behind http.ServeMux,
+// /users/../:send was redirected to the hub's /:send.
+func TestDotSegmentsAreNames(t *testing.T) {
+	e := newEnv(t, rest.Options{})
+	dotdot, dotdotID := wstest.DialJSON(t, e.clientURL(pubsub.TokenOptions{UserID: "..", Groups: []string{".."}}))
+	dot, dotID := wstest.DialJSON(t, e.clientURL(pubsub.TokenOptions{UserID: ".", Groups: []string{"."}}))
+	alice, aliceID := wstest.DialJSON(t, e.clientURL(pubsub.TokenOptions{UserID: "alice", Groups: []string{"room"}}))
+	quiet := func() {
+		t.Helper()
+		e.barrier(dotdot, dotdotID)
+		e.barrier(dot, dotID)
+		e.barrier(alice, aliceID)
+	}
+
+	for _, tc := range []struct {
+		path string
+		to   *wstest.Client
+	}{
+		{"hubs/chat/users/../:send", dotdot},
+		{"hubs/chat/users/%2E%2E/:send", dotdot},
+		{"hubs/chat/users/%2e./:send", dotdot},
+		{"hubs/chat/users/./:send", dot},
+		{"hubs/chat/groups/../:send", dotdot},
+		{"hubs/chat/groups/%2E/:send", dot},
+	} {
+		e.expect(202, e.do("POST", tc.path, nil, "text/plain", tc.path))
+		if m := tc.to.NextJSON(); m["data"] != tc.path {
+			t.Fatalf("%s: got %v", tc.path, m)
+		}
+		quiet() // and nobody else got it
+	}
+
+	e.expect(200, e.do("HEAD", "hubs/chat/users/..", nil, "", ""))
+	e.expect(200, e.do("HEAD", "hubs/chat/groups/%2E%2E", nil, "", ""))
+	e.expect(404, e.do("HEAD", "hubs/chat/users/../..", nil, "", "")) // no such route, not hubs/chat
+	e.expect(404, e.do("HEAD", "hubs/chat/connections/..", nil, "", ""))
+	e.expect(204, e.do("POST", "hubs/chat/users/../:closeConnections", url.Values{"reason": {"dots"}}, "", ""))
+	if info, _ := dotdot.ExpectClose(); info.Reason != "dots" {
+		t.Fatalf("close %+v", info)
+	}
+	e.expect(404, e.do("HEAD", "hubs/chat/users/..", nil, "", ""))
+	e.expect(204, e.do("POST", "hubs/chat/groups/./:closeConnections", url.Values{"reason": {"dot"}}, "", ""))
+	if info, _ := dot.ExpectClose(); info.Reason != "dot" {
+		t.Fatalf("close %+v", info)
+	}
+	e.barrier(alice, aliceID) // alice is still connected
+}
+
+// TestServiceHandlerRoutes: the prefixes go where they belong, on the raw
+// path; anything else reaches next as it came, uncleaned (nil next: 404).
+func TestServiceHandlerRoutes(t *testing.T) {
+	svc, err := pubsub.New(pubsub.Config{Endpoint: "http://localhost", AccessKey: primaryKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Shutdown(t.Context())
+	var nextGot []string
+	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		nextGot = append(nextGot, r.URL.EscapedPath())
+		w.WriteHeader(http.StatusTeapot)
+	})
+	withNext, withoutNext := rest.NewServiceHandler(svc, rest.Options{}, next), rest.NewServiceHandler(svc, rest.Options{}, nil)
+	for _, tc := range []struct {
+		target string
+		want   int // 418: next
+	}{
+		{"/api/health", 200},                        // REST
+		{"/api/hubs/chat/users/../:send", 405},      // REST (it takes POST), not redirected
+		{"/client?hub=chat", 400},                   // the client endpoint: not an upgrade
+		{"/client/hubs/chat", 400},                  // the client endpoint
+		{"/client/../api/health", 404},              // the client endpoint's 404, not REST's health
+		{"/other/../api/health", http.StatusTeapot}, // next, uncleaned
+		{"/api", http.StatusTeapot},
+		{"/apiary", http.StatusTeapot},
+		{"/clients", http.StatusTeapot},
+	} {
+		w := httptest.NewRecorder()
+		withNext.ServeHTTP(w, httptest.NewRequest("GET", tc.target, nil))
+		if w.Code != tc.want {
+			t.Errorf("%s: %d, want %d", tc.target, w.Code, tc.want)
+		}
+		if tc.want == http.StatusTeapot {
+			w := httptest.NewRecorder()
+			withoutNext.ServeHTTP(w, httptest.NewRequest("GET", tc.target, nil))
+			if w.Code != http.StatusNotFound {
+				t.Errorf("%s without next: %d, want 404", tc.target, w.Code)
+			}
+		}
+	}
+	if want := []string{"/other/../api/health", "/api", "/apiary", "/clients"}; !slices.Equal(nextGot, want) {
+		t.Fatalf("next got %v, want %v", nextGot, want)
 	}
 }

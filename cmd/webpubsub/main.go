@@ -79,10 +79,9 @@ func run(args []string, stdout *os.File) error {
 		return err
 	}
 
-	mux := http.NewServeMux()
-	mux.Handle("/client/", svc.ClientHandler())
-	mux.Handle("/api/", rest.NewHandler(svc, rest.Options{Logger: log}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// Not http.ServeMux: it would redirect dot segments (users/../:send) to
+	// other operations.
+	srv := &http.Server{Handler: rest.NewServiceHandler(svc, rest.Options{Logger: log}, nil), ReadHeaderTimeout: 10 * time.Second}
 
 	fmt.Fprintf(stdout, "%s\n", cs)
 	log.Info("listening", "addr", ln.Addr().String(), "client", "/client/hubs/{hub}", "rest", "/api/")
