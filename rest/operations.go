@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -153,6 +154,12 @@ func (rq *request) body(max int64) ([]byte, bool) {
 	switch {
 	case errors.As(err, &tooLarge):
 		rq.fail(http.StatusRequestEntityTooLarge, "Error.PayloadTooLarge", "the body is larger than "+strconv.FormatInt(max, 10)+" bytes", "body")
+		return nil, false
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// 408: the request did not arrive in time (RFC 9110 §15.5.9); the
+		// rest of it is unread, so the connection cannot be reused.
+		rq.w.Header().Set("Connection", "close")
+		rq.fail(http.StatusRequestTimeout, "Error.RequestTimeout", "the body did not arrive within "+rq.readTimeout.String(), "body")
 		return nil, false
 	case err != nil:
 		rq.badRequest("reading the body: "+err.Error(), "body")

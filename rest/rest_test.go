@@ -1,9 +1,12 @@
 package rest_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -594,4 +597,102 @@ func TestServiceHandlerRoutes(t *testing.T) {
 	if want := []string{"/other/../api/health", "/api", "/apiary", "/clients"}; !slices.Equal(nextGot, want) {
 		t.Fatalf("next got %v, want %v", nextGot, want)
 	}
+}
+
+// rawConn opens a TCP connection to the test server that the test writes
+// HTTP/1.1 by hand on; every read on it gives up after wstest.WaitFor.
+func (e *env) rawConn() (net.Conn, *bufio.Reader) {
+	e.t.Helper()
+	c, err := net.Dial("tcp", e.srv.Listener.Addr().String())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	_ = c.SetReadDeadline(time.Now().Add(wstest.WaitFor))
+	return c, bufio.NewReader(c)
+}
+
+// chunkedHead is a request whose chunked body has begun with one chunk; the
+// test decides whether it ever ends.
+func (e *env) chunkedHead(method, path string, auth bool) string {
+	u := e.url(path, nil)
+	head := method + " " + strings.TrimPrefix(u, e.srv.URL) + " HTTP/1.1\r\nHost: " + e.srv.Listener.Addr().String() + "\r\n"
+	if auth {
+		head += "Authorization: Bearer " + token(e.t, primaryKey, jwt.MapClaims{"aud": u, "exp": time.Now().Add(time.Hour).Unix()}) + "\r\n"
+	}
+	return head + "Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+}
+
+// expectAnswerThenClose reads one response with the status, then the end
+// of the connection: the server closed it, rather than wait for the rest
+// of the body.
+func (e *env) expectAnswerThenClose(r *bufio.Reader, method string, status int) {
+	e.t.Helper()
+	resp, err := http.ReadResponse(r, &http.Request{Method: method})
+	if err != nil {
+		e.t.Fatalf("no answer: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != status {
+		e.t.Fatalf("status %d, want %d: %s", resp.StatusCode, status, b)
+	}
+	if _, err := r.ReadByte(); err != io.EOF {
+		e.t.Fatalf("after the answer: %v, want the connection closed (EOF)", err)
+	}
+}
+
+// TestBodyReadTimeout: a request body that never ends gets an answer and
+// its connection closed within Options.ReadTimeout, on an http.Server with
+// no timeouts of its own; a body that ends is unaffected, and so is the
+// next request on its connection.
+func TestBodyReadTimeout(t *testing.T) {
+	e := newEnv(t, rest.Options{ReadTimeout: 200 * time.Millisecond})
+	c, _ := wstest.DialJSON(t, e.clientURL(pubsub.TokenOptions{UserID: "alice"}))
+
+	// A complete request first: its connection stays open.
+	keep, keepR := e.rawConn()
+	complete := func() {
+		t.Helper()
+		fmt.Fprint(keep, e.chunkedHead("POST", "hubs/chat/:send", true)+"0\r\n\r\n")
+		resp, err := http.ReadResponse(keepR, nil)
+		if err != nil || resp.StatusCode != 202 {
+			t.Fatalf("complete request: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		if m := c.NextJSON(); m["data"] != "hello" {
+			t.Fatalf("got %v", m)
+		}
+	}
+	complete()
+
+	// A :send whose body never ends: 408, then closed.
+	never, neverR := e.rawConn()
+	fmt.Fprint(never, e.chunkedHead("POST", "hubs/chat/:send", true))
+	e.expectAnswerThenClose(neverR, "POST", http.StatusRequestTimeout)
+
+	// Answered before the body is read (no token): closed, not held.
+	for _, path := range []string{"hubs/chat/:send", "health"} {
+		unauth, unauthR := e.rawConn()
+		fmt.Fprint(unauth, e.chunkedHead("POST", path, false))
+		want := http.StatusUnauthorized
+		if path == "health" {
+			want = http.StatusMethodNotAllowed
+		}
+		e.expectAnswerThenClose(unauthR, "POST", want)
+	}
+
+	// The client endpoint and other paths of NewServiceHandler too.
+	for _, tc := range []struct {
+		target string
+		want   int
+	}{{"/client/hubs/chat", 400}, {"/elsewhere", 404}} {
+		conn, r := e.rawConn()
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", tc.target)
+		e.expectAnswerThenClose(r, "POST", tc.want)
+	}
+
+	// The first connection's deadline is long past: it serves another
+	// request, and the WebSocket client is still connected.
+	complete()
 }

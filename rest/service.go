@@ -3,6 +3,7 @@ package rest
 import (
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/embedwps/pubsub"
 )
@@ -18,15 +19,22 @@ import (
 // redirects /api/hubs/h/users/../:send to /api/hubs/h/:send, a send to the
 // whole hub; a client that follows the redirect and signs the new URL (as
 // Azure's SDK pipelines do) would reach every connection.
+//
+// opts.ReadTimeout bounds the bodies of the requests it answers itself;
+// next bounds its own.
 func NewServiceHandler(svc *pubsub.Service, opts Options, next http.Handler) http.Handler {
+	opts = opts.withDefaults()
+	s := &serviceHandler{client: svc.ClientHandler(), api: NewHandler(svc, opts), next: next, readTimeout: opts.ReadTimeout}
 	if next == nil {
-		next = http.NotFoundHandler()
+		s.next, s.ownNext = http.NotFoundHandler(), true
 	}
-	return &serviceHandler{client: svc.ClientHandler(), api: NewHandler(svc, opts), next: next}
+	return s
 }
 
 type serviceHandler struct {
 	client, api, next http.Handler
+	readTimeout       time.Duration
+	ownNext           bool // next is our 404
 }
 
 func (s *serviceHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -34,8 +42,15 @@ func (s *serviceHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(p, "/api/"):
 		s.api.ServeHTTP(w, r)
 	case p == "/client" || strings.HasPrefix(p, "/client/"):
+		// The client endpoint reads no body, but net/http reads what is
+		// left of one after the handler. A WebSocket upgrade clears the
+		// deadline.
+		limitBodyRead(w, r, s.readTimeout)
 		s.client.ServeHTTP(w, r)
 	default:
+		if s.ownNext {
+			limitBodyRead(w, r, s.readTimeout)
+		}
 		s.next.ServeHTTP(w, r)
 	}
 }
