@@ -6,6 +6,15 @@
 //
 // A filter is parsed and type-checked once (Parse), then evaluated per
 // connection at send time (Match). No I/O; the parser is fuzzed.
+//
+// Parse refuses a filter longer than MaxLength bytes, of more than
+// MaxTokens tokens, or nested deeper than MaxDepth, so that what a send
+// costs is bounded: evaluating a filter for one connection takes at most
+// about MaxTokens steps (under 10 µs), and a send costs that per
+// connection it considers. Azure asks for filters under about 100
+// clauses; a clause such as userId eq 'a' or is 4 tokens, and
+// startswith(tolower(userId), 'a') 9, so the limits leave room for 100
+// clauses of any kind.
 package filter
 
 import (
@@ -13,8 +22,19 @@ import (
 	"strings"
 )
 
-// MaxDepth bounds the nesting of an expression, as Azure's emulator does.
-const MaxDepth = 100
+// Limits of a filter, checked by Parse.
+const (
+	// MaxLength bounds a filter's source in bytes: 16 KiB, twice the
+	// request line Azure's front end takes, so any filter Azure accepts in
+	// a URL fits.
+	MaxLength = 16 << 10
+	// MaxTokens bounds the names, keywords, literals, parentheses and
+	// commas of a filter, and with them the work of evaluating it.
+	MaxTokens = 1000
+	// MaxDepth bounds the nesting of parentheses, function calls, lists
+	// and 'not', as Azure's emulator does.
+	MaxDepth = 100
+)
 
 // Connection is what a filter can see of a connection.
 type Connection interface {
@@ -56,6 +76,9 @@ func (e *Error) Error() string {
 // Parse parses and type-checks a filter. The result must be a boolean
 // expression.
 func Parse(src string) (*Filter, error) {
+	if len(src) > MaxLength {
+		return nil, &Error{MaxLength, fmt.Sprintf("the filter is longer than %d bytes", MaxLength)}
+	}
 	p := &parser{src: src}
 	if err := p.lex(); err != nil {
 		return nil, err

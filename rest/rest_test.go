@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/filter"
 	"github.com/embedwps/pubsub/internal/wstest"
 	"github.com/embedwps/pubsub/rest"
 	"github.com/golang-jwt/jwt/v5"
@@ -695,4 +696,37 @@ func TestBodyReadTimeout(t *testing.T) {
 	// The first connection's deadline is long past: it serves another
 	// request, and the WebSocket client is still connected.
 	complete()
+}
+
+// TestFilterLimits: filters past filter.MaxLength or filter.MaxTokens are
+// refused with 400 before anything is sent; a filter of 40,000 clauses
+// once cost seconds of CPU per send.
+func TestFilterLimits(t *testing.T) {
+	e := newEnv(t, rest.Options{})
+	c, id := wstest.DialJSON(t, e.clientURL(pubsub.TokenOptions{UserID: "u"}))
+	huge := "userId eq 'u'" + strings.Repeat(" or userId eq 'u'", 39999)
+	many := "true" + strings.Repeat(" or true", filter.MaxTokens)
+	for _, tc := range []struct{ src, msg string }{
+		{huge, "position 16384: the filter is longer than 16384 bytes"},
+		{many, "the filter has more than 1000 tokens"},
+	} {
+		start := time.Now()
+		// aud without the query, or the token would be as long again
+		u := e.url("hubs/chat/:send", url.Values{"filter": {tc.src}})
+		aud := strings.SplitN(u, "?", 2)[0]
+		r := e.expect(400, e.send("POST", u, "text/plain", "x", "Bearer "+token(t, primaryKey, jwt.MapClaims{"aud": aud, "exp": time.Now().Add(time.Hour).Unix()})))
+		if d := r.errorDetail(t); !strings.Contains(d.Message, tc.msg) || d.Target != "filter" {
+			t.Fatalf("error %+v, want %q", d, tc.msg)
+		}
+		t.Logf("%d-byte filter refused in %v", len(tc.src), time.Since(start))
+		body, _ := json.Marshal(map[string]any{"groups": []string{"g"}, "filter": tc.src})
+		r = e.expect(400, e.do("POST", "hubs/chat/:addToGroups", nil, "application/json", string(body)))
+		if d := r.errorDetail(t); !strings.Contains(d.Message, tc.msg) {
+			t.Fatalf("error %+v, want %q", d, tc.msg)
+		}
+	}
+	e.barrier(c, id) // nothing was sent
+	if ok, _ := e.hub.GroupExists(t.Context(), "g"); ok {
+		t.Fatal("added to g")
+	}
 }
