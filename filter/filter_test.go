@@ -2,6 +2,7 @@ package filter
 
 import (
 	"errors"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -152,6 +153,7 @@ func limitFilters() (at, past map[string]string) {
 	return map[string]string{
 			"length": pad(MaxLength),
 			"tokens": "not true" + strings.Repeat(" or true", (MaxTokens-2)/2), // 2 + 2k tokens
+			"text":   textBuilder(MaxDepth-3, MaxLength-2000),
 			"parens": nest(MaxDepth, "(", ")"),
 			"not":    nest(MaxDepth, "not ", ""),
 			"calls":  strings.Repeat("tolower(", MaxDepth) + "userId" + strings.Repeat(")", MaxDepth) + " eq 'a'",
@@ -197,7 +199,7 @@ func TestLimits(t *testing.T) {
 	}
 	// A filter of 40,000 clauses is refused before any of it is lexed.
 	huge := "userId eq 'u'" + strings.Repeat(" or userId eq 'u'", 39999)
-	if allocs := testing.AllocsPerRun(10, func() { _, _ = Parse(huge) }); allocs > 2 {
+	if allocs := testing.AllocsPerRun(10, func() { _, _ = Parse(huge) }); allocs > 10 { // the error alone, not one per token
 		t.Errorf("refusing a huge filter allocated %v times", allocs)
 	}
 }
@@ -210,8 +212,9 @@ func BenchmarkMaxTokens(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	var c Connection = conns[1]
 	for b.Loop() {
-		f.Match(conns[1])
+		f.Match(c)
 	}
 }
 
@@ -247,4 +250,50 @@ func FuzzParse(f *testing.F) {
 			flt.Match(c)
 		}
 	})
+}
+
+// textBuilder nests concat n deep around a literal of size bytes; every
+// level copies the text built so far.
+func textBuilder(n, size int) string {
+	return "length(" + strings.Repeat("concat(", n) + "'" + strings.Repeat("a", size) + "'" + strings.Repeat(", userId)", n) + ") gt 0"
+}
+
+// TestMaxText: a filter that would build more than MaxText bytes of text
+// for a connection does not select it, and building stops there: at the
+// length and depth limits, nested concats once copied 1.6 MB for each
+// connection a send considered.
+func TestMaxText(t *testing.T) {
+	var c Connection = conns[1] // user2; an interface already, so that only Match allocates
+	under, err := Parse(textBuilder(4, MaxText/4-100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !under.Match(c) {
+		t.Fatal("a filter within MaxText does not match")
+	}
+	worst, err := Parse(textBuilder(MaxDepth-3, MaxLength-2000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if worst.Match(c) {
+		t.Fatal("a filter past MaxText matched")
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const n = 20
+	for range n {
+		worst.Match(c)
+	}
+	runtime.ReadMemStats(&after)
+	if perMatch := (after.TotalAlloc - before.TotalAlloc) / n; perMatch > 2*MaxText {
+		t.Fatalf("a match allocated %d bytes, want at most about MaxText (%d)", perMatch, MaxText)
+	}
+	// Functions that only read text allocate nothing.
+	reader, err := Parse("length(userId) gt 1 and substring(userId, 1, 2) eq 'se' and indexof(userId, 'r2') eq 3 and trim(userId) ne ''")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if allocs := testing.AllocsPerRun(100, func() { reader.Match(c) }); allocs != 0 {
+		t.Fatalf("reading functions allocated %v times per match", allocs)
+	}
 }

@@ -38,10 +38,11 @@ func (t token) describe() string {
 }
 
 type parser struct {
-	src   string
-	toks  []token
-	i     int
-	depth int
+	src    string
+	toks   []token
+	i      int
+	depth  int
+	builds bool // a function that builds text was called
 }
 
 func (p *parser) errorf(t token, format string, args ...any) error {
