@@ -730,3 +730,39 @@ func TestFilterLimits(t *testing.T) {
 		t.Fatal("added to g")
 	}
 }
+
+// TestGenerateTokenLifetime: minutesToExpire is capped at a year (525,600
+// minutes); past it, 400. Larger values once overflowed time.Duration:
+// 2,147,483,647 minutes became a token of one hour, 153,722,867 one valid
+// until 2319.
+func TestGenerateTokenLifetime(t *testing.T) {
+	e := newEnv(t, rest.Options{})
+	expiry := func(minutes string) time.Duration {
+		t.Helper()
+		r := e.expect(200, e.do("POST", "hubs/chat/:generateToken", url.Values{"minutesToExpire": {minutes}}, "", ""))
+		var body struct {
+			Token string `json:"token"`
+		}
+		if err := json.Unmarshal(r.body, &body); err != nil {
+			t.Fatal(err)
+		}
+		claims := jwt.MapClaims{}
+		if _, err := jwt.ParseWithClaims(body.Token, claims, func(*jwt.Token) (any, error) { return []byte(primaryKey), nil }); err != nil {
+			t.Fatal(err)
+		}
+		exp, _ := claims.GetExpirationTime()
+		return time.Until(exp.Time)
+	}
+	if d := expiry("525600"); d < 365*24*time.Hour-time.Minute || d > 365*24*time.Hour {
+		t.Fatalf("a year's token expires in %v", d)
+	}
+	if d := expiry("1"); d < 0 || d > time.Minute {
+		t.Fatalf("a minute's token expires in %v", d)
+	}
+	for _, m := range []string{"525601", "153722867", "2147483647", "9223372036854775807", "99999999999999999999", "0", "-1"} {
+		r := e.expect(400, e.do("POST", "hubs/chat/:generateToken", url.Values{"minutesToExpire": {m}}, "", ""))
+		if d := r.errorDetail(t); d.Target != "minutesToExpire" || !strings.Contains(d.Message, "from 1 to 525600") {
+			t.Fatalf("minutesToExpire %s: %+v", m, d)
+		}
+	}
+}
