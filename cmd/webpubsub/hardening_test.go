@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +11,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -268,5 +273,53 @@ func TestWebSocketOutlivesLimits(t *testing.T) {
 	}
 	if m := ws.NextJSON(); m["data"] != "still here" {
 		t.Fatalf("got %v", m)
+	}
+}
+
+// TestKeyOnlyOnStdout: the server prints its connection string, key
+// included, on stdout, where a user gets it; its logs and errors (stderr)
+// never show the key, even when the connection string is malformed.
+func TestKeyOnlyOnStdout(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "webpubsub")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	const key = "SECRET-key-0123456789abcdefghijklmnopqrstuvwxyz"
+
+	// Malformed: the key without its name. An error, and no key.
+	var stderr bytes.Buffer
+	bad := exec.Command(bin, "-addr", "127.0.0.1:0", "-connection-string", "Endpoint=http://localhost;"+key)
+	bad.Stderr = &stderr
+	if err := bad.Run(); err == nil {
+		t.Fatal("a malformed connection string was accepted")
+	}
+	if !strings.Contains(stderr.String(), "invalid connection string") || strings.Contains(stderr.String(), "SECRET") {
+		t.Fatalf("stderr: %s", stderr.String())
+	}
+
+	// Valid: the key on stdout only.
+	stderr.Reset()
+	cmd := exec.Command(bin, "-addr", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "WEBPUBSUB_CONNECTION_STRING=Endpoint=http://localhost;AccessKey="+key+";Version=1.0;")
+	cmd.Stderr = &stderr
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "Endpoint=http://localhost;AccessKey=" + key + ";Version=1.0;\n"; line != want {
+		t.Fatalf("stdout %q, want %q", line, want)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	if !strings.Contains(stderr.String(), "AccessKey=***") || strings.Contains(stderr.String(), "SECRET") {
+		t.Fatalf("stderr: %s", stderr.String())
 	}
 }

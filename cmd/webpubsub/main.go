@@ -81,11 +81,14 @@ func run(args []string, stdout *os.File) error {
 
 	srv := newServer(svc, log, defaultLimits)
 
-	fmt.Fprintf(stdout, "%s\n", cs)
-	log.Info("listening", "addr", ln.Addr().String(), "client", "/client/hubs/{hub}", "rest", "/api/")
-
+	// Signals are caught before the connection string tells a supervisor
+	// that the server is up.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The key on stdout, which is how a user gets it; logs get the
+	// redacted form (ConnectionString is a slog.LogValuer).
+	fmt.Fprintf(stdout, "%s\n", cs.String())
+	log.Info("listening", "addr", ln.Addr().String(), "client", "/client/hubs/{hub}", "rest", "/api/", "connectionString", cs)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	select {
