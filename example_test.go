@@ -4,6 +4,7 @@ import (
 	"context"
 	"log"
 	"net/http"
+	"time"
 
 	"github.com/embedwps/pubsub"
 	"github.com/embedwps/pubsub/rest"
@@ -22,8 +23,16 @@ func Example() {
 	// SDKs call on /api/, the application's own routes (nil: none) for the
 	// rest. Not behind http.ServeMux, which would redirect /users/../:send to
 	// the hub's /:send.
-	handler := rest.NewServiceHandler(svc, rest.Options{}, nil)
-	go http.ListenAndServe("localhost:8080", handler)
+	srv := &http.Server{
+		Addr:    "localhost:8080",
+		Handler: rest.NewServiceHandler(svc, rest.Options{}, nil),
+		// Idle and slow connections end; no ReadTimeout or WriteTimeout,
+		// which WebSocket connections outlive (REST bounds its bodies).
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+	go srv.ListenAndServe()
 
 	url, _ := svc.ClientURL("chat", pubsub.TokenOptions{UserID: "alice", Roles: []string{"webpubsub.joinLeaveGroup"}})
 	log.Println("clients connect to", url)
