@@ -17,8 +17,8 @@ import (
 // and ".." are names like any other: user ids and group names may be "." or
 // "..". http.ServeMux cleans a path before any handler sees it and
 // redirects /api/hubs/h/users/../:send to /api/hubs/h/:send, a send to the
-// whole hub; a client that follows the redirect and signs the new URL (as
-// Azure's SDK pipelines do) would reach every connection.
+// whole hub; a client that follows the redirect and signs the new URL
+// reaches every connection.
 //
 // opts.ReadTimeout bounds the bodies of the requests it answers itself;
 // next bounds its own.

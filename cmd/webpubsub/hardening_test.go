@@ -28,9 +28,9 @@ import (
 // The in-process servers start goroutines; none may outlive the tests.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// sdkDo calls the REST API as Azure's SDK pipelines do: the path goes out
-// as written, a token is signed for each URL, and a 307/308 redirect is
-// followed with a token signed for the new URL.
+// sdkDo calls the REST API as a server SDK that sends paths as written
+// would (Go's net/http does), signing a token for each URL, and follows a
+// 307/308 redirect with a token signed for the new URL.
 func sdkDo(t *testing.T, cs pubsub.ConnectionString, method, path, contentType, body string) *http.Response {
 	t.Helper()
 	tr := &http.Transport{}
@@ -68,7 +68,8 @@ func sdkDo(t *testing.T, cs pubsub.ConnectionString, method, path, contentType, 
 
 // TestDotNamesStayNames: through cmd/webpubsub, the user and group ".."
 // are names. Behind http.ServeMux, /users/../:send was redirected to the
-// hub's /:send, and a client that re-signs on redirects reached everyone.
+// hub's /:send, and a client that signs again on redirects reached
+// everyone.
 func TestDotNamesStayNames(t *testing.T) {
 	cs := startServer(t)
 	minter, err := pubsub.New(pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey})
