@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 )
@@ -22,18 +23,20 @@ type ConnectionString struct {
 
 // ParseConnectionString parses a connection string the way Azure's SDKs do:
 // keys are case-insensitive, values split at the first '=', a Port key
-// replaces the endpoint's port, and Version is ignored.
+// replaces the endpoint's port, and Version is ignored. Its errors quote no
+// part of s, which may be the key.
 func ParseConnectionString(s string) (ConnectionString, error) {
 	var cs ConnectionString
 	port := ""
-	for _, part := range strings.Split(strings.TrimSpace(s), ";") {
+	parts := strings.Split(strings.TrimSpace(s), ";")
+	for i, part := range parts {
 		part = strings.TrimSpace(part)
 		if part == "" {
 			continue
 		}
 		k, v, ok := strings.Cut(part, "=")
 		if !ok {
-			return cs, fmt.Errorf("%w: %q is not key=value", ErrInvalidConnectionString, part)
+			return ConnectionString{}, fmt.Errorf("%w: part %d of %d (separated by ';') is not key=value", ErrInvalidConnectionString, i+1, len(parts))
 		}
 		switch strings.ToLower(strings.TrimSpace(k)) {
 		case "endpoint":
@@ -45,11 +48,11 @@ func ParseConnectionString(s string) (ConnectionString, error) {
 		}
 	}
 	if cs.Endpoint == "" || cs.AccessKey == "" {
-		return cs, fmt.Errorf("%w: Endpoint and AccessKey are required", ErrInvalidConnectionString)
+		return ConnectionString{}, fmt.Errorf("%w: Endpoint and AccessKey are required", ErrInvalidConnectionString)
 	}
 	u, err := url.Parse(cs.Endpoint)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return cs, fmt.Errorf("%w: Endpoint must be an http or https URL", ErrInvalidConnectionString)
+		return ConnectionString{}, fmt.Errorf("%w: Endpoint must be an http or https URL", ErrInvalidConnectionString)
 	}
 	if port != "" {
 		u.Host = u.Hostname() + ":" + port
@@ -58,10 +61,26 @@ func ParseConnectionString(s string) (ConnectionString, error) {
 	return cs, nil
 }
 
-// String formats the connection string as Azure prints it.
+// String formats the connection string as Azure prints it, with the
+// access key: what a client of the service needs, and what
+// ParseConnectionString reads back. Log or show Redacted instead.
 func (cs ConnectionString) String() string {
 	return "Endpoint=" + cs.Endpoint + ";AccessKey=" + cs.AccessKey + ";Version=1.0;"
 }
+
+// Redacted is String with the access key replaced by "***", for logs and
+// errors, as url.URL.Redacted hides a password.
+func (cs ConnectionString) Redacted() string {
+	key := ""
+	if cs.AccessKey != "" {
+		key = "***"
+	}
+	return "Endpoint=" + cs.Endpoint + ";AccessKey=" + key + ";Version=1.0;"
+}
+
+// LogValue makes log/slog log the Redacted form: a ConnectionString passed
+// to a logger never shows its key, with any handler.
+func (cs ConnectionString) LogValue() slog.Value { return slog.StringValue(cs.Redacted()) }
 
 // sha1Thumbprint is a certificate's thumbprint as Azure reports it.
 func sha1Thumbprint(der []byte) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log"
 	"net/http"
+	"time"
 
 	"github.com/embedwps/pubsub"
 	"github.com/embedwps/pubsub/rest"
@@ -18,10 +19,20 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/client/", svc.ClientHandler())               // WebSocket clients: /client/hubs/{hub}
-	mux.Handle("/api/", rest.NewHandler(svc, rest.Options{})) // the REST API Azure's server SDKs call
-	go http.ListenAndServe("localhost:8080", mux)
+	// WebSocket clients on /client/hubs/{hub}, the REST API Azure's server
+	// SDKs call on /api/, the application's own routes (nil: none) for the
+	// rest. Not behind http.ServeMux, which would redirect /users/../:send to
+	// the hub's /:send.
+	srv := &http.Server{
+		Addr:    "localhost:8080",
+		Handler: rest.NewServiceHandler(svc, rest.Options{}, nil),
+		// Idle and slow connections end; no ReadTimeout or WriteTimeout,
+		// which WebSocket connections outlive (REST bounds its bodies).
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+	go srv.ListenAndServe()
 
 	url, _ := svc.ClientURL("chat", pubsub.TokenOptions{UserID: "alice", Roles: []string{"webpubsub.joinLeaveGroup"}})
 	log.Println("clients connect to", url)

@@ -2,7 +2,9 @@ package filter
 
 import (
 	"errors"
+	"runtime"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -138,12 +140,81 @@ func TestInvalidFilters(t *testing.T) {
 			t.Errorf("%q: error at %d (%s), want %d", tc.src, fe.Pos, fe.Msg, tc.pos)
 		}
 	}
-	deep := ""
-	for i := 0; i < MaxDepth+1; i++ {
-		deep += "("
+}
+
+// limitFilters are filters just at each limit and one step past it.
+func limitFilters() (at, past map[string]string) {
+	nest := func(n int, open, close string) string {
+		return strings.Repeat(open, n) + "true" + strings.Repeat(close, n)
 	}
-	if _, err := Parse(deep + "true"); err == nil {
-		t.Error("a filter nested deeper than MaxDepth was accepted")
+	pad := func(n int) string { // userId eq '…' of n bytes
+		return "userId eq '" + strings.Repeat("a", n-len("userId eq ''")) + "'"
+	}
+	return map[string]string{
+			"length": pad(MaxLength),
+			"tokens": "not true" + strings.Repeat(" or true", (MaxTokens-2)/2), // 2 + 2k tokens
+			"text":   textBuilder(MaxDepth-3, MaxLength-2000),
+			"parens": nest(MaxDepth, "(", ")"),
+			"not":    nest(MaxDepth, "not ", ""),
+			"calls":  strings.Repeat("tolower(", MaxDepth) + "userId" + strings.Repeat(")", MaxDepth) + " eq 'a'",
+		}, map[string]string{
+			"length": pad(MaxLength + 1),
+			"tokens": "true" + strings.Repeat(" or true", MaxTokens/2), // 1 + 2k tokens
+			"parens": nest(MaxDepth+1, "(", ")"),
+			"not":    nest(MaxDepth+1, "not ", ""),
+			"calls":  strings.Repeat("tolower(", MaxDepth+1) + "userId" + strings.Repeat(")", MaxDepth+1) + " eq 'a'",
+		}
+}
+
+// TestLimits: a filter just at each limit parses and matches; one past it
+// is refused with the limit and where it was passed.
+func TestLimits(t *testing.T) {
+	at, past := limitFilters()
+	if len(at["length"]) != MaxLength || len(past["tokens"]) > MaxLength {
+		t.Fatal("the limit filters are not what they say")
+	}
+	for name, src := range at {
+		f, err := Parse(src)
+		if err != nil {
+			t.Errorf("%s at the limit: %v", name, err)
+			continue
+		}
+		f.Match(conns[0])
+	}
+	for name, want := range map[string]struct {
+		pos int
+		msg string
+	}{
+		"length": {MaxLength, "longer than 16384 bytes"},
+		"tokens": {strings.LastIndex(past["tokens"], "true"), "more than 1000 tokens"},
+		"parens": {MaxDepth, "nested deeper than 100"},
+		"not":    {4 * MaxDepth, "nested deeper than 100"},
+		"calls":  {len("tolower(")*MaxDepth + len("tolower"), "nested deeper than 100"},
+	} {
+		_, err := Parse(past[name])
+		var fe *Error
+		if !errors.As(err, &fe) || fe.Pos != want.pos || !strings.Contains(fe.Msg, want.msg) {
+			t.Errorf("%s past the limit: %v, want %q at position %d", name, err, want.msg, want.pos)
+		}
+	}
+	// A filter of 40,000 clauses is refused before any of it is lexed.
+	huge := "userId eq 'u'" + strings.Repeat(" or userId eq 'u'", 39999)
+	if allocs := testing.AllocsPerRun(10, func() { _, _ = Parse(huge) }); allocs > 10 { // the error alone, not one per token
+		t.Errorf("refusing a huge filter allocated %v times", allocs)
+	}
+}
+
+// BenchmarkMaxTokens: what one connection costs a filter of MaxTokens
+// tokens, the most a send pays per connection it considers.
+func BenchmarkMaxTokens(b *testing.B) {
+	clause := " or userId eq 'someone' and 'group' in groups" // 8 tokens
+	f, err := Parse("false" + strings.Repeat(clause, (MaxTokens-1)/8))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var c Connection = conns[1]
+	for b.Loop() {
+		f.Match(c)
 	}
 }
 
@@ -160,6 +231,12 @@ func FuzzParse(f *testing.F) {
 	} {
 		f.Add(s)
 	}
+	at, past := limitFilters()
+	for _, m := range []map[string]string{at, past} {
+		for _, s := range m {
+			f.Add(s)
+		}
+	}
 	f.Fuzz(func(t *testing.T, src string) {
 		flt, err := Parse(src)
 		if err != nil {
@@ -173,4 +250,50 @@ func FuzzParse(f *testing.F) {
 			flt.Match(c)
 		}
 	})
+}
+
+// textBuilder nests concat n deep around a literal of size bytes; every
+// level copies the text built so far.
+func textBuilder(n, size int) string {
+	return "length(" + strings.Repeat("concat(", n) + "'" + strings.Repeat("a", size) + "'" + strings.Repeat(", userId)", n) + ") gt 0"
+}
+
+// TestMaxText: a filter that would build more than MaxText bytes of text
+// for a connection does not select it, and building stops there: at the
+// length and depth limits, nested concats once copied 1.6 MB for each
+// connection a send considered.
+func TestMaxText(t *testing.T) {
+	var c Connection = conns[1] // user2; an interface already, so that only Match allocates
+	under, err := Parse(textBuilder(4, MaxText/4-100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !under.Match(c) {
+		t.Fatal("a filter within MaxText does not match")
+	}
+	worst, err := Parse(textBuilder(MaxDepth-3, MaxLength-2000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if worst.Match(c) {
+		t.Fatal("a filter past MaxText matched")
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const n = 20
+	for range n {
+		worst.Match(c)
+	}
+	runtime.ReadMemStats(&after)
+	if perMatch := (after.TotalAlloc - before.TotalAlloc) / n; perMatch > 2*MaxText {
+		t.Fatalf("a match allocated %d bytes, want at most about MaxText (%d)", perMatch, MaxText)
+	}
+	// Functions that only read text allocate nothing.
+	reader, err := Parse("length(userId) gt 1 and substring(userId, 1, 2) eq 'se' and indexof(userId, 'r2') eq 3 and trim(userId) ne ''")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if allocs := testing.AllocsPerRun(100, func() { reader.Match(c) }); allocs != 0 {
+		t.Fatalf("reading functions allocated %v times per match", allocs)
+	}
 }

@@ -1,18 +1,24 @@
 package filter
 
-import "strings"
+import (
+	"strings"
+	"unicode/utf8"
+)
 
 // function describes a built-in function: its argument types and result.
 type function struct {
 	args   []kind // kString arguments also take null
 	result kind
+	builds bool // it builds text, within MaxText
 	// apply gets the evaluated arguments; string arguments may be null.
 	apply func(c Connection, args [3]value) value
 }
 
-func stringFn(f func(string) string) function {
-	return function{args: []kind{kString}, result: kString, apply: func(_ Connection, a [3]value) value {
-		if a[0].kind != kString {
+// caseFn is tolower or toupper: it builds a copy of its argument (null
+// past MaxText).
+func caseFn(f func(string) string) function {
+	return function{args: []kind{kString}, result: kString, builds: true, apply: func(c Connection, a [3]value) value {
+		if a[0].kind != kString || !build(c, len(a[0].s)) {
 			return null
 		}
 		return value{kind: kString, s: f(a[0].s)}
@@ -29,14 +35,19 @@ func predicate(f func(s, p string) bool) function {
 }
 
 var functions = map[string]function{
-	"tolower":    stringFn(strings.ToLower),
-	"toupper":    stringFn(strings.ToUpper),
-	"trim":       stringFn(strings.TrimSpace),
+	"tolower": caseFn(strings.ToLower),
+	"toupper": caseFn(strings.ToUpper),
+	"trim": {args: []kind{kString}, result: kString, apply: func(_ Connection, a [3]value) value {
+		if a[0].kind != kString {
+			return null
+		}
+		return value{kind: kString, s: strings.TrimSpace(a[0].s)} // a slice of it: nothing built
+	}},
 	"startswith": predicate(strings.HasPrefix),
 	"endswith":   predicate(strings.HasSuffix),
 	"contains":   predicate(strings.Contains),
-	"concat": {args: []kind{kString, kString}, result: kString, apply: func(_ Connection, a [3]value) value {
-		if a[0].kind != kString || a[1].kind != kString {
+	"concat": {args: []kind{kString, kString}, result: kString, builds: true, apply: func(c Connection, a [3]value) value {
+		if a[0].kind != kString || a[1].kind != kString || !build(c, len(a[0].s)+len(a[1].s)) {
 			return null
 		}
 		return value{kind: kString, s: a[0].s + a[1].s}
@@ -47,7 +58,7 @@ var functions = map[string]function{
 		}
 		i := strings.Index(a[0].s, a[1].s)
 		if i > 0 {
-			i = len([]rune(a[0].s[:i])) // a character index, not a byte index
+			i = utf8.RuneCountInString(a[0].s[:i]) // a character index, not a byte index
 		}
 		return value{kind: kInt, i: int64(i)}
 	}},
@@ -70,6 +81,7 @@ func (p *parser) parseCall(name token) (*expr, error) {
 	if !ok {
 		return nil, p.errorf(name, "unknown function '%s'", name.raw)
 	}
+	p.builds = p.builds || fn.builds
 	if len(args) != len(fn.args) {
 		return nil, p.errorf(name, "%s takes %d arguments, found %d", name.raw, len(fn.args), len(args))
 	}
@@ -111,7 +123,7 @@ func (p *parser) length(name token, args []*expr) (*expr, error) {
 			if a[0].kind != kString {
 				return null
 			}
-			return value{kind: kInt, i: int64(len([]rune(a[0].s)))}
+			return value{kind: kInt, i: int64(utf8.RuneCountInString(a[0].s))}
 		}), nil
 	}
 	return nil, p.errorf(name, "length takes a string or groups, found %s", args[0].typ)
@@ -136,14 +148,26 @@ func (p *parser) substring(name token, args []*expr) (*expr, error) {
 		if a[0].kind != kString || a[1].kind != kInt || n == 3 && a[2].kind != kInt {
 			return null
 		}
-		r := []rune(a[0].s)
-		start := clamp(a[1].i, 0, int64(len(r)))
-		end := int64(len(r))
+		s := a[0].s
+		chars := int64(utf8.RuneCountInString(s))
+		start := clamp(a[1].i, 0, chars)
+		end := chars
 		if n == 3 && max(a[2].i, 0) < end-start {
 			end = start + max(a[2].i, 0)
 		}
-		return value{kind: kString, s: string(r[start:end])}
+		return value{kind: kString, s: s[byteOffset(s, start):byteOffset(s, end)]} // a slice: nothing built
 	}), nil
 }
 
 func clamp(v, lo, hi int64) int64 { return min(max(v, lo), hi) }
+
+// byteOffset is where character i of s starts (len(s) past the end).
+func byteOffset(s string, i int64) int {
+	for off := range s {
+		if i == 0 {
+			return off
+		}
+		i--
+	}
+	return len(s)
+}

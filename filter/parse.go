@@ -38,10 +38,11 @@ func (t token) describe() string {
 }
 
 type parser struct {
-	src   string
-	toks  []token
-	i     int
-	depth int
+	src    string
+	toks   []token
+	i      int
+	depth  int
+	builds bool // a function that builds text was called
 }
 
 func (p *parser) errorf(t token, format string, args ...any) error {
@@ -51,22 +52,33 @@ func (p *parser) errorf(t token, format string, args ...any) error {
 func isIdentStart(c byte) bool { return c == '_' || c|0x20 >= 'a' && c|0x20 <= 'z' }
 func isDigit(c byte) bool      { return c >= '0' && c <= '9' }
 
+// add appends a token unless the filter already has MaxTokens.
+func (p *parser) add(t token) error {
+	if len(p.toks) == MaxTokens {
+		return &Error{t.pos, fmt.Sprintf("the filter has more than %d tokens (names, literals, operators, parentheses and commas)", MaxTokens)}
+	}
+	p.toks = append(p.toks, t)
+	return nil
+}
+
 // lex splits the filter into tokens.
 func (p *parser) lex() error {
 	s := p.src
 	for i := 0; i < len(s); {
 		c := s[i]
+		var t token
 		switch {
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
 			i++
+			continue
 		case c == '(':
-			p.toks = append(p.toks, token{kind: tLParen, pos: i, raw: "("})
+			t = token{kind: tLParen, pos: i, raw: "("}
 			i++
 		case c == ')':
-			p.toks = append(p.toks, token{kind: tRParen, pos: i, raw: ")"})
+			t = token{kind: tRParen, pos: i, raw: ")"}
 			i++
 		case c == ',':
-			p.toks = append(p.toks, token{kind: tComma, pos: i, raw: ","})
+			t = token{kind: tComma, pos: i, raw: ","}
 			i++
 		case c == '\'':
 			var b strings.Builder
@@ -89,7 +101,7 @@ func (p *parser) lex() error {
 			if !utf8.ValidString(b.String()) {
 				return &Error{i, "string literal is not valid UTF-8"}
 			}
-			p.toks = append(p.toks, token{kind: tString, pos: i, text: b.String(), raw: s[i : j+1]})
+			t = token{kind: tString, pos: i, text: b.String(), raw: s[i : j+1]}
 			i = j + 1
 		case isDigit(c) || (c == '+' || c == '-') && i+1 < len(s) && isDigit(s[i+1]):
 			j := i + 1
@@ -100,18 +112,21 @@ func (p *parser) lex() error {
 			if err != nil {
 				return &Error{i, "integer literal out of range"}
 			}
-			p.toks = append(p.toks, token{kind: tInt, pos: i, raw: s[i:j], i: v})
+			t = token{kind: tInt, pos: i, raw: s[i:j], i: v}
 			i = j
 		case isIdentStart(c):
 			j := i + 1
 			for j < len(s) && (isIdentStart(s[j]) || isDigit(s[j])) {
 				j++
 			}
-			p.toks = append(p.toks, token{kind: tIdent, pos: i, raw: s[i:j], text: lowerASCII(s[i:j])})
+			t = token{kind: tIdent, pos: i, raw: s[i:j], text: lowerASCII(s[i:j])}
 			i = j
 		default:
 			r, _ := utf8.DecodeRuneInString(s[i:])
 			return &Error{i, fmt.Sprintf("unexpected character %q", r)}
+		}
+		if err := p.add(t); err != nil {
+			return err
 		}
 	}
 	p.toks = append(p.toks, token{kind: tEOF, pos: len(s)})

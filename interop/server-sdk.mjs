@@ -8,6 +8,7 @@
 // Protocol: before each step, one JSON line {"step": name, ...} on stdout;
 // the Go test answers "next" on stdin once it has checked the step.
 import { WebPubSubServiceClient } from "@azure/web-pubsub";
+import http from "node:http";
 import readline from "node:readline";
 
 const [connectionString, idsJson] = process.argv.slice(2);
@@ -123,6 +124,30 @@ const errors = {
   grantMissing: await expectError(() => service.grantPermission("missing", "joinLeaveGroup")),
 };
 await step("errors", errors);
+
+// Names "." and "..": what the SDK puts on the wire, recorded by a local
+// server (nothing reaches cmd/webpubsub). @azure/core-client builds each URL
+// with WHATWG URL, which removes dot segments, so these calls leave the SDK
+// as the hub-wide operations; no server can tell them apart.
+const wire = [];
+const recorder = http.createServer((req, res) => {
+  wire.push(`${req.method} ${req.url.split("?")[0]}`);
+  res.statusCode = req.method === "HEAD" ? 404 : req.url.includes(":send") ? 202 : 204;
+  res.end();
+});
+await new Promise((resolve) => recorder.listen(0, "127.0.0.1", resolve));
+const dots = new WebPubSubServiceClient(
+  connectionString.replace(/Endpoint=[^;]*/i, `Endpoint=http://127.0.0.1:${recorder.address().port}`),
+  "chat",
+  { allowInsecureConnection: true, retryOptions: { maxRetries: 0 } },
+);
+await dots.group("..").sendToAll("x", text);
+await dots.sendToUser("..", "x", text);
+await dots.sendToUser(".", "x", text);
+await dots.closeUserConnections("..");
+await dots.userExists("..");
+recorder.close();
+await step("dot names", { wire });
 
 await service.closeConnection(ids.anon, { reason: "anon closed" });
 await step("closeConnection");

@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -153,6 +154,12 @@ func (rq *request) body(max int64) ([]byte, bool) {
 	switch {
 	case errors.As(err, &tooLarge):
 		rq.fail(http.StatusRequestEntityTooLarge, "Error.PayloadTooLarge", "the body is larger than "+strconv.FormatInt(max, 10)+" bytes", "body")
+		return nil, false
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// 408: the request did not arrive in time (RFC 9110 §15.5.9); the
+		// rest of it is unread, so the connection cannot be reused.
+		rq.w.Header().Set("Connection", "close")
+		rq.fail(http.StatusRequestTimeout, "Error.RequestTimeout", "the body did not arrive within "+rq.readTimeout.String(), "body")
 		return nil, false
 	case err != nil:
 		rq.badRequest("reading the body: "+err.Error(), "body")
@@ -458,9 +465,15 @@ type tokenResponse struct {
 	Token string `json:"token"`
 }
 
+// maxMinutesToExpire caps :generateToken's minutesToExpire at a year
+// (525,600): a token is needed only until its client connects, a year
+// covers one handed to a device for later, and it is far inside
+// time.Duration's 292 years, which larger values overflowed.
+const maxMinutesToExpire = 365 * 24 * 60
+
 // generateClientToken mints a client token for the hub (:generateToken).
 func generateClientToken(h *handler, rq *request) {
-	minutes, ok := rq.intParam("minutesToExpire", 60, 1, 1<<31-1)
+	minutes, ok := rq.intParam("minutesToExpire", 60, 1, maxMinutesToExpire)
 	if !ok {
 		return
 	}

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/embedwps/pubsub"
 )
@@ -19,10 +20,21 @@ import (
 // DefaultMaxBodySize bounds a message body: 1 MiB, the client message limit.
 const DefaultMaxBodySize = 1 << 20
 
+// DefaultReadTimeout bounds reading a request body: 1 MiB in 30 s is
+// 35 KB/s, slower than any link a server SDK calls from.
+const DefaultReadTimeout = 30 * time.Second
+
 // Options configure the REST handler; the zero value is ready to use.
 type Options struct {
 	// MaxBodySize bounds a request body; a larger one gets 413. Default 1 MiB.
 	MaxBodySize int64
+	// ReadTimeout bounds reading a request's body, from when the handler
+	// starts, so that a body that never ends cannot hold its connection even
+	// on an http.Server without timeouts: past it, 408 and the connection is
+	// closed. Default 30 s (DefaultReadTimeout); negative: no bound. It sets
+	// the connection's read deadline (http.ResponseController), which
+	// net/http's ResponseWriter supports and resets for the next request.
+	ReadTimeout time.Duration
 	// Logger receives unexpected errors. Tokens are never logged. Nil:
 	// slog.Default().
 	Logger *slog.Logger
@@ -37,15 +49,26 @@ var supportedAPIVersions = map[string]bool{
 	"2024-12-01": true,
 }
 
-// NewHandler returns the REST API of svc. Mount it at "/api/".
+// NewHandler returns the REST API of svc, for paths /api/…. It routes on
+// the raw path, where "." and ".." are names; mount it where nothing cleans
+// the path first. http.ServeMux does: it redirects a path with dot segments
+// (/api/hubs/h/users/../:send) to the cleaned one (/api/hubs/h/:send),
+// another operation. NewServiceHandler mounts it safely.
 func NewHandler(svc *pubsub.Service, opts Options) http.Handler {
-	if opts.MaxBodySize <= 0 {
-		opts.MaxBodySize = DefaultMaxBodySize
+	return &handler{svc: svc, opts: opts.withDefaults()}
+}
+
+func (o Options) withDefaults() Options {
+	if o.MaxBodySize <= 0 {
+		o.MaxBodySize = DefaultMaxBodySize
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
+	if o.ReadTimeout == 0 {
+		o.ReadTimeout = DefaultReadTimeout
 	}
-	return &handler{svc: svc, opts: opts}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
 }
 
 type handler struct {
@@ -60,6 +83,8 @@ type request struct {
 	query url.Values
 	hub   *pubsub.Hub
 	args  []string // decoded path parameters after the hub, in route order
+
+	readTimeout time.Duration // for the 408's message
 }
 
 // ErrorDetail is the REST API's error body.
@@ -111,7 +136,8 @@ func (h *handler) failErr(rq *request, err error) {
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rq := &request{w: w, r: r, query: r.URL.Query()}
+	limitBodyRead(w, r, h.opts.ReadTimeout)
+	rq := &request{w: w, r: r, query: r.URL.Query(), readTimeout: h.opts.ReadTimeout}
 	segs, ok := pathSegments(r.URL.EscapedPath())
 	if !ok {
 		rq.fail(http.StatusNotFound, "Error.NotFound", "no such operation", "")
@@ -154,6 +180,17 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rq.hub, rq.args = hub, args
 	op(h, rq)
+}
+
+// limitBodyRead bounds the time left to read r's body, and so also what
+// net/http reads of it after the handler to reuse the connection. Requests
+// without a body get no deadline: net/http reads ahead on their connection
+// during the handler and would cancel the request's context when it fired.
+// Without support for read deadlines, the server's own timeouts apply.
+func limitBodyRead(w http.ResponseWriter, r *http.Request, d time.Duration) {
+	if d > 0 && r.Body != nil && r.Body != http.NoBody {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(d))
+	}
 }
 
 // authorized checks the Bearer token: signed with an access key, unexpired,

@@ -1,9 +1,12 @@
 package rest_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -13,6 +16,7 @@ import (
 	"time"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/filter"
 	"github.com/embedwps/pubsub/internal/wstest"
 	"github.com/embedwps/pubsub/rest"
 	"github.com/golang-jwt/jwt/v5"
@@ -36,14 +40,13 @@ type env struct {
 
 func newEnv(t *testing.T, opts rest.Options) *env {
 	t.Helper()
-	mux := http.NewServeMux()
-	srv := httptest.NewServer(mux)
-	svc, err := pubsub.New(pubsub.Config{Endpoint: srv.URL, AccessKey: primaryKey, SecondaryAccessKey: secondaryKey})
+	srv := httptest.NewUnstartedServer(nil)
+	svc, err := pubsub.New(pubsub.Config{Endpoint: "http://" + srv.Listener.Addr().String(), AccessKey: primaryKey, SecondaryAccessKey: secondaryKey})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux.Handle("/client/", svc.ClientHandler())
-	mux.Handle("/api/", rest.NewHandler(svc, opts))
+	srv.Config.Handler = rest.NewServiceHandler(svc, opts, nil)
+	srv.Start()
 	hub, _ := svc.Hub("chat")
 	e := &env{t: t, svc: svc, srv: srv, hub: hub, tr: &http.Transport{}}
 	t.Cleanup(func() {
@@ -117,13 +120,18 @@ func (e *env) send(method, u, contentType, body, auth string) response {
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
-	resp, err := (&http.Client{Transport: e.tr}).Do(req)
+	resp, err := e.client().Do(req)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return response{resp.StatusCode, resp.Header, b}
+}
+
+// client never follows a redirect: a redirect is an answer the test checks.
+func (e *env) client() *http.Client {
+	return &http.Client{Transport: e.tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
 
 func (e *env) expect(want int, r response) response {
@@ -493,5 +501,268 @@ func TestGenerateClientToken(t *testing.T) {
 	r = e.expect(400, e.do("POST", "hubs/chat/:generateToken", url.Values{"clientType": {"mqtt"}}, "", ""))
 	if d := r.errorDetail(t); d.Code != "NotSupported" {
 		t.Fatalf("MQTT: %+v", d)
+	}
+}
+
+// TestDotSegmentsAreNames: "." and ".." (also percent-encoded) in a path are
+// user, group and connection names like any other, never dot segments that
+// lead to another operation. Behind http.ServeMux,
+// /users/../:send was redirected to the hub's /:send.
+func TestDotSegmentsAreNames(t *testing.T) {
+	e := newEnv(t, rest.Options{})
+	dotdot, dotdotID := wstest.DialJSON(t, e.clientURL(pubsub.TokenOptions{UserID: "..", Groups: []string{".."}}))
+	dot, dotID := wstest.DialJSON(t, e.clientURL(pubsub.TokenOptions{UserID: ".", Groups: []string{"."}}))
+	alice, aliceID := wstest.DialJSON(t, e.clientURL(pubsub.TokenOptions{UserID: "alice", Groups: []string{"room"}}))
+	quiet := func() {
+		t.Helper()
+		e.barrier(dotdot, dotdotID)
+		e.barrier(dot, dotID)
+		e.barrier(alice, aliceID)
+	}
+
+	for _, tc := range []struct {
+		path string
+		to   *wstest.Client
+	}{
+		{"hubs/chat/users/../:send", dotdot},
+		{"hubs/chat/users/%2E%2E/:send", dotdot},
+		{"hubs/chat/users/%2e./:send", dotdot},
+		{"hubs/chat/users/./:send", dot},
+		{"hubs/chat/groups/../:send", dotdot},
+		{"hubs/chat/groups/%2E/:send", dot},
+	} {
+		e.expect(202, e.do("POST", tc.path, nil, "text/plain", tc.path))
+		if m := tc.to.NextJSON(); m["data"] != tc.path {
+			t.Fatalf("%s: got %v", tc.path, m)
+		}
+		quiet() // and nobody else got it
+	}
+
+	e.expect(200, e.do("HEAD", "hubs/chat/users/..", nil, "", ""))
+	e.expect(200, e.do("HEAD", "hubs/chat/groups/%2E%2E", nil, "", ""))
+	e.expect(404, e.do("HEAD", "hubs/chat/users/../..", nil, "", "")) // no such route, not hubs/chat
+	e.expect(404, e.do("HEAD", "hubs/chat/connections/..", nil, "", ""))
+	e.expect(204, e.do("POST", "hubs/chat/users/../:closeConnections", url.Values{"reason": {"dots"}}, "", ""))
+	if info, _ := dotdot.ExpectClose(); info.Reason != "dots" {
+		t.Fatalf("close %+v", info)
+	}
+	e.expect(404, e.do("HEAD", "hubs/chat/users/..", nil, "", ""))
+	e.expect(204, e.do("POST", "hubs/chat/groups/./:closeConnections", url.Values{"reason": {"dot"}}, "", ""))
+	if info, _ := dot.ExpectClose(); info.Reason != "dot" {
+		t.Fatalf("close %+v", info)
+	}
+	e.barrier(alice, aliceID) // alice is still connected
+}
+
+// TestServiceHandlerRoutes: the prefixes go where they belong, on the raw
+// path; anything else reaches next as it came, uncleaned (nil next: 404).
+func TestServiceHandlerRoutes(t *testing.T) {
+	svc, err := pubsub.New(pubsub.Config{Endpoint: "http://localhost", AccessKey: primaryKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Shutdown(t.Context())
+	var nextGot []string
+	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		nextGot = append(nextGot, r.URL.EscapedPath())
+		w.WriteHeader(http.StatusTeapot)
+	})
+	withNext, withoutNext := rest.NewServiceHandler(svc, rest.Options{}, next), rest.NewServiceHandler(svc, rest.Options{}, nil)
+	for _, tc := range []struct {
+		target string
+		want   int // 418: next
+	}{
+		{"/api/health", 200},                        // REST
+		{"/api/hubs/chat/users/../:send", 405},      // REST (it takes POST), not redirected
+		{"/client?hub=chat", 400},                   // the client endpoint: not an upgrade
+		{"/client/hubs/chat", 400},                  // the client endpoint
+		{"/client/../api/health", 404},              // the client endpoint's 404, not REST's health
+		{"/other/../api/health", http.StatusTeapot}, // next, uncleaned
+		{"/api", http.StatusTeapot},
+		{"/apiary", http.StatusTeapot},
+		{"/clients", http.StatusTeapot},
+	} {
+		w := httptest.NewRecorder()
+		withNext.ServeHTTP(w, httptest.NewRequest("GET", tc.target, nil))
+		if w.Code != tc.want {
+			t.Errorf("%s: %d, want %d", tc.target, w.Code, tc.want)
+		}
+		if tc.want == http.StatusTeapot {
+			w := httptest.NewRecorder()
+			withoutNext.ServeHTTP(w, httptest.NewRequest("GET", tc.target, nil))
+			if w.Code != http.StatusNotFound {
+				t.Errorf("%s without next: %d, want 404", tc.target, w.Code)
+			}
+		}
+	}
+	if want := []string{"/other/../api/health", "/api", "/apiary", "/clients"}; !slices.Equal(nextGot, want) {
+		t.Fatalf("next got %v, want %v", nextGot, want)
+	}
+}
+
+// rawConn opens a TCP connection to the test server that the test writes
+// HTTP/1.1 by hand on; every read on it gives up after wstest.WaitFor.
+func (e *env) rawConn() (net.Conn, *bufio.Reader) {
+	e.t.Helper()
+	c, err := net.Dial("tcp", e.srv.Listener.Addr().String())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	_ = c.SetReadDeadline(time.Now().Add(wstest.WaitFor))
+	return c, bufio.NewReader(c)
+}
+
+// chunkedHead is a request whose chunked body has begun with one chunk; the
+// test decides whether it ever ends.
+func (e *env) chunkedHead(method, path string, auth bool) string {
+	u := e.url(path, nil)
+	head := method + " " + strings.TrimPrefix(u, e.srv.URL) + " HTTP/1.1\r\nHost: " + e.srv.Listener.Addr().String() + "\r\n"
+	if auth {
+		head += "Authorization: Bearer " + token(e.t, primaryKey, jwt.MapClaims{"aud": u, "exp": time.Now().Add(time.Hour).Unix()}) + "\r\n"
+	}
+	return head + "Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+}
+
+// expectAnswerThenClose reads one response with the status, then the end
+// of the connection: the server closed it, rather than wait for the rest
+// of the body.
+func (e *env) expectAnswerThenClose(r *bufio.Reader, method string, status int) {
+	e.t.Helper()
+	resp, err := http.ReadResponse(r, &http.Request{Method: method})
+	if err != nil {
+		e.t.Fatalf("no answer: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != status {
+		e.t.Fatalf("status %d, want %d: %s", resp.StatusCode, status, b)
+	}
+	if _, err := r.ReadByte(); err != io.EOF {
+		e.t.Fatalf("after the answer: %v, want the connection closed (EOF)", err)
+	}
+}
+
+// TestBodyReadTimeout: a request body that never ends gets an answer and
+// its connection closed within Options.ReadTimeout, on an http.Server with
+// no timeouts of its own; a body that ends is unaffected, and so is the
+// next request on its connection.
+func TestBodyReadTimeout(t *testing.T) {
+	e := newEnv(t, rest.Options{ReadTimeout: 200 * time.Millisecond})
+	c, _ := wstest.DialJSON(t, e.clientURL(pubsub.TokenOptions{UserID: "alice"}))
+
+	// A complete request first: its connection stays open.
+	keep, keepR := e.rawConn()
+	complete := func() {
+		t.Helper()
+		fmt.Fprint(keep, e.chunkedHead("POST", "hubs/chat/:send", true)+"0\r\n\r\n")
+		resp, err := http.ReadResponse(keepR, nil)
+		if err != nil || resp.StatusCode != 202 {
+			t.Fatalf("complete request: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		if m := c.NextJSON(); m["data"] != "hello" {
+			t.Fatalf("got %v", m)
+		}
+	}
+	complete()
+
+	// A :send whose body never ends: 408, then closed.
+	never, neverR := e.rawConn()
+	fmt.Fprint(never, e.chunkedHead("POST", "hubs/chat/:send", true))
+	e.expectAnswerThenClose(neverR, "POST", http.StatusRequestTimeout)
+
+	// Answered before the body is read (no token): closed, not held.
+	for _, path := range []string{"hubs/chat/:send", "health"} {
+		unauth, unauthR := e.rawConn()
+		fmt.Fprint(unauth, e.chunkedHead("POST", path, false))
+		want := http.StatusUnauthorized
+		if path == "health" {
+			want = http.StatusMethodNotAllowed
+		}
+		e.expectAnswerThenClose(unauthR, "POST", want)
+	}
+
+	// The client endpoint and other paths of NewServiceHandler too.
+	for _, tc := range []struct {
+		target string
+		want   int
+	}{{"/client/hubs/chat", 400}, {"/elsewhere", 404}} {
+		conn, r := e.rawConn()
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", tc.target)
+		e.expectAnswerThenClose(r, "POST", tc.want)
+	}
+
+	// The first connection's deadline is long past: it serves another
+	// request, and the WebSocket client is still connected.
+	complete()
+}
+
+// TestFilterLimits: filters past filter.MaxLength or filter.MaxTokens are
+// refused with 400 before anything is sent; a filter of 40,000 clauses
+// once cost seconds of CPU per send.
+func TestFilterLimits(t *testing.T) {
+	e := newEnv(t, rest.Options{})
+	c, id := wstest.DialJSON(t, e.clientURL(pubsub.TokenOptions{UserID: "u"}))
+	huge := "userId eq 'u'" + strings.Repeat(" or userId eq 'u'", 39999)
+	many := "true" + strings.Repeat(" or true", filter.MaxTokens)
+	for _, tc := range []struct{ src, msg string }{
+		{huge, "position 16384: the filter is longer than 16384 bytes"},
+		{many, "the filter has more than 1000 tokens"},
+	} {
+		start := time.Now()
+		// aud without the query, or the token would be as long again
+		u := e.url("hubs/chat/:send", url.Values{"filter": {tc.src}})
+		aud := strings.SplitN(u, "?", 2)[0]
+		r := e.expect(400, e.send("POST", u, "text/plain", "x", "Bearer "+token(t, primaryKey, jwt.MapClaims{"aud": aud, "exp": time.Now().Add(time.Hour).Unix()})))
+		if d := r.errorDetail(t); !strings.Contains(d.Message, tc.msg) || d.Target != "filter" {
+			t.Fatalf("error %+v, want %q", d, tc.msg)
+		}
+		t.Logf("%d-byte filter refused in %v", len(tc.src), time.Since(start))
+		body, _ := json.Marshal(map[string]any{"groups": []string{"g"}, "filter": tc.src})
+		r = e.expect(400, e.do("POST", "hubs/chat/:addToGroups", nil, "application/json", string(body)))
+		if d := r.errorDetail(t); !strings.Contains(d.Message, tc.msg) {
+			t.Fatalf("error %+v, want %q", d, tc.msg)
+		}
+	}
+	e.barrier(c, id) // nothing was sent
+	if ok, _ := e.hub.GroupExists(t.Context(), "g"); ok {
+		t.Fatal("added to g")
+	}
+}
+
+// TestGenerateTokenLifetime: minutesToExpire is capped at a year (525,600
+// minutes); past it, 400. Larger values once overflowed time.Duration:
+// 2,147,483,647 minutes became a token of one hour, 153,722,867 one valid
+// until 2319.
+func TestGenerateTokenLifetime(t *testing.T) {
+	e := newEnv(t, rest.Options{})
+	expiry := func(minutes string) time.Duration {
+		t.Helper()
+		r := e.expect(200, e.do("POST", "hubs/chat/:generateToken", url.Values{"minutesToExpire": {minutes}}, "", ""))
+		var body struct {
+			Token string `json:"token"`
+		}
+		if err := json.Unmarshal(r.body, &body); err != nil {
+			t.Fatal(err)
+		}
+		claims := jwt.MapClaims{}
+		if _, err := jwt.ParseWithClaims(body.Token, claims, func(*jwt.Token) (any, error) { return []byte(primaryKey), nil }); err != nil {
+			t.Fatal(err)
+		}
+		exp, _ := claims.GetExpirationTime()
+		return time.Until(exp.Time)
+	}
+	if d := expiry("525600"); d < 365*24*time.Hour-time.Minute || d > 365*24*time.Hour {
+		t.Fatalf("a year's token expires in %v", d)
+	}
+	if d := expiry("1"); d < 0 || d > time.Minute {
+		t.Fatalf("a minute's token expires in %v", d)
+	}
+	for _, m := range []string{"525601", "153722867", "2147483647", "9223372036854775807", "99999999999999999999", "0", "-1"} {
+		r := e.expect(400, e.do("POST", "hubs/chat/:generateToken", url.Values{"minutesToExpire": {m}}, "", ""))
+		if d := r.errorDetail(t); d.Target != "minutesToExpire" || !strings.Contains(d.Message, "from 1 to 525600") {
+			t.Fatalf("minutesToExpire %s: %+v", m, d)
+		}
 	}
 }

@@ -84,10 +84,10 @@ func (c Config) validate() error {
 func (h EventHandlerSettings) validate() error {
 	u, err := url.Parse(strings.NewReplacer("{hub}", "hub", "{event}", "event").Replace(strings.ToLower(h.URLTemplate)))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("urlTemplate %q must be an absolute http or https URL", h.URLTemplate)
+		return fmt.Errorf("urlTemplate %q must be an absolute http or https URL", redactURL(h.URLTemplate))
 	}
 	if host := strings.ToLower(h.URLTemplate); strings.Contains(hostOf(host), "{") {
-		return fmt.Errorf("urlTemplate %q: placeholders are not allowed in the host", h.URLTemplate)
+		return fmt.Errorf("urlTemplate %q: placeholders are not allowed in the host", redactURL(h.URLTemplate))
 	}
 	for _, e := range h.SystemEvents {
 		switch strings.ToLower(e) {

@@ -215,12 +215,12 @@ func (h *Handler) call(ctx context.Context, t *target, ev event) (*http.Response
 	case t.sem <- struct{}{}:
 		defer func() { <-t.sem }()
 	case <-ctx.Done():
-		return nil, nil, fmt.Errorf("too many calls in flight to %s: %w", t.settings.URLTemplate, ctx.Err())
+		return nil, nil, fmt.Errorf("too many calls in flight to %s: %w", redactURL(t.settings.URLTemplate), ctx.Err())
 	}
 	u := resolve(t.settings.URLTemplate, ev.conn.Hub, ev.name)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(ev.body))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, redactErr(err)
 	}
 	hd := req.Header
 	hd["Content-Type"] = []string{ev.contentType}
@@ -248,7 +248,7 @@ func (h *Handler) call(ctx context.Context, t *target, ev event) (*http.Response
 	}
 	resp, err := h.opts.Client.Do(req)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, redactErr(err) // it may reach the client, in an ack
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20+1))
@@ -278,7 +278,7 @@ func (h *Handler) validate(ctx context.Context, t *target) error {
 	if err != nil {
 		t.failure, t.failedAt = err, time.Now()
 		h.log.Error("the upstream failed abuse protection: no event is sent to it",
-			"hub", t.hub, "urlTemplate", t.settings.URLTemplate, "err", err)
+			"hub", t.hub, "urlTemplate", redactURL(t.settings.URLTemplate), "err", err)
 		return err
 	}
 	t.validated, t.failure = true, nil
@@ -295,13 +295,13 @@ func (h *Handler) preflight(ctx context.Context, t *target) error {
 	for _, method := range []string{http.MethodOptions, http.MethodGet} {
 		req, err := http.NewRequestWithContext(ctx, method, u, nil)
 		if err != nil {
-			return fmt.Errorf("%w: %v", ErrNotValidated, err)
+			return fmt.Errorf("%w: %v", ErrNotValidated, redactErr(err))
 		}
 		req.Header["WebHook-Request-Origin"] = []string{h.opts.Origin}
 		req.Header["ce-awpsversion"] = []string{"1.0"}
 		resp, err := h.opts.Client.Do(req)
 		if err != nil {
-			return fmt.Errorf("%w: %v", ErrNotValidated, err)
+			return fmt.Errorf("%w: %v", ErrNotValidated, redactErr(err))
 		}
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
 		resp.Body.Close()

@@ -239,6 +239,23 @@ func TestServerSDKConformance(t *testing.T) {
 			}
 			expect("errors", nil)
 		},
+		"dot names": func(line map[string]any) {
+			// The SDK cannot address the names "." and "..": it removes
+			// them as dot segments before sending, so only raw clients can
+			// (TestDotNamesStayNames). Should it ever send them as written,
+			// check their delivery through cmd/webpubsub here instead.
+			want := []any{
+				"POST /api/hubs/chat/:send",             // group("..").sendToAll
+				"POST /api/hubs/chat/:send",             // sendToUser("..")
+				"POST /api/hubs/chat/users/:send",       // sendToUser(".")
+				"POST /api/hubs/chat/:closeConnections", // closeUserConnections("..")
+				"HEAD /api/hubs/chat/",                  // userExists("..")
+			}
+			if !reflect.DeepEqual(line["wire"], want) {
+				t.Fatalf("the SDK sent %v for dot names, not %v: it may address them now", line["wire"], want)
+			}
+			expect("dot names", nil)
+		},
 		"closeConnection":      func(map[string]any) { expectClosed("close", "anon", "anon closed") },
 		"closeUserConnections": func(map[string]any) { expectClosed("closeUser", "bob", "bob closed") },
 		"group closeAllConnections": func(map[string]any) {

@@ -79,16 +79,16 @@ func run(args []string, stdout *os.File) error {
 		return err
 	}
 
-	mux := http.NewServeMux()
-	mux.Handle("/client/", svc.ClientHandler())
-	mux.Handle("/api/", rest.NewHandler(svc, rest.Options{Logger: log}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := newServer(svc, log, defaultLimits)
 
-	fmt.Fprintf(stdout, "%s\n", cs)
-	log.Info("listening", "addr", ln.Addr().String(), "client", "/client/hubs/{hub}", "rest", "/api/")
-
+	// Signals are caught before the connection string tells a supervisor
+	// that the server is up.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The key on stdout, which is how a user gets it; logs get the
+	// redacted form (ConnectionString is a slog.LogValuer).
+	fmt.Fprintf(stdout, "%s\n", cs.String())
+	log.Info("listening", "addr", ln.Addr().String(), "client", "/client/hubs/{hub}", "rest", "/api/", "connectionString", cs)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	select {
@@ -104,6 +104,37 @@ func run(args []string, stdout *os.File) error {
 		log.Info("stopped")
 	}
 	return err
+}
+
+// limits bound how long a connection may hold the server without
+// finishing a request.
+type limits struct {
+	readHeader time.Duration // the request line and headers
+	idle       time.Duration // a keep-alive connection between requests
+	body       time.Duration // a request body (rest.Options.ReadTimeout)
+}
+
+// defaultLimits: an SDK's next call on a kept-alive connection usually
+// comes within a minute, and a body in 30 s (rest.DefaultReadTimeout).
+var defaultLimits = limits{readHeader: 10 * time.Second, idle: 60 * time.Second, body: rest.DefaultReadTimeout}
+
+// maxHeaderBytes bounds a request's line and headers: 64 KiB, room for a
+// client URL with a token of many groups, far below net/http's 1 MiB
+// default (ASP.NET Core, behind Azure, allows 8 KiB + 32 KiB).
+const maxHeaderBytes = 64 << 10
+
+// newServer is the HTTP server of svc. It sets no ReadTimeout or
+// WriteTimeout: WebSocket connections outlive any request, and bodies are
+// bounded per request by the handler.
+func newServer(svc *pubsub.Service, log *slog.Logger, l limits) *http.Server {
+	return &http.Server{
+		// Not http.ServeMux: it would redirect dot segments (users/../:send)
+		// to other operations.
+		Handler:           rest.NewServiceHandler(svc, rest.Options{Logger: log, ReadTimeout: l.body}, nil),
+		ReadHeaderTimeout: l.readHeader,
+		IdleTimeout:       l.idle,
+		MaxHeaderBytes:    maxHeaderBytes,
+	}
 }
 
 // connectionString picks the connection string from the flag, the
