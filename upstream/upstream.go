@@ -37,7 +37,9 @@ type Options struct {
 	// attempt of a non-blocking one. Default 30 s.
 	Timeout time.Duration
 	// MaxConcurrent bounds the calls in flight to one event handler of one
-	// hub. Default 64.
+	// hub, whatever host it is on. Default 64. A Client of the
+	// application's own should not cap connections per host, which would
+	// let one hub's hung handler stall the other hubs on that host.
 	MaxConcurrent int
 	// Workers deliver connected and disconnected events per event handler of
 	// a hub, in order per connection. Default 4.
@@ -106,7 +108,11 @@ func New(cfg Config, opts Options) (*Handler, error) {
 		opts.ValidationRetry = 10 * time.Second
 	}
 	if opts.Client == nil {
-		opts.Client = &http.Client{Transport: &http.Transport{MaxConnsPerHost: opts.MaxConcurrent}}
+		// No MaxConnsPerHost: a per-host cap is shared by every hub and
+		// handler on that host, so one hung handler would stall them all.
+		// Each target's sem bounds its own calls instead; idle connections
+		// are kept up to that bound so a busy handler reuses them.
+		opts.Client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: opts.MaxConcurrent}}
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
