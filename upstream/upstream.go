@@ -54,7 +54,8 @@ type Options struct {
 	// ValidationRetry is how long a failed abuse-protection check is
 	// remembered before it is tried again. Default 10 s.
 	ValidationRetry time.Duration
-	// Client sends the requests. Default: a client of its own.
+	// Client sends the requests. Default: a client of its own. Redirects
+	// are never followed (New uses a copy of Client that refuses them).
 	Client *http.Client
 	// Logger receives failures. Default slog.Default().
 	Logger *slog.Logger
@@ -107,13 +108,20 @@ func New(cfg Config, opts Options) (*Handler, error) {
 	if opts.ValidationRetry <= 0 {
 		opts.ValidationRetry = 10 * time.Second
 	}
-	if opts.Client == nil {
+	client := http.Client{
 		// No MaxConnsPerHost: a per-host cap is shared by every hub and
 		// handler on that host, so one hung handler would stall them all.
 		// Each target's sem bounds its own calls instead; idle connections
 		// are kept up to that bound so a busy handler reuses them.
-		opts.Client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: opts.MaxConcurrent}}
+		Transport: &http.Transport{MaxIdleConnsPerHost: opts.MaxConcurrent},
 	}
+	if opts.Client != nil {
+		client = *opts.Client // a copy: the application's client is left as it is
+	}
+	// A redirect would carry ce-signature, the user and connection ids and
+	// the event to another host: the 3xx is the answer, and a failure.
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	opts.Client = &client
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -368,10 +376,16 @@ func (h *Handler) Connect(ctx context.Context, req *pubsub.ConnectRequest) (*pub
 		h.forget(req.ConnectionContext)
 		status := resp.StatusCode
 		if status < 400 || status > 499 {
-			status = http.StatusInternalServerError // a 5xx upstream is a service-side failure
+			// A 5xx, or a 3xx (redirects are not followed), is a
+			// service-side failure, not the client's.
+			status = http.StatusInternalServerError
 		}
-		h.log.Info("connect refused by the upstream", "hub", req.Hub, "status", resp.StatusCode)
-		return nil, pubsub.RejectConnect(status, "refused by the connect event handler ("+strconv.Itoa(resp.StatusCode)+")")
+		reason := "refused by the connect event handler (" + strconv.Itoa(resp.StatusCode) + ")"
+		if resp.StatusCode/100 == 3 {
+			reason = "the connect event handler answered a redirect (" + strconv.Itoa(resp.StatusCode) + "), which is not followed"
+		}
+		h.log.Info("connect refused by the upstream", "hub", req.Hub, "status", resp.StatusCode, "reason", reason)
+		return nil, pubsub.RejectConnect(status, reason)
 	}
 	out := &pubsub.ConnectResponse{ConnectionState: stateOf(resp)}
 	if b := bytes.TrimSpace(respBody); len(b) > 0 && !bytes.Equal(b, []byte("null")) {
