@@ -219,10 +219,14 @@ type event struct {
 	maxReply    int64 // the largest reply body read
 }
 
-// The largest reply bodies read: a connect reply (the emulator's limit) and,
-// for the rest, what is ignored but read so the connection can be reused.
+// The largest reply bodies read: a connect reply (the emulator's limit); a
+// user event's, which goes to the client as one message and so is held to
+// the 1 MiB a client takes (a larger one fails the event rather than the
+// client); and, for connected and disconnected, what is ignored but read so
+// the connection can be reused.
 const (
 	maxConnectReply = 16 << 20
+	maxUserReply    = 1 << 20
 	maxIgnoredReply = 64 << 10
 )
 
@@ -483,7 +487,7 @@ func (h *Handler) UserEvent(ctx context.Context, req *pubsub.UserEventRequest) (
 	}
 	resp, body, err := h.call(ctx, t, event{
 		ceType: "azure.webpubsub.user." + req.EventName, name: req.EventName, id: h.eventID(req.ConnectionContext),
-		conn: req.ConnectionContext, contentType: contentTypes[req.DataType], body: req.Data, maxReply: maxConnectReply,
+		conn: req.ConnectionContext, contentType: contentTypes[req.DataType], body: req.Data, maxReply: maxUserReply,
 	})
 	if resp != nil && resp.StatusCode/100 != 2 {
 		h.log.Warn("user event answered an error", "hub", req.Hub, "event", req.EventName, "status", resp.StatusCode)
