@@ -313,6 +313,11 @@ func (h *Handler) validate(ctx context.Context, t *target) error {
 		return t.failure
 	}
 	err := h.preflight(ctx, t)
+	if err != nil && ctx.Err() != nil {
+		// The caller gave up (a client left during its handshake): that says
+		// nothing of the upstream, so the next call checks again.
+		return err
+	}
 	if err != nil {
 		t.failure, t.failedAt = err, time.Now()
 		h.log.Error("the upstream failed abuse protection: no event is sent to it",
