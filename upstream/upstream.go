@@ -37,7 +37,9 @@ type Options struct {
 	// attempt of a non-blocking one. Default 30 s.
 	Timeout time.Duration
 	// MaxConcurrent bounds the calls in flight to one event handler of one
-	// hub. Default 64.
+	// hub, whatever host it is on. Default 64. A Client of the
+	// application's own should not cap connections per host, which would
+	// let one hub's hung handler stall the other hubs on that host.
 	MaxConcurrent int
 	// Workers deliver connected and disconnected events per event handler of
 	// a hub, in order per connection. Default 4.
@@ -52,7 +54,8 @@ type Options struct {
 	// ValidationRetry is how long a failed abuse-protection check is
 	// remembered before it is tried again. Default 10 s.
 	ValidationRetry time.Duration
-	// Client sends the requests. Default: a client of its own.
+	// Client sends the requests. Default: a client of its own. Redirects
+	// are never followed (New uses a copy of Client that refuses them).
 	Client *http.Client
 	// Logger receives failures. Default slog.Default().
 	Logger *slog.Logger
@@ -105,9 +108,20 @@ func New(cfg Config, opts Options) (*Handler, error) {
 	if opts.ValidationRetry <= 0 {
 		opts.ValidationRetry = 10 * time.Second
 	}
-	if opts.Client == nil {
-		opts.Client = &http.Client{Transport: &http.Transport{MaxConnsPerHost: opts.MaxConcurrent}}
+	client := http.Client{
+		// No MaxConnsPerHost: a per-host cap is shared by every hub and
+		// handler on that host, so one hung handler would stall them all.
+		// Each target's sem bounds its own calls instead; idle connections
+		// are kept up to that bound so a busy handler reuses them.
+		Transport: &http.Transport{MaxIdleConnsPerHost: opts.MaxConcurrent},
 	}
+	if opts.Client != nil {
+		client = *opts.Client // a copy: the application's client is left as it is
+	}
+	// A redirect would carry ce-signature, the user and connection ids and
+	// the event to another host: the 3xx is the answer, and a failure.
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	opts.Client = &client
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -202,9 +216,24 @@ type event struct {
 	conn        pubsub.ConnectionContext
 	contentType string
 	body        []byte
+	maxReply    int64 // the largest reply body read
 }
 
+// The largest reply bodies read: a connect reply (the emulator's limit); a
+// user event's, which goes to the client as one message and so is held to
+// the 1 MiB a client takes (a larger one fails the event rather than the
+// client); and, for connected and disconnected, what is ignored but read so
+// the connection can be reused.
+const (
+	maxConnectReply = 16 << 20
+	maxUserReply    = 1 << 20
+	maxIgnoredReply = 64 << 10
+)
+
 // call POSTs an event to t, bounded by t's concurrency and opts.Timeout.
+// When the upstream answered but its body could not be read (too large,
+// cut, or not finished within the timeout), the response comes back with
+// the error: a 2xx means the application took the event all the same.
 func (h *Handler) call(ctx context.Context, t *target, ev event) (*http.Response, []byte, error) {
 	if err := h.validate(ctx, t); err != nil {
 		return nil, nil, err
@@ -251,14 +280,23 @@ func (h *Handler) call(ctx context.Context, t *target, ev event) (*http.Response
 		return nil, nil, redactErr(err) // it may reach the client, in an ack
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20+1))
+	// The body is read under ctx too: one that never ends fails at the
+	// timeout.
+	body, err := io.ReadAll(io.LimitReader(resp.Body, ev.maxReply+1))
 	if err != nil {
-		return nil, nil, err
+		return resp, nil, fmt.Errorf("reading the %s reply: %w", ev.name, err)
 	}
-	if len(body) > 16<<20 {
-		return nil, nil, fmt.Errorf("the %s response is larger than 16 MiB", ev.name)
+	if int64(len(body)) > ev.maxReply {
+		return resp, nil, fmt.Errorf("the %s reply is larger than %s", ev.name, sizeOf(ev.maxReply))
 	}
 	return resp, body, nil
+}
+
+func sizeOf(n int64) string {
+	if n%(1<<20) == 0 {
+		return strconv.FormatInt(n>>20, 10) + " MiB"
+	}
+	return strconv.FormatInt(n>>10, 10) + " KiB"
 }
 
 // validate runs the abuse-protection check of t (event-handler.md §3) before
@@ -275,6 +313,11 @@ func (h *Handler) validate(ctx context.Context, t *target) error {
 		return t.failure
 	}
 	err := h.preflight(ctx, t)
+	if err != nil && ctx.Err() != nil {
+		// The caller gave up (a client left during its handshake): that says
+		// nothing of the upstream, so the next call checks again.
+		return err
+	}
 	if err != nil {
 		t.failure, t.failedAt = err, time.Now()
 		h.log.Error("the upstream failed abuse protection: no event is sent to it",
@@ -340,55 +383,87 @@ type connectReply struct {
 }
 
 // Connect implements pubsub.EventHandler: the blocking connect event.
+//
+// A connect the upstream refused, or did not answer, frees the connection's
+// ce-id counter and is followed by no disconnected event. One it accepted
+// (2xx) that is refused here all the same (a reply the service cannot use)
+// frees the counter and queues a disconnected event, since the application
+// believes the connection was made.
 func (h *Handler) Connect(ctx context.Context, req *pubsub.ConnectRequest) (*pubsub.ConnectResponse, error) {
 	t := h.system(req.Hub, "connect")
 	if t == nil {
 		return nil, pubsub.ErrNoEventHandler
 	}
+	c := req.ConnectionContext
 	body, _ := json.Marshal(connectBody{
 		Claims: req.Claims, Query: req.Query, Headers: req.Headers,
 		Subprotocols: append([]string{}, req.Subprotocols...), ClientCertificates: append([]pubsub.ClientCertificate{}, req.ClientCertificates...),
 	})
 	resp, respBody, err := h.call(ctx, t, event{
-		ceType: "azure.webpubsub.sys.connect", name: "connect", id: h.eventID(req.ConnectionContext),
-		conn: req.ConnectionContext, contentType: "application/json; charset=utf-8", body: body,
+		ceType: "azure.webpubsub.sys.connect", name: "connect", id: h.eventID(c),
+		conn: c, contentType: "application/json; charset=utf-8", body: body, maxReply: maxConnectReply,
 	})
-	if err != nil {
-		h.forget(req.ConnectionContext)
+	switch {
+	case resp == nil:
+		h.forget(c)
 		h.log.Error("connect event failed; refusing the connection", "hub", req.Hub, "err", err)
 		return nil, pubsub.RejectConnect(http.StatusInternalServerError, "the connect event handler failed")
-	}
-	if resp.StatusCode/100 != 2 {
-		h.forget(req.ConnectionContext)
+	case resp.StatusCode/100 != 2:
+		h.forget(c)
 		status := resp.StatusCode
 		if status < 400 || status > 499 {
-			status = http.StatusInternalServerError // a 5xx upstream is a service-side failure
+			// A 5xx, or a 3xx (redirects are not followed), is a
+			// service-side failure, not the client's.
+			status = http.StatusInternalServerError
 		}
-		h.log.Info("connect refused by the upstream", "hub", req.Hub, "status", resp.StatusCode)
-		return nil, pubsub.RejectConnect(status, "refused by the connect event handler ("+strconv.Itoa(resp.StatusCode)+")")
+		reason := "refused by the connect event handler (" + strconv.Itoa(resp.StatusCode) + ")"
+		if resp.StatusCode/100 == 3 {
+			reason = "the connect event handler answered a redirect (" + strconv.Itoa(resp.StatusCode) + "), which is not followed"
+		}
+		h.log.Info("connect refused by the upstream", "hub", req.Hub, "status", resp.StatusCode, "reason", reason)
+		return nil, pubsub.RejectConnect(status, reason)
 	}
-	out := &pubsub.ConnectResponse{ConnectionState: stateOf(resp)}
-	if b := bytes.TrimSpace(respBody); len(b) > 0 && !bytes.Equal(b, []byte("null")) {
-		var r connectReply
-		if err := json.Unmarshal(b, &r); err != nil {
-			h.forget(req.ConnectionContext)
-			h.log.Error("the connect event handler answered invalid JSON", "hub", req.Hub, "err", err)
-			return nil, pubsub.RejectConnect(http.StatusInternalServerError, "the connect event handler answered invalid JSON")
+	out, reason, detail := connectReplyOf(resp, respBody, err)
+	if reason != "" {
+		h.log.Error("refusing a connection the connect event handler accepted: "+reason, "hub", req.Hub, "connectionId", c.ConnectionID, "err", detail)
+		if out.ConnectionState != nil {
+			c.ConnectionState = *out.ConnectionState // the state the application set, as later events would carry it
 		}
-		if len(r.UserID) > 0 && string(r.UserID) != "null" {
-			var u string
-			if err := json.Unmarshal(r.UserID, &u); err != nil {
-				return nil, pubsub.RejectConnect(http.StatusInternalServerError, "the connect event handler answered a userId that is not a string")
-			}
-			out.UserID = &u
-		}
-		if len(r.Groups) > 0 { // an empty array keeps the token's groups
-			out.Groups = r.Groups
-		}
-		out.Roles = r.Roles // [] removes the token's roles
-		out.Subprotocol = r.Subprotocol
+		h.Disconnected(ctx, c, "the service refused the connection: "+reason)
+		return nil, pubsub.RejectConnect(http.StatusInternalServerError, reason)
 	}
 	return out, nil
+}
+
+// connectReplyOf reads a 2xx connect reply whose body was read with err. A
+// reply the service cannot use gives a reason (for the client and the
+// application) and the detail (for the log).
+func connectReplyOf(resp *http.Response, body []byte, err error) (out *pubsub.ConnectResponse, reason string, detail error) {
+	out = &pubsub.ConnectResponse{ConnectionState: stateOf(resp)}
+	if err != nil {
+		return out, "the connect event handler's reply could not be read", err
+	}
+	b := bytes.TrimSpace(body)
+	if len(b) == 0 || bytes.Equal(b, []byte("null")) {
+		return out, "", nil
+	}
+	var r connectReply
+	if err := json.Unmarshal(b, &r); err != nil {
+		return out, "the connect event handler answered invalid JSON", err
+	}
+	if len(r.UserID) > 0 && string(r.UserID) != "null" {
+		var u string
+		if err := json.Unmarshal(r.UserID, &u); err != nil {
+			return out, "the connect event handler answered a userId that is not a string", err
+		}
+		out.UserID = &u
+	}
+	if len(r.Groups) > 0 { // an empty array keeps the token's groups
+		out.Groups = r.Groups
+	}
+	out.Roles = r.Roles // [] removes the token's roles
+	out.Subprotocol = r.Subprotocol
+	return out, "", nil
 }
 
 // stateOf reads ce-connectionState from a response: nil when absent (keep
@@ -417,15 +492,15 @@ func (h *Handler) UserEvent(ctx context.Context, req *pubsub.UserEventRequest) (
 	}
 	resp, body, err := h.call(ctx, t, event{
 		ceType: "azure.webpubsub.user." + req.EventName, name: req.EventName, id: h.eventID(req.ConnectionContext),
-		conn: req.ConnectionContext, contentType: contentTypes[req.DataType], body: req.Data,
+		conn: req.ConnectionContext, contentType: contentTypes[req.DataType], body: req.Data, maxReply: maxUserReply,
 	})
+	if resp != nil && resp.StatusCode/100 != 2 {
+		h.log.Warn("user event answered an error", "hub", req.Hub, "event", req.EventName, "status", resp.StatusCode)
+		return nil, fmt.Errorf("the %s event handler answered %d", req.EventName, resp.StatusCode)
+	}
 	if err != nil {
 		h.log.Warn("user event failed", "hub", req.Hub, "event", req.EventName, "err", err)
 		return nil, fmt.Errorf("the %s event handler failed: %w", req.EventName, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		h.log.Warn("user event answered an error", "hub", req.Hub, "event", req.EventName, "status", resp.StatusCode)
-		return nil, fmt.Errorf("the %s event handler answered %d", req.EventName, resp.StatusCode)
 	}
 	out := &pubsub.UserEventResponse{ConnectionState: stateOf(resp)}
 	if len(body) > 0 {
@@ -529,14 +604,14 @@ func (h *Handler) deliver(t *target, ev asyncEvent) {
 		}{ev.reason})
 	}
 	e := event{ceType: "azure.webpubsub.sys." + ev.kind, name: ev.kind, id: ev.id, conn: ev.conn,
-		contentType: "application/json; charset=utf-8", body: body}
+		contentType: "application/json; charset=utf-8", body: body, maxReply: maxIgnoredReply}
 	for attempt := 0; ; attempt++ {
 		resp, _, err := h.call(h.ctx, t, e)
-		if err == nil && resp.StatusCode/100 == 2 {
-			return
+		if resp != nil && resp.StatusCode/100 == 2 {
+			return // the reply's body is ignored: an unreadable one is no failure
 		}
-		transient := err != nil && !errors.Is(err, ErrNotValidated) ||
-			err == nil && (resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode >= 500)
+		transient := resp == nil && !errors.Is(err, ErrNotValidated) ||
+			resp != nil && (resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode >= 500)
 		if !transient || attempt >= len(h.opts.RetryDelays) || h.ctx.Err() != nil {
 			status := 0
 			if resp != nil {

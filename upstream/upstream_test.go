@@ -36,10 +36,12 @@ type recorded struct {
 	path   string
 	header http.Header
 	body   []byte
+	ctx    context.Context // the request's: done when the caller gives up
 }
 
 // fakeUpstream is an application server: it records every request and
-// answers with reply (POST) and allowOrigin (OPTIONS).
+// answers with reply and, for OPTIONS, allowOrigin (set before reply runs,
+// so that a test can hang or redirect the validation).
 type fakeUpstream struct {
 	srv         *httptest.Server
 	mu          sync.Mutex
@@ -54,13 +56,16 @@ func newUpstream(t *testing.T, reply func(r recorded, w http.ResponseWriter)) *f
 	u := &fakeUpstream{posts: make(chan recorded, 1024), reply: reply, allowOrigin: "*"}
 	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		rec := recorded{r.Method, r.URL.Path, r.Header.Clone(), body}
+		rec := recorded{r.Method, r.URL.Path, r.Header.Clone(), body, r.Context()}
 		u.mu.Lock()
 		u.requests = append(u.requests, rec)
 		u.mu.Unlock()
 		if r.Method == http.MethodOptions {
 			if u.allowOrigin != "" {
 				w.Header().Set("WebHook-Allowed-Origin", u.allowOrigin)
+			}
+			if u.reply != nil {
+				u.reply(rec, w)
 			}
 			return
 		}
@@ -129,6 +134,46 @@ func newEnv(t *testing.T, cfg upstream.Config, opts upstream.Options) *env {
 		srv.Close()
 	})
 	return &env{svc: svc, srv: srv, up: up}
+}
+
+// newHandler returns an upstream driven directly by the test, without a
+// service in front; it is shut down (its queues drained) at cleanup.
+func newHandler(t *testing.T, cfg upstream.Config, opts upstream.Options) *upstream.Handler {
+	t.Helper()
+	opts.AccessKeys = []string{primaryKey, secondaryKey}
+	opts.Origin = "127.0.0.1"
+	if opts.RetryDelays == nil {
+		opts.RetryDelays = []time.Duration{time.Millisecond, time.Millisecond, time.Millisecond}
+	}
+	h, err := upstream.New(cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { shutdown(t, h) })
+	return h
+}
+
+// shutdown drains h's queues: every queued event has been sent after it.
+func shutdown(t *testing.T, h *upstream.Handler) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wstest.WaitFor)
+	defer cancel()
+	if err := h.Shutdown(ctx); err != nil {
+		t.Error(err)
+	}
+}
+
+// posted returns the POSTs u received for event name.
+func (u *fakeUpstream) posted(name string) []recorded {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var out []recorded
+	for _, r := range u.requests {
+		if r.method == http.MethodPost && r.header.Get("ce-eventName") == name {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func (e *env) url(t *testing.T, hub string, opts pubsub.TokenOptions) string {
