@@ -75,11 +75,6 @@ func (x index) remove(key string, c *conn) {
 	})
 }
 
-func (x index) exists(key string) bool {
-	_, ok := x.sets.Load(key)
-	return ok
-}
-
 // members returns a snapshot of key's members, shared: not to be changed.
 func (x index) members(key string) []*conn {
 	set, ok := x.sets.Load(key)
@@ -98,11 +93,11 @@ func validGroup(g string) error {
 
 // joinGroup adds c to group, within MaxGroupsPerConnection. c.mu makes it
 // atomic with c's release, so a released connection never lingers in a
-// group.
+// group; one being closed joins nothing more.
 func (c *conn) joinGroup(group string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state == stateReleased {
+	if c.state >= stateClosing {
 		return ErrConnectionNotFound
 	}
 	if _, in := c.groups[group]; in {

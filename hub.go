@@ -188,17 +188,28 @@ func (h *Hub) CloseUserConnections(ctx context.Context, userID, reason string, e
 	return h.closeMany(ctx, OpCloseUser, userID, reason, excluded)
 }
 
-// lookup returns a connection of this process.
+// lookup returns a connection of this process that the service has not
+// ended: one being closed is gone already, for the Go API and REST.
 func (h *Hub) lookup(connectionID string) (*conn, error) {
 	if connectionID == "" {
 		return nil, ErrInvalidConnection
 	}
 	if st := h.state(); st != nil {
-		if c, ok := st.conns.Load(connectionID); ok {
+		if c, ok := st.conns.Load(connectionID); ok && !c.ending() {
 			return c, nil
 		}
 	}
 	return nil, ErrConnectionNotFound
+}
+
+// anyLive reports whether one of conns is not being closed.
+func anyLive(conns []*conn) bool {
+	for _, c := range conns {
+		if !c.ending() {
+			return true
+		}
+	}
+	return false
 }
 
 // userConns returns a snapshot of the user's connections in this process.
@@ -370,22 +381,24 @@ func (h *Hub) ConnectionExists(_ context.Context, connectionID string) (bool, er
 	return err == nil, nil
 }
 
-// GroupExists reports whether group has at least one connection.
+// GroupExists reports whether group has at least one connection (not
+// being closed).
 func (h *Hub) GroupExists(_ context.Context, group string) (bool, error) {
 	if err := validGroup(group); err != nil {
 		return false, err
 	}
 	st := h.state()
-	return st != nil && st.groups.exists(group), nil
+	return st != nil && anyLive(st.groups.members(group)), nil
 }
 
-// UserExists reports whether userID has at least one connection.
+// UserExists reports whether userID has at least one connection (not being
+// closed).
 func (h *Hub) UserExists(_ context.Context, userID string) (bool, error) {
 	if userID == "" {
 		return false, ErrInvalidUser
 	}
 	st := h.state()
-	return st != nil && st.users.exists(userID), nil
+	return st != nil && anyLive(st.users.members(userID)), nil
 }
 
 // GrantPermission grants a connection perm on group, or on every group when
@@ -440,7 +453,9 @@ func (h *Hub) ListConnectionsInGroup(_ context.Context, group string) ([]GroupMe
 	var out []GroupMember
 	if st := h.state(); st != nil {
 		for _, c := range st.groups.members(group) {
-			out = append(out, GroupMember{ConnectionID: c.id, UserID: c.userID})
+			if !c.ending() {
+				out = append(out, GroupMember{ConnectionID: c.id, UserID: c.userID})
+			}
 		}
 	}
 	slices.SortFunc(out, func(a, b GroupMember) int { return strings.Compare(a.ConnectionID, b.ConnectionID) })
