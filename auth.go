@@ -181,9 +181,17 @@ type TokenOptions struct {
 	// Groups become the webpubsub.group claim: joined on connect.
 	Groups []string
 	// Lifetime is how long the token is valid. Default 60 minutes, as
-	// Azure's SDKs.
+	// Azure's SDKs; at most MaxTokenLifetime.
 	Lifetime time.Duration
 }
+
+// MaxTokenLifetime is the longest a client token may be valid: a token is
+// needed only until its client connects, and a year covers one handed to a
+// device for later.
+const MaxTokenLifetime = 365 * 24 * time.Hour
+
+// ErrInvalidTokenLifetime: TokenOptions.Lifetime is over MaxTokenLifetime.
+var ErrInvalidTokenLifetime = errors.New("pubsub: a token lifetime is at most a year")
 
 // ClientToken mints a client access token for hub, with the claims Azure's
 // SDKs put in: aud {Endpoint}/client/hubs/{hub}, iat, exp, sub, role and
@@ -197,6 +205,9 @@ func (s *Service) ClientToken(hub string, opts TokenOptions) (string, error) {
 		if err := validGroup(g); err != nil {
 			return "", err
 		}
+	}
+	if opts.Lifetime > MaxTokenLifetime {
+		return "", ErrInvalidTokenLifetime
 	}
 	if opts.Lifetime <= 0 {
 		opts.Lifetime = time.Hour

@@ -1,6 +1,7 @@
 package pubsub_test
 
 import (
+	"errors"
 	"net/http"
 	"net/url"
 	"strings"
@@ -169,5 +170,22 @@ func TestClientURLAndTokenClaims(t *testing.T) {
 	members, _ := e.hub.ListConnectionsInGroup(t.Context(), "g1")
 	if len(members) != 1 || members[0].ConnectionID != id || members[0].UserID != "bob" {
 		t.Fatalf("group g1 members %v", members)
+	}
+}
+
+func TestClientTokenLifetimeIsBounded(t *testing.T) {
+	svc, err := pubsub.New(pubsub.Config{AccessKey: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.ClientToken("chat", pubsub.TokenOptions{Lifetime: pubsub.MaxTokenLifetime}); err != nil {
+		t.Fatalf("a year: %v", err)
+	}
+	// 153,722,867 minutes made a token valid until 2319: time arithmetic
+	// overflowed past the cap.
+	for _, d := range []time.Duration{pubsub.MaxTokenLifetime + time.Second, 153722867 * time.Minute} {
+		if _, err := svc.ClientToken("chat", pubsub.TokenOptions{Lifetime: d}); !errors.Is(err, pubsub.ErrInvalidTokenLifetime) {
+			t.Fatalf("%v: %v", d, err)
+		}
 	}
 }

@@ -465,11 +465,10 @@ type tokenResponse struct {
 	Token string `json:"token"`
 }
 
-// maxMinutesToExpire caps :generateToken's minutesToExpire at a year
-// (525,600): a token is needed only until its client connects, a year
-// covers one handed to a device for later, and it is far inside
-// time.Duration's 292 years, which larger values overflowed.
-const maxMinutesToExpire = 365 * 24 * 60
+// maxMinutesToExpire caps :generateToken's minutesToExpire at
+// pubsub.MaxTokenLifetime, a year (525,600), far inside time.Duration's 292
+// years, which larger values overflowed.
+const maxMinutesToExpire = int(pubsub.MaxTokenLifetime / time.Minute)
 
 // generateClientToken mints a client token for the hub (:generateToken).
 func generateClientToken(h *handler, rq *request) {
