@@ -119,14 +119,14 @@ func (h *handler) failErr(rq *request, err error) {
 	switch {
 	case errors.Is(err, pubsub.ErrConnectionNotFound), errors.Is(err, pubsub.ErrUserNotFound):
 		status, code = http.StatusNotFound, "Error.NotFound"
-	case errors.Is(err, pubsub.ErrTooManyPermissions):
+	case errors.Is(err, pubsub.ErrTooManyPermissions), errors.Is(err, pubsub.ErrTooManyGroups):
 		status, code = http.StatusConflict, "Error.Conflict"
 	case errors.Is(err, pubsub.ErrServiceClosed):
 		status, code = http.StatusServiceUnavailable, "Error.ServiceUnavailable"
 	case errors.Is(err, pubsub.ErrInvalidHub), errors.Is(err, pubsub.ErrInvalidGroup),
 		errors.Is(err, pubsub.ErrInvalidUser), errors.Is(err, pubsub.ErrInvalidConnection),
 		errors.Is(err, pubsub.ErrInvalidMessage), errors.Is(err, pubsub.ErrInvalidFilter),
-		errors.Is(err, pubsub.ErrInvalidPermission):
+		errors.Is(err, pubsub.ErrInvalidPermission), errors.Is(err, pubsub.ErrInvalidTokenLifetime):
 		status, code = http.StatusBadRequest, "Error.BadRequest"
 	default:
 		h.opts.Logger.Error("REST operation failed", "path", rq.r.URL.Path, "err", err)

@@ -40,8 +40,16 @@ type env struct {
 
 func newEnv(t *testing.T, opts rest.Options) *env {
 	t.Helper()
+	return newEnvWith(t, pubsub.Config{}, opts)
+}
+
+// newEnvWith is newEnv with a service configured by cfg (its endpoint and
+// keys are the test's).
+func newEnvWith(t *testing.T, cfg pubsub.Config, opts rest.Options) *env {
+	t.Helper()
 	srv := httptest.NewUnstartedServer(nil)
-	svc, err := pubsub.New(pubsub.Config{Endpoint: "http://" + srv.Listener.Addr().String(), AccessKey: primaryKey, SecondaryAccessKey: secondaryKey})
+	cfg.Endpoint, cfg.AccessKey, cfg.SecondaryAccessKey = "http://"+srv.Listener.Addr().String(), primaryKey, secondaryKey
+	svc, err := pubsub.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -765,4 +773,19 @@ func TestGenerateTokenLifetime(t *testing.T) {
 			t.Fatalf("minutesToExpire %s: %+v", m, d)
 		}
 	}
+}
+
+// A connection in as many groups as it may be: adding it to one more is a
+// 409, for a connection or a user; :addToGroups skips it.
+func TestGroupsPerConnectionBound(t *testing.T) {
+	e := newEnvWith(t, pubsub.Config{MaxGroupsPerConnection: 2}, rest.Options{})
+	c, id := wstest.DialJSON(t, e.clientURL(pubsub.TokenOptions{UserID: "u", Groups: []string{"a", "b"}}))
+	if d := e.expect(409, e.do("PUT", "hubs/chat/groups/c/connections/"+id, nil, "", "")).errorDetail(t); d.Code != "Error.Conflict" {
+		t.Fatalf("%+v", d)
+	}
+	e.expect(409, e.do("PUT", "hubs/chat/users/u/groups/c", nil, "", ""))
+	e.expect(200, e.do("POST", "hubs/chat/:addToGroups", nil, "application/json", `{"groups":["c"]}`))
+	e.expect(404, e.do("HEAD", "hubs/chat/groups/c", nil, "", ""))
+	e.expect(200, e.do("PUT", "hubs/chat/groups/a/connections/"+id, nil, "", "")) // in it already
+	e.barrier(c, id)
 }
