@@ -440,7 +440,7 @@ func wireOf(socket *gws.Conn) *wire { return socket.Session().(*session).wire }
 // calls these for control frames and the close, on that loop.
 type transport struct{}
 
-func (transport) OnOpen(*gws.Conn)                 {}
+func (transport) OnOpen(*gws.Conn)                      {}
 func (transport) OnMessage(_ *gws.Conn, m *gws.Message) { m.Close() }
 
 // OnClose records how the transport ended, for the read loop to act on.

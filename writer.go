@@ -236,4 +236,3 @@ func unwritten(batch [][]byte, n int) [][]byte {
 	}
 	return batch
 }
-
