@@ -5,6 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/embedwps/pubsub/internal/wsframe"
 )
@@ -53,10 +54,14 @@ const closeGrace = time.Second
 func closeFrame(d Disconnect) []byte {
 	p := make([]byte, 2, 2+len(d.Reason))
 	p[0], p[1] = byte(d.Code>>8), byte(d.Code)
-	p = append(p, d.Reason...)
-	if len(p) > 125 { // a control frame's payload limit
-		p = p[:125]
+	reason := d.Reason
+	if len(reason) > 123 { // a control frame's payload limit, cut between characters
+		reason = reason[:123]
+		for len(reason) > 0 && !utf8.RuneStart(d.Reason[len(reason)]) {
+			reason = reason[:len(reason)-1]
+		}
 	}
+	p = append(p, reason...)
 	return wsframe.Frame(wsframe.OpClose, p)
 }
 
@@ -226,7 +231,20 @@ func (o *outbox) finish() {
 // time.
 func (o *outbox) abort() { o.closeSocket() }
 
-// closeSocket closes the socket, once, and drops what is queued.
+// setSocket gives the transport its hijacked connection, unless it was
+// aborted before: then it reports false and the caller closes nc.
+func (o *outbox) setSocket(nc net.Conn) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return false
+	}
+	o.w.nc, o.w.raw = nc, rawConn(nc)
+	return true
+}
+
+// closeSocket closes the socket, once, and drops what is queued. A
+// transport not hijacked yet is marked closed, so that it never is.
 func (o *outbox) closeSocket() {
 	o.mu.Lock()
 	if o.closed {
@@ -239,8 +257,9 @@ func (o *outbox) closeSocket() {
 	if o.grace != nil {
 		o.grace.Stop()
 	}
+	nc := o.w.nc
 	o.mu.Unlock()
-	if nc := o.w.nc; nc != nil {
+	if nc != nil {
 		_ = nc.Close()
 	}
 }

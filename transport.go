@@ -198,14 +198,14 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 		}
 		c.send(c.encodeConnected(token))
 	}
-	switch err := s.register(c, hubName); {
-	case errors.Is(err, ErrTooManyHubs):
+	if err := s.register(c, hubName); err != nil {
 		cancel()
-		refuse(http.StatusServiceUnavailable, fmt.Sprintf("the service holds %d hubs, the most it may", s.cfg.MaxHubs))
-		return
-	case err != nil:
-		cancel()
-		refuse(http.StatusServiceUnavailable, "the service is shutting down")
+		wi.out.closeSocket() // drops what was queued, "connected" included
+		if errors.Is(err, ErrTooManyHubs) {
+			refuse(http.StatusServiceUnavailable, fmt.Sprintf("the service holds %d hubs, the most it may", s.cfg.MaxHubs))
+		} else {
+			refuse(http.StatusServiceUnavailable, "the service is shutting down")
+		}
 		return
 	}
 	if err := s.upgradeWire(wi, chosen, w, r); err != nil {

@@ -27,7 +27,7 @@ type wire struct {
 	c   *conn
 	out outbox
 
-	nc       net.Conn        // the hijacked connection; nil until then
+	nc       net.Conn        // the hijacked connection; set once, under out.mu, before the upgrade
 	raw      syscall.RawConn // nc's socket, for non-blocking writes; nil for TLS
 	socket   *gws.Conn
 	upgraded atomic.Bool // the 101 is written: gws's writes go to the outbox
@@ -53,8 +53,13 @@ func (w *wire) clientClosed() bool {
 
 // upgrade completes the WebSocket handshake on the hijacked connection nc,
 // whose buffered reader br may hold bytes the client sent after its request.
+// A transport aborted meanwhile (a later recovery took over) is not
+// upgraded: its socket is closed.
 func (w *wire) upgrade(u *gws.Upgrader, nc net.Conn, br *bufio.Reader, r *http.Request) error {
-	w.nc, w.raw = nc, rawConn(nc)
+	if !w.out.setSocket(nc) {
+		_ = nc.Close()
+		return errTransportAborted
+	}
 	wc := &wireConn{Conn: nc, w: w}
 	if br != nil && br.Buffered() > 0 {
 		wc.pre = br
@@ -69,6 +74,10 @@ func (w *wire) upgrade(u *gws.Upgrader, nc net.Conn, br *bufio.Reader, r *http.R
 	w.out.start()
 	return nil
 }
+
+// errTransportAborted refuses the upgrade of a transport that was replaced
+// before it began.
+var errTransportAborted = errors.New("pubsub: the transport was replaced before its upgrade")
 
 // readLoop reads the transport's messages and hands them to the
 // connection, one at a time, until the transport ends. It starts reading
@@ -97,6 +106,7 @@ func (w *wire) readOne() (more bool) {
 			more = false
 		}
 	}()
+	w.in.fresh = true // the next message's time starts now, not while the last was handled
 	msg, err := w.socket.ReadMessage()
 	if err != nil {
 		return false
@@ -120,6 +130,10 @@ type wireConn struct {
 func (wc *wireConn) Read(p []byte) (int, error) {
 	var n int
 	var err error
+	w := wc.w
+	if w.in.armed && w.in.fresh {
+		w.in.arm(wc.Conn, w.svc.cfg.MessageTimeout)
+	}
 	if wc.pre != nil {
 		n, err = wc.pre.Read(p)
 		if wc.pre.Buffered() == 0 {
@@ -128,7 +142,6 @@ func (wc *wireConn) Read(p []byte) (int, error) {
 	} else {
 		n, err = wc.Conn.Read(p)
 	}
-	w := wc.w
 	if err != nil {
 		if w.in.armed && errors.Is(err, os.ErrDeadlineExceeded) {
 			w.svc.messageTimeouts.Add(1)
@@ -182,8 +195,8 @@ type inbound struct {
 	fin      bool  // the current frame ends its message
 	frag     bool  // a fragmented message is under way
 	reserved int64 // bytes of the service's inbound budget this message holds
-	since    time.Time
-	armed    bool // a read deadline bounds the unfinished message
+	armed    bool  // a read deadline bounds the unfinished message
+	fresh    bool  // the read loop asked for a new message: its time starts at the next read
 }
 
 // errInboundBudget ends a transport whose message would pass the service's
@@ -285,18 +298,23 @@ func (in *inbound) release(s *Service) {
 	}
 }
 
-// deadline bounds an unfinished message: it must be complete within
-// timeout of the read that began it, whatever else (pings) arrives
-// meanwhile. A message read whole costs no clock and no deadline.
+// deadline bounds an unfinished message: from the read loop's request for
+// it to its last byte, MessageTimeout at most, whatever else (pings)
+// arrives meanwhile; the time the read loop spends handling the previous
+// message does not count. A message read whole costs no clock and no
+// deadline.
 func (in *inbound) deadline(nc net.Conn, timeout time.Duration) {
 	unfinished := in.inFrame || in.frag
 	switch {
 	case unfinished && !in.armed:
-		in.since = time.Now()
-		in.armed = true
-		_ = nc.SetReadDeadline(in.since.Add(timeout))
+		in.arm(nc, timeout)
 	case !unfinished && in.armed:
 		in.armed = false
 		_ = nc.SetReadDeadline(time.Time{})
 	}
+}
+
+func (in *inbound) arm(nc net.Conn, timeout time.Duration) {
+	in.armed, in.fresh = true, false
+	_ = nc.SetReadDeadline(time.Now().Add(timeout))
 }
