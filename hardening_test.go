@@ -322,3 +322,44 @@ func TestDisconnectedFollowsEveryAcceptedConnect(t *testing.T) {
 		t.Fatalf("%d connections", n)
 	}
 }
+
+// A reliable client whose transport goes silent (a dead network path: no
+// FIN, no reset) loses the transport, not the session: keep-alive drops it
+// and the client recovers everything within RecoveryWindow.
+func TestSilentReliableTransportIsDetached(t *testing.T) {
+	rec := newRecorder()
+	e := newEnv(t, pubsub.Config{EventHandler: rec, KeepAliveInterval: 20 * time.Millisecond, IdleTimeout: 200 * time.Millisecond, RecoveryWindow: time.Minute})
+	silent := wstest.RawDial(t, e.url(pubsub.TokenOptions{UserID: "r", Groups: []string{"g"}}), reliableJSON)
+	_, p, err := silent.ReadFrame()
+	must(t, err)
+	var connected struct{ ConnectionID, ReconnectionToken string }
+	must(t, jsonUnmarshal(p, &connected))
+	must(t, e.hub.SendToGroup(t.Context(), "g", pubsub.TextMessage("kept")))
+	for { // pings, then the transport is dropped: no close frame, no disconnected message
+		op, p, err := silent.ReadFrame()
+		if err != nil {
+			break
+		}
+		if op == 0x8 || strings.Contains(string(p), `"disconnected"`) {
+			t.Fatalf("the session was closed: %x %q", op, p)
+		}
+	}
+	deadline := time.Now().Add(waitFor)
+	for !pubsub.IsDetached(e.svc, "chat", connected.ConnectionID) {
+		if time.Now().After(deadline) {
+			t.Fatal("not detached")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	r := &reliableClient{t: t, url: e.url(pubsub.TokenOptions{UserID: "r"}), connID: connected.ConnectionID, token: connected.ReconnectionToken}
+	r.recover()
+	r.readUntil(1)
+	if r.data[0] != "kept" {
+		t.Fatalf("replayed %q", r.data)
+	}
+	select {
+	case d := <-rec.disconnected:
+		t.Fatalf("disconnected %+v", d)
+	default:
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/lxzan/gws"
@@ -108,6 +109,21 @@ func (c *conn) closeLocked(d Disconnect, drop bool) (after afterUnlock) {
 	return after
 }
 
+// closeFrom is close on behalf of transport w (its read or write path
+// failed): it ends the session only while w is current; a transport a
+// recovery replaced is just dropped.
+func (c *conn) closeFrom(w *wire, d Disconnect) {
+	c.mu.Lock()
+	if c.w != w {
+		c.mu.Unlock()
+		w.out.abort()
+		return
+	}
+	after := c.closeLocked(d, false)
+	c.mu.Unlock()
+	after.run(c)
+}
+
 // afterUnlock is what a transition leaves to do once c.mu is released.
 type afterUnlock struct {
 	kick    *outbox // start writing it
@@ -187,6 +203,7 @@ func (c *conn) resume(w *wire) (previousRead <-chan struct{}, err error) {
 	old := c.w
 	c.rel.stopTimer()
 	c.state, c.w = stateOpen, w
+	c.lastSeen.Store(time.Now().UnixNano()) // keep-alive counts from the recovery
 	previousRead, c.lastRead = c.lastRead, w.readDone
 	c.rel.replay(&w.out)
 	c.mu.Unlock()
@@ -253,14 +270,16 @@ func clientCloseReason(err error) string {
 			return ""
 		}
 		return fmt.Sprintf("The client closed the connection with code %d.", ce.Code)
-	case err == nil:
+	case err == nil, errors.Is(err, io.EOF):
 		return ""
 	}
-	return err.Error()
+	// A socket error names addresses; the event handler gets the fact.
+	return "The connection was lost."
 }
 
-// keepAlive pings an open connection, or closes it when nothing came from
-// its client since deadline (Unix nanoseconds).
+// keepAlive pings an open connection, or ends it when nothing came from its
+// client since deadline (Unix nanoseconds): a reliable one loses its
+// transport and waits for a recovery, any other is closed.
 func (c *conn) keepAlive(deadline int64) {
 	c.mu.Lock()
 	if c.state != stateOpen {
@@ -268,9 +287,17 @@ func (c *conn) keepAlive(deadline int64) {
 		return // a detached connection has its recovery window instead
 	}
 	var after afterUnlock
-	if c.lastSeen.Load() < deadline {
+	switch {
+	case c.lastSeen.Load() < deadline && c.rel != nil:
+		// A reliable client whose transport went silent may come back on
+		// another: drop the transport, keep the session (detached).
+		w := c.w
+		c.mu.Unlock()
+		w.out.abort()
+		return
+	case c.lastSeen.Load() < deadline:
 		after = c.closeLocked(DisconnectPingTimeout, false)
-	} else {
+	default:
 		after = c.enqueueLocked(0, [][]byte{pingFrame})
 	}
 	c.mu.Unlock()

@@ -55,13 +55,20 @@ func (s *Service) shed() {
 		if excess <= 0 {
 			break
 		}
-		excess -= int64(h.n)
+		excess -= int64(h.n) // a connection closing already frees its bytes soon too
+		h.c.mu.Lock()
+		closing := h.c.state >= stateClosing
+		var after afterUnlock
+		if !closing {
+			after = h.c.closeLocked(DisconnectBufferBudget, true)
+		}
+		h.c.mu.Unlock()
+		if closing {
+			continue
+		}
 		s.budgetDisconnects.Add(1)
 		s.log.Warn("closing a client: the service's buffer budget is exhausted and it holds the most",
 			"hub", h.c.hub.name, "connectionId", h.c.id, "bytes", h.n)
-		h.c.mu.Lock()
-		after := h.c.closeLocked(DisconnectBufferBudget, true)
-		h.c.mu.Unlock()
 		after.run(h.c)
 	}
 }

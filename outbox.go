@@ -346,12 +346,10 @@ func (o *outbox) flush(rest [][]byte) {
 		var done, closeNow bool
 		batch, expires, _, isClose, done, closeNow = o.take()
 		if done {
+			// The write deadline stays: the writers' raw writes ignore it,
+			// and every blocking write sets its own.
 			if closeNow {
 				o.closeSocket()
-			} else if nc := o.w.nc; nc != nil {
-				// Back to the writers' non-blocking writes, which a passed
-				// deadline would refuse.
-				_ = nc.SetWriteDeadline(time.Time{})
 			}
 			return
 		}
@@ -433,7 +431,7 @@ func splitChunk(batch [][]byte, limit int) (chunk, rest [][]byte) {
 func (o *outbox) recoverWrite() {
 	if r := recover(); r != nil {
 		o.w.svc.panicked("write", r)
-		o.w.c.close(DisconnectInternalError)
+		o.w.c.closeFrom(o.w, DisconnectInternalError)
 		o.abort()
 	}
 }

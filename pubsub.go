@@ -401,6 +401,19 @@ func (s *Service) pruneHub(h *hubState) {
 
 func (s *Service) isClosed() bool { return s.shutdown.Load() }
 
+// begin counts a handshake under way, so that Shutdown waits for it (and
+// for the disconnected event of a connect it accepted), unless the service
+// is shutting down.
+func (s *Service) begin() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return false
+	}
+	s.active.add()
+	return true
+}
+
 func (s *Service) eachConn(f func(*conn)) {
 	s.hubs.Range(func(_ string, h *hubState) bool {
 		h.conns.Range(func(_ string, c *conn) bool { f(c); return true })

@@ -46,10 +46,11 @@ func predefined(name string) (string, bool) {
 }
 
 func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
-	if s.isClosed() {
+	if !s.begin() {
 		http.Error(w, "the service is shutting down", http.StatusServiceUnavailable)
 		return
 	}
+	defer s.active.done()
 	hubName, ok := clientHubName(r)
 	if !ok {
 		http.NotFound(w, r)

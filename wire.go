@@ -102,7 +102,7 @@ func (w *wire) readOne() (more bool) {
 	defer func() {
 		if r := recover(); r != nil {
 			w.svc.panicked("read", r)
-			w.c.close(DisconnectInternalError)
+			w.c.closeFrom(w, DisconnectInternalError)
 			more = false
 		}
 	}()
@@ -145,7 +145,7 @@ func (wc *wireConn) Read(p []byte) (int, error) {
 	if err != nil {
 		if w.in.armed && errors.Is(err, os.ErrDeadlineExceeded) {
 			w.svc.messageTimeouts.Add(1)
-			w.c.close(DisconnectMessageTimeout)
+			w.c.closeFrom(w, DisconnectMessageTimeout)
 		}
 		return n, err
 	}
@@ -154,7 +154,7 @@ func (wc *wireConn) Read(p []byte) (int, error) {
 	}
 	if serr := w.in.scan(p[:n], w.svc); serr != nil {
 		w.svc.inboundBudgetDisconnects.Add(1)
-		w.c.close(DisconnectInboundBudget)
+		w.c.closeFrom(w, DisconnectInboundBudget)
 		return 0, serr
 	}
 	w.in.deadline(wc.Conn, w.svc.cfg.MessageTimeout)

@@ -268,8 +268,9 @@ type RawClient struct {
 	r    *bufio.Reader
 }
 
-// RawDial performs the handshake and reads nothing more.
-func RawDial(t testing.TB, rawURL string) *RawClient {
+// RawDial performs the handshake, offering the subprotocols, and reads
+// nothing more.
+func RawDial(t testing.TB, rawURL string, subprotocols ...string) *RawClient {
 	t.Helper()
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -280,8 +281,12 @@ func RawDial(t testing.TB, rawURL string) *RawClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	offer := ""
+	if len(subprotocols) > 0 {
+		offer = "Sec-WebSocket-Protocol: " + strings.Join(subprotocols, ", ") + "\r\n"
+	}
 	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", u.RequestURI(), u.Host)
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n%s\r\n", u.RequestURI(), u.Host, offer)
 	r := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(r, nil)
 	if err != nil {
@@ -457,6 +462,11 @@ func Interop(t testing.TB, dir string) string {
 	}
 	npmMu.Lock()
 	defer npmMu.Unlock()
+	unlock, err := lockFile(filepath.Join(dir, ".npm-install.lock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
 	if !installed() {
 		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
 		cmd.Dir = dir
