@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -141,6 +142,12 @@ func (c *Client) Frames() <-chan Frame { return c.frames }
 
 // Done is closed when the connection is.
 func (c *Client) Done() <-chan struct{} { return c.done }
+
+// CloseInfo is how the connection closed; valid once Done is closed.
+func (c *Client) CloseInfo() CloseInfo {
+	<-c.done
+	return c.info
+}
 
 // Next returns the next frame, failing the test if none comes.
 func (c *Client) Next() Frame {
@@ -272,30 +279,97 @@ type RawClient struct {
 // nothing more.
 func RawDial(t testing.TB, rawURL string, subprotocols ...string) *RawClient {
 	t.Helper()
+	c, err := TryRawDial(rawURL, RawOptions{Subprotocols: subprotocols})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.conn.Close() })
+	return c
+}
+
+// RawOptions are what TryRawDial offers and how it sets its socket up.
+type RawOptions struct {
+	// Subprotocols are offered in Sec-WebSocket-Protocol; none: a simple
+	// client.
+	Subprotocols []string
+	// ReadBuffer, when set, is the socket's receive buffer (SO_RCVBUF),
+	// set before the connection is made so that the window the client
+	// advertises stays that small: a client that stops reading then holds
+	// little, and the server's outbound queue fills soon.
+	ReadBuffer int
+}
+
+// TryRawDial is RawDial without a test to fail: it returns the client once
+// the server answered 101, or an error. The caller closes the client. The
+// dial and the handshake are bounded by WaitFor.
+func TryRawDial(rawURL string, opts RawOptions) (*RawClient, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	conn, err := net.Dial("tcp", u.Host)
+	d := net.Dialer{Timeout: WaitFor}
+	if opts.ReadBuffer > 0 {
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = setReadBuffer(fd, opts.ReadBuffer)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	conn, err := d.Dial("tcp", u.Host)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	t.Cleanup(func() { conn.Close() })
-	offer := ""
-	if len(subprotocols) > 0 {
-		offer = "Sec-WebSocket-Protocol: " + strings.Join(subprotocols, ", ") + "\r\n"
+	protocols := ""
+	if len(opts.Subprotocols) > 0 {
+		protocols = "Sec-WebSocket-Protocol: " + strings.Join(opts.Subprotocols, ", ") + "\r\n"
 	}
+	_ = conn.SetDeadline(time.Now().Add(WaitFor))
 	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n%s\r\n", u.RequestURI(), u.Host, offer)
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n%s\r\n", u.RequestURI(), u.Host, protocols)
 	r := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(r, nil)
 	if err != nil {
-		t.Fatal(err)
+		conn.Close()
+		return nil, err
 	}
+	resp.Body.Close()
 	if resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("handshake status %d", resp.StatusCode)
+		conn.Close()
+		return nil, fmt.Errorf("handshake status %d", resp.StatusCode)
 	}
-	return &RawClient{conn: conn, r: r}
+	_ = conn.SetDeadline(time.Time{})
+	return &RawClient{conn: conn, r: r}, nil
+}
+
+// Close closes the connection (with unread bytes, the kernel resets it).
+func (c *RawClient) Close() error { return c.conn.Close() }
+
+// CloseWrite half-closes the connection: the server reads the end of the
+// stream after what was written, and can still answer.
+func (c *RawClient) CloseWrite() error {
+	if cw, ok := c.conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("wstest: the connection cannot be half-closed")
+}
+
+// SetWriteDeadline bounds the writes to come.
+func (c *RawClient) SetWriteDeadline(t time.Time) error { return c.conn.SetWriteDeadline(t) }
+
+// DiscardUntilClosed reads and drops whatever the server sends until it
+// ends the connection (EOF or a reset: nil), or fails when timeout passes
+// first.
+func (c *RawClient) DiscardUntilClosed(timeout time.Duration) error {
+	_ = c.conn.SetReadDeadline(time.Now().Add(timeout))
+	_, err := io.Copy(io.Discard, c.r)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("the server did not end the connection within %v", timeout)
+	}
+	return nil
 }
 
 // Write sends raw bytes: frames the test builds itself, well-formed or not.

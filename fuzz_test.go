@@ -1,0 +1,312 @@
+package pubsub_test
+
+// FuzzClientFrames fuzzes the frame path through the service's own handler,
+// not gws alone: arbitrary bytes written after a real handshake, for every
+// subprotocol, must never panic the service, never leave a connection
+// hanging, and never disturb another client.
+
+import (
+	"context"
+	"encoding/binary"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/internal/wstest"
+	"github.com/embedwps/pubsub/protocol/pb"
+)
+
+// fuzzSubprotocols are every way a client can speak: simple (none), and
+// the four predefined subprotocols.
+var fuzzSubprotocols = []string{"", jsonProtocol, reliableJSON, protobufProtocol, reliableProtobufProtocol}
+
+const (
+	fuzzMessageTimeout = 200 * time.Millisecond
+	fuzzMaxMessageSize = 64 << 10
+	// fuzzEndWithin bounds how long the server may take to end a
+	// connection once the client has half-closed it, or has sent its close
+	// frame (after an unfinished frame, that waits for MessageTimeout).
+	fuzzEndWithin = 5 * time.Second
+)
+
+// FuzzClientFrames: data is written as it is after the handshake; then the
+// client half-closes (closeAfter false) or sends a close frame and waits
+// (closeAfter true: an unfinished frame swallows it, and only
+// MessageTimeout ends the connection). Either way the server must end the
+// connection within a bound, with no panic, every byte it held for the
+// message released, and a sentinel client still served.
+func FuzzClientFrames(f *testing.F) {
+	for _, s := range fuzzSeeds() {
+		f.Add(s, false)
+	}
+	// Unfinished messages, ended by MessageTimeout or by the close frame.
+	f.Add(frame(true, 0x1, []byte(`{"type":"ping"}`))[:8], true)
+	f.Add(append(frame(true, 0x2, []byte{0x08}), frame(false, 0x2, []byte{0x3a})...), true)
+	f.Add(frame(true, 0x1, []byte(`{"type":"ping"}`)), true)
+	fz := newFuzzEnv(f)
+	f.Fuzz(func(t *testing.T, data []byte, closeAfter bool) { fz.run(t, data, closeAfter) })
+}
+
+// fuzzEnv is one service for the whole fuzz target, with a sentinel
+// client that must stay served whatever the other clients send.
+type fuzzEnv struct {
+	svc        *pubsub.Service
+	hub        *pubsub.Hub
+	url        string
+	sentinel   *wstest.Client
+	sentinelID string
+}
+
+func newFuzzEnv(tb testing.TB) *fuzzEnv {
+	tb.Helper()
+	mux := http.NewServeMux()
+	srv := httptest.NewServer(mux)
+	svc, err := pubsub.New(pubsub.Config{
+		Endpoint:  srv.URL,
+		AccessKey: stressKey,
+		Logger:    slog.New(slog.DiscardHandler),
+		EventHandler: pubsub.EventHandlerFuncs{
+			OnUserEvent: func(_ context.Context, req *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
+				return &pubsub.UserEventResponse{DataType: req.DataType, Data: req.Data}, nil // echo: the write path too
+			},
+		},
+		MessageTimeout: fuzzMessageTimeout,
+		MaxMessageSize: fuzzMaxMessageSize,
+		RecoveryWindow: 20 * time.Millisecond, // a dropped reliable connection goes soon
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	mux.Handle("/client/", svc.ClientHandler())
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		if err := svc.Shutdown(ctx); err != nil {
+			tb.Errorf("Shutdown: %v", err)
+		}
+		if st := svc.Stats(); st.Connections != 0 || st.InboundBytes != 0 || st.BufferedBytes != 0 || st.Panics != 0 {
+			tb.Errorf("after Shutdown: %+v", st)
+		}
+		srv.Close()
+	})
+	hub, _ := svc.Hub("chat")
+	fz := &fuzzEnv{svc: svc, hub: hub}
+	u := func(user string) string {
+		u, err := svc.ClientURL("chat", pubsub.TokenOptions{UserID: user, Roles: allRoles})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return u
+	}
+	fz.url = u("fuzz")
+	fz.sentinel, fz.sentinelID = wstest.DialJSON(tb, u("sentinel"))
+	return fz
+}
+
+// run writes data on a connection of each subprotocol at once, then
+// checks the service.
+func (fz *fuzzEnv) run(t *testing.T, data []byte, closeAfter bool) {
+	var wg sync.WaitGroup
+	for _, p := range fuzzSubprotocols {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fz.one(p, data, closeAfter); err != nil {
+				t.Errorf("subprotocol %q: %v", p, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := fz.svc.Stats().Panics; n != 0 {
+		t.Fatalf("%d panics", n)
+	}
+	// The sentinel is still served, and nothing came to it meanwhile.
+	if err := fz.hub.SendToConnection(context.Background(), fz.sentinelID, pubsub.TextMessage("barrier")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case f := <-fz.sentinel.Frames():
+		if !strings.Contains(string(f.Data), "barrier") {
+			t.Fatalf("the sentinel got %q", f.Data)
+		}
+	case <-timeAfter():
+		t.Fatal("the sentinel was not served")
+	}
+	// The fuzzed connections are released (a reliable one after its short
+	// recovery window) with whatever they held.
+	deadline := time.Now().Add(fuzzEndWithin)
+	for {
+		st := fz.svc.Stats()
+		if st.Connections == 1 && st.InboundBytes == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not released: %+v", st)
+		}
+		time.Sleep(time.Millisecond) // no event says so: poll, bounded
+	}
+}
+
+// one connects a client of subprotocol p, writes data, ends its side and
+// waits for the server to end the connection.
+func (fz *fuzzEnv) one(p string, data []byte, closeAfter bool) error {
+	var opts wstest.RawOptions
+	if p != "" {
+		opts.Subprotocols = []string{p}
+	}
+	c, err := wstest.TryRawDial(fz.url, opts)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetWriteDeadline(time.Now().Add(fuzzEndWithin))
+	_ = c.Write(data) // the server may have closed already: no matter
+	if closeAfter {
+		_ = c.Write(frame(true, 0x8, []byte{0x03, 0xe8}))
+	} else {
+		_ = c.CloseWrite()
+	}
+	return c.DiscardUntilClosed(fuzzEndWithin)
+}
+
+// frame is a masked client frame with a zero mask key, as
+// wstest.RawClient.WriteFrame writes it.
+func frame(fin bool, opcode byte, payload []byte) []byte {
+	b0 := opcode
+	if fin {
+		b0 |= 0x80
+	}
+	h := []byte{b0}
+	switch n := len(payload); {
+	case n < 126:
+		h = append(h, 0x80|byte(n))
+	case n < 1<<16:
+		h = append(h, 0x80|126)
+		h = binary.BigEndian.AppendUint16(h, uint16(n))
+	default:
+		h = append(h, 0x80|127)
+		h = binary.BigEndian.AppendUint64(h, uint64(n))
+	}
+	h = append(h, 0, 0, 0, 0)
+	return append(h, payload...)
+}
+
+// frames concatenates frames.
+func frames(fs ...[]byte) []byte {
+	var out []byte
+	for _, f := range fs {
+		out = append(out, f...)
+	}
+	return out
+}
+
+// pbFrame is a binary frame of an upstream protobuf message.
+func pbFrame(m *pb.UpstreamMessage) []byte {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		panic(err)
+	}
+	return frame(true, 0x2, b)
+}
+
+// fuzzSeeds are valid frames of each protocol and the malformed ones a
+// hostile client would try.
+func fuzzSeeds() [][]byte {
+	text := func(s string) []byte { return frame(true, 0x1, []byte(s)) }
+	data := &pb.MessageData{Data: &pb.MessageData_TextData{TextData: "hi"}}
+	closePayload := func(code uint16, reason string) []byte {
+		return append(binary.BigEndian.AppendUint16(nil, code), reason...)
+	}
+	masked := func(key [4]byte, payload []byte) []byte { // a real mask key
+		out := []byte{0x81, 0x80 | byte(len(payload)), key[0], key[1], key[2], key[3]}
+		for i, b := range payload {
+			out = append(out, b^key[i%4])
+		}
+		return out
+	}
+	length64 := func(opcode byte, n uint64) []byte {
+		return binary.BigEndian.AppendUint64([]byte{0x80 | opcode, 0x80 | 127}, n)
+	}
+	return [][]byte{
+		{},
+		// JSON requests.
+		text(`{"type":"joinGroup","group":"g","ackId":1}`),
+		frames(
+			text(`{"type":"joinGroup","group":"g","ackId":1}`),
+			text(`{"type":"sendToGroup","group":"g","ackId":2,"dataType":"text","data":"x"}`),
+			text(`{"type":"event","event":"e","ackId":3,"dataType":"json","data":{"a":[1,2]}}`),
+			text(`{"type":"ping"}`),
+			text(`{"type":"sequenceAck","sequenceId":1}`),
+			text(`{"type":"leaveGroup","group":"g","ackId":4}`),
+			text(`{"type":"joinGroup","group":"g","ackId":1}`), // a duplicate ackId
+		),
+		text(`{"type":"sendToGroup","group":"g","dataType":"binary","data":"AAEC"}`),
+		text(`{"type":"event","event":"e","dataType":"text","data":"\ud800"}`),
+		// Protobuf requests.
+		pbFrame(&pb.UpstreamMessage{Message: &pb.UpstreamMessage_JoinGroupMessage_{JoinGroupMessage: &pb.UpstreamMessage_JoinGroupMessage{Group: "g", AckId: u64(1)}}}),
+		frames(
+			pbFrame(&pb.UpstreamMessage{Message: &pb.UpstreamMessage_JoinGroupMessage_{JoinGroupMessage: &pb.UpstreamMessage_JoinGroupMessage{Group: "g", AckId: u64(1)}}}),
+			pbFrame(sendToGroup("g", 2, data, false)),
+			pbFrame(&pb.UpstreamMessage{Message: &pb.UpstreamMessage_EventMessage_{EventMessage: &pb.UpstreamMessage_EventMessage{Event: "e", AckId: u64(3), Data: data}}}),
+			pbFrame(&pb.UpstreamMessage{Message: &pb.UpstreamMessage_PingMessage_{PingMessage: &pb.UpstreamMessage_PingMessage{}}}),
+			pbFrame(&pb.UpstreamMessage{Message: &pb.UpstreamMessage_SequenceAckMessage_{SequenceAckMessage: &pb.UpstreamMessage_SequenceAckMessage{SequenceId: 1}}}),
+			pbFrame(&pb.UpstreamMessage{Message: &pb.UpstreamMessage_LeaveGroupMessage_{LeaveGroupMessage: &pb.UpstreamMessage_LeaveGroupMessage{Group: "g", AckId: u64(4)}}}),
+		),
+		// Simple client messages.
+		frames(text("hello"), frame(true, 0x2, []byte{0, 1, 2, 0xff})),
+		// Fragmented messages, with pings (and a pong) between fragments.
+		frames(frame(false, 0x1, []byte(`{"type":`)), frame(true, 0x0, []byte(`"ping"}`))),
+		frames(frame(false, 0x1, []byte(`{"type":`)), frame(true, 0x9, []byte("p")), frame(false, 0x0, []byte(`"pi`)),
+			frame(true, 0xA, nil), frame(true, 0x0, []byte(`ng"}`))),
+		frames(frame(false, 0x2, []byte{0x3a}), frame(true, 0x9, nil), frame(true, 0x0, []byte{0x00})),
+		frame(false, 0x1, []byte("never finished")),
+		frames(frame(true, 0x0, []byte("a continuation with no start"))),
+		frames(frame(false, 0x1, []byte("a")), frame(true, 0x1, []byte("a new message before the end"))),
+		// Lengths: over MaxMessageSize, huge, negative, and longer than what
+		// follows.
+		{0x81, 0x80 | 126, 0xff, 0xff, 0, 0, 0, 0},
+		append(length64(0x2, fuzzMaxMessageSize+1), 0, 0, 0, 0),
+		append(length64(0x2, 1<<40), 0, 0, 0, 0),
+		append(length64(0x2, 1<<63), 0, 0, 0, 0),
+		append(length64(0x1, 0xffffffffffffffff), 0, 0, 0, 0),
+		frame(true, 0x1, []byte(strings.Repeat("x", 1000)))[:40],
+		frame(true, 0x2, make([]byte, 2000)),
+		// Close frames: with a code, without, malformed.
+		frame(true, 0x8, closePayload(1000, "bye")),
+		frame(true, 0x8, nil),
+		frame(true, 0x8, []byte{0x03}),
+		frame(true, 0x8, closePayload(999, "")),
+		frame(true, 0x8, closePayload(1005, "")),
+		frame(true, 0x8, closePayload(5000, "")),
+		frame(true, 0x8, closePayload(1000, "\xff\xfe")),
+		frames(frame(true, 0x8, closePayload(1001, "")), text(`{"type":"ping"}`)),
+		// Invalid UTF-8; binary on JSON; text on protobuf.
+		frame(true, 0x1, []byte{0xff, 0xfe, 0xfd}),
+		frame(true, 0x2, []byte(`{"type":"ping"}`)),
+		text("not protobuf"),
+		frame(true, 0x2, []byte{0xff, 0xff, 0xff, 0xff}),
+		// Frames RFC 6455 forbids.
+		[]byte{0x81, 0x05, 'h', 'e', 'l', 'l', 'o'}, // unmasked
+		append([]byte{0xC1}, frame(true, 0x1, []byte("rsv1"))[1:]...),
+		frame(true, 0x3, []byte("reserved opcode")),
+		frame(true, 0xB, nil),
+		frame(true, 0x9, make([]byte, 126)), // a control frame over 125 bytes
+		frame(false, 0x9, nil),              // a fragmented control frame
+		masked([4]byte{1, 2, 3, 4}, []byte(`{"type":"ping"}`)),
+		append(text(`{"type":"ping"}`), "garbage after a frame"...),
+		frames(func() [][]byte {
+			var fs [][]byte
+			for range 100 {
+				fs = append(fs, frame(true, 0x9, []byte("ping")))
+			}
+			return fs
+		}()...),
+	}
+}
