@@ -1,8 +1,10 @@
 package pubsub_test
 
-// Adversarial review of the connection lifecycle redesign: each test here
-// demonstrates a bug found by reading the code, over real sockets, and
-// fails (or times out, bounded) on the code it was written against.
+// Interleavings of the connection lifecycle: overlapping recoveries,
+// crossing closes, shedding, timeouts and Shutdown, and the accounting that
+// must return to zero after them. Each test reproduced a bug found in a
+// review of the lifecycle redesign, over real sockets, and failed (or timed
+// out, bounded) before its fix.
 
 import (
 	"context"
@@ -56,7 +58,7 @@ func statsAtRest(t *testing.T, svc *pubsub.Service) {
 // begun after its connect event) has its "connected" frame queued in its
 // outbox before register is tried; the refusal never drops it, so its bytes
 // stay counted in BufferedBytes for ever. Any client can repeat it.
-func TestReviewRefusedRegistrationLeaksBufferedBytes(t *testing.T) {
+func TestRefusedRegistrationLeavesNoBufferedBytes(t *testing.T) {
 	e := newEnv(t, pubsub.Config{MaxHubs: 1})
 	a, _ := wstest.DialJSON(t, e.url(pubsub.TokenOptions{UserID: "a"})) // hub "chat" is the one hub
 	u, err := e.svc.ClientURL("other", pubsub.TokenOptions{UserID: "b"})
@@ -79,7 +81,7 @@ func TestReviewRefusedRegistrationLeaksBufferedBytes(t *testing.T) {
 // the deadline of its first message closes it, however fast each message
 // completes. Here every message completes within 50 ms, MessageTimeout is
 // 300 ms, and the client is closed after about 300 ms.
-func TestReviewMessageTimeoutIsPerMessageNotPerStream(t *testing.T) {
+func TestMessageTimeoutIsPerMessage(t *testing.T) {
 	var events atomic.Int64
 	e := newEnv(t, pubsub.Config{MessageTimeout: 300 * time.Millisecond, EventHandler: pubsub.EventHandlerFuncs{
 		OnUserEvent: func(context.Context, *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
@@ -143,7 +145,7 @@ func wsClientFrame6(opcode byte, payload []byte) []byte {
 // and blocks reading a client that has no reason to speak; every later
 // transport's read loop waits for it, so the connection is never released
 // and Shutdown runs out of time.
-func TestReviewOverlappingRecoveriesDoNotOrphanATransport(t *testing.T) {
+func TestOverlappingRecoveriesOrphanNoTransport(t *testing.T) {
 	e := newEnv(t, pubsub.Config{RecoveryWindow: time.Minute})
 	r := dialReliable(t, e.url(pubsub.TokenOptions{UserID: "r"}))
 	var mu sync.Mutex
@@ -184,7 +186,7 @@ func TestReviewOverlappingRecoveriesDoNotOrphanATransport(t *testing.T) {
 // is closed with MessageTimeout when a user event takes longer than
 // MessageTimeout, though its own message took 20 ms: the service's (or the
 // upstream's) slowness is charged to the client.
-func TestReviewMessageTimeoutDoesNotCountHandlerTime(t *testing.T) {
+func TestMessageTimeoutExcludesHandlingTime(t *testing.T) {
 	var events atomic.Int64
 	e := newEnv(t, pubsub.Config{MessageTimeout: 300 * time.Millisecond, EventHandler: pubsub.EventHandlerFuncs{
 		OnUserEvent: func(context.Context, *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
@@ -228,7 +230,7 @@ func TestReviewMessageTimeoutDoesNotCountHandlerTime(t *testing.T) {
 // boundary: a reason with multi-byte characters becomes invalid UTF-8,
 // which RFC 6455 §5.5.1 forbids and strict clients (browsers) answer by
 // failing the connection with 1007/1006 instead of reporting the close.
-func TestReviewTruncatedCloseReasonIsValidUTF8(t *testing.T) {
+func TestTruncatedCloseReasonIsValidUTF8(t *testing.T) {
 	e := newEnv(t, pubsub.Config{})
 	c := wstest.RawDial(t, e.url(pubsub.TokenOptions{UserID: "u"}))
 	var id string
@@ -261,7 +263,7 @@ func onlyConnection(e *testEnv) (string, bool) {
 // drops with recoveries (some overlapping), service closes, client closes
 // and slow readers, together for a few seconds; then every client goes and
 // the service's accounting must be back to zero, and Shutdown prompt.
-func TestReviewStressAccountingReturnsToZero(t *testing.T) {
+func TestStressWithOverlappingRecoveries(t *testing.T) {
 	e := newEnv(t, pubsub.Config{RecoveryWindow: 5 * time.Second, OutboundBufferSize: 256 << 10, MessageTimeout: time.Second, WriteTimeout: 300 * time.Millisecond})
 	proxy := wstest.NewProxy(t, strings.TrimPrefix(e.srv.URL, "http://"))
 	ctx := context.Background()
@@ -440,7 +442,7 @@ func noServiceGoroutines(t *testing.T) {
 // Arbitrary bytes after the handshake, for every subprotocol, through the
 // service's own frame path (wire, inbound scan, handleFrame): no panic, no
 // hang, and nothing left counted once the clients are gone.
-func TestReviewRandomFramesThroughTheHandler(t *testing.T) {
+func TestRandomFramesThroughTheHandler(t *testing.T) {
 	e := newEnv(t, pubsub.Config{AllowAnonymous: true, MaxMessageSize: 4096, MessageTimeout: 200 * time.Millisecond,
 		EventHandler: pubsub.EventHandlerFuncs{
 			OnUserEvent: func(context.Context, *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
@@ -523,7 +525,7 @@ func newRand(seed int64) *rand.Rand { return rand.New(rand.NewSource(seed)) }
 // later). Every send meanwhile starts another shed, which picks the same
 // closing connection again: BufferBudgetDisconnects counts one close many
 // times.
-func TestReviewShedCountsAClosingConnectionOnce(t *testing.T) {
+func TestShedCountsAClosingConnectionOnce(t *testing.T) {
 	rec := newRecorder()
 	e := newEnv(t, pubsub.Config{EventHandler: rec, MaxBufferedBytes: 1 << 20})
 	ctx := context.Background()
@@ -554,7 +556,7 @@ func TestReviewShedCountsAClosingConnectionOnce(t *testing.T) {
 
 // A client's close frame crossing the service's close, on plain and
 // reliable connections: one disconnected event each, nothing left counted.
-func TestReviewCrossingClosesRaiseOneDisconnected(t *testing.T) {
+func TestCrossingClosesRaiseOneDisconnected(t *testing.T) {
 	rec := newRecorder()
 	rec.disconnected = make(chan disconnectEvent, 256)
 	e := newEnv(t, pubsub.Config{EventHandler: rec})
@@ -599,7 +601,7 @@ func TestReviewCrossingClosesRaiseOneDisconnected(t *testing.T) {
 // A recovery whose upgrade fails (gws refuses the WebSocket version) leaves
 // the connection detached and recoverable, its replay intact; recoveries
 // racing the recovery timer either recover or are refused, never both.
-func TestReviewFailedRecoveryUpgradeAndTimerRace(t *testing.T) {
+func TestFailedRecoveryUpgradeAndTimerRace(t *testing.T) {
 	rec := newRecorder()
 	rec.disconnected = make(chan disconnectEvent, 256)
 	e := newEnv(t, pubsub.Config{EventHandler: rec, RecoveryWindow: 150 * time.Millisecond})
@@ -651,7 +653,7 @@ func TestReviewFailedRecoveryUpgradeAndTimerRace(t *testing.T) {
 // event then reaches a handler that was shut down (upstream.Handler drops
 // it: the upstream sees a connect with no disconnected). The refused
 // connection's "connected" frame also stays counted in BufferedBytes.
-func TestReviewShutdownWaitsForAcceptedConnects(t *testing.T) {
+func TestShutdownWaitsForAcceptedConnects(t *testing.T) {
 	rec := newRecorder()
 	entered, proceed := make(chan struct{}), make(chan struct{})
 	rec.onConnect = func(*pubsub.ConnectRequest) (*pubsub.ConnectResponse, error) {
