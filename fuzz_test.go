@@ -47,9 +47,9 @@ func FuzzClientFrames(f *testing.F) {
 		f.Add(s, false)
 	}
 	// Unfinished messages, ended by MessageTimeout or by the close frame.
-	f.Add(frame(true, 0x1, []byte(`{"type":"ping"}`))[:8], true)
-	f.Add(append(frame(true, 0x2, []byte{0x08}), frame(false, 0x2, []byte{0x3a})...), true)
-	f.Add(frame(true, 0x1, []byte(`{"type":"ping"}`)), true)
+	f.Add(wstest.ClientFrame(true, 0x1, []byte(`{"type":"ping"}`))[:8], true)
+	f.Add(append(wstest.ClientFrame(true, 0x2, []byte{0x08}), wstest.ClientFrame(false, 0x2, []byte{0x3a})...), true)
+	f.Add(wstest.ClientFrame(true, 0x1, []byte(`{"type":"ping"}`)), true)
 	fz := newFuzzEnv(f)
 	f.Fuzz(func(t *testing.T, data []byte, closeAfter bool) { fz.run(t, data, closeAfter) })
 }
@@ -169,33 +169,11 @@ func (fz *fuzzEnv) one(p string, data []byte, closeAfter bool) error {
 	_ = c.SetWriteDeadline(time.Now().Add(fuzzEndWithin))
 	_ = c.Write(data) // the server may have closed already: no matter
 	if closeAfter {
-		_ = c.Write(frame(true, 0x8, []byte{0x03, 0xe8}))
+		_ = c.Write(wstest.ClientFrame(true, 0x8, []byte{0x03, 0xe8}))
 	} else {
 		_ = c.CloseWrite()
 	}
 	return c.DiscardUntilClosed(fuzzEndWithin)
-}
-
-// frame is a masked client frame with a zero mask key, as
-// wstest.RawClient.WriteFrame writes it.
-func frame(fin bool, opcode byte, payload []byte) []byte {
-	b0 := opcode
-	if fin {
-		b0 |= 0x80
-	}
-	h := []byte{b0}
-	switch n := len(payload); {
-	case n < 126:
-		h = append(h, 0x80|byte(n))
-	case n < 1<<16:
-		h = append(h, 0x80|126)
-		h = binary.BigEndian.AppendUint16(h, uint16(n))
-	default:
-		h = append(h, 0x80|127)
-		h = binary.BigEndian.AppendUint64(h, uint64(n))
-	}
-	h = append(h, 0, 0, 0, 0)
-	return append(h, payload...)
 }
 
 // frames concatenates frames.
@@ -213,13 +191,13 @@ func pbFrame(m *pb.UpstreamMessage) []byte {
 	if err != nil {
 		panic(err)
 	}
-	return frame(true, 0x2, b)
+	return wstest.ClientFrame(true, 0x2, b)
 }
 
 // fuzzSeeds are valid frames of each protocol and the malformed ones a
 // hostile client would try.
 func fuzzSeeds() [][]byte {
-	text := func(s string) []byte { return frame(true, 0x1, []byte(s)) }
+	text := func(s string) []byte { return wstest.ClientFrame(true, 0x1, []byte(s)) }
 	data := &pb.MessageData{Data: &pb.MessageData_TextData{TextData: "hi"}}
 	closePayload := func(code uint16, reason string) []byte {
 		return append(binary.BigEndian.AppendUint16(nil, code), reason...)
@@ -260,15 +238,15 @@ func fuzzSeeds() [][]byte {
 			pbFrame(&pb.UpstreamMessage{Message: &pb.UpstreamMessage_LeaveGroupMessage_{LeaveGroupMessage: &pb.UpstreamMessage_LeaveGroupMessage{Group: "g", AckId: u64(4)}}}),
 		),
 		// Simple client messages.
-		frames(text("hello"), frame(true, 0x2, []byte{0, 1, 2, 0xff})),
+		frames(text("hello"), wstest.ClientFrame(true, 0x2, []byte{0, 1, 2, 0xff})),
 		// Fragmented messages, with pings (and a pong) between fragments.
-		frames(frame(false, 0x1, []byte(`{"type":`)), frame(true, 0x0, []byte(`"ping"}`))),
-		frames(frame(false, 0x1, []byte(`{"type":`)), frame(true, 0x9, []byte("p")), frame(false, 0x0, []byte(`"pi`)),
-			frame(true, 0xA, nil), frame(true, 0x0, []byte(`ng"}`))),
-		frames(frame(false, 0x2, []byte{0x3a}), frame(true, 0x9, nil), frame(true, 0x0, []byte{0x00})),
-		frame(false, 0x1, []byte("never finished")),
-		frames(frame(true, 0x0, []byte("a continuation with no start"))),
-		frames(frame(false, 0x1, []byte("a")), frame(true, 0x1, []byte("a new message before the end"))),
+		frames(wstest.ClientFrame(false, 0x1, []byte(`{"type":`)), wstest.ClientFrame(true, 0x0, []byte(`"ping"}`))),
+		frames(wstest.ClientFrame(false, 0x1, []byte(`{"type":`)), wstest.ClientFrame(true, 0x9, []byte("p")), wstest.ClientFrame(false, 0x0, []byte(`"pi`)),
+			wstest.ClientFrame(true, 0xA, nil), wstest.ClientFrame(true, 0x0, []byte(`ng"}`))),
+		frames(wstest.ClientFrame(false, 0x2, []byte{0x3a}), wstest.ClientFrame(true, 0x9, nil), wstest.ClientFrame(true, 0x0, []byte{0x00})),
+		wstest.ClientFrame(false, 0x1, []byte("never finished")),
+		frames(wstest.ClientFrame(true, 0x0, []byte("a continuation with no start"))),
+		frames(wstest.ClientFrame(false, 0x1, []byte("a")), wstest.ClientFrame(true, 0x1, []byte("a new message before the end"))),
 		// Lengths: over MaxMessageSize, huge, negative, and longer than what
 		// follows.
 		{0x81, 0x80 | 126, 0xff, 0xff, 0, 0, 0, 0},
@@ -276,35 +254,35 @@ func fuzzSeeds() [][]byte {
 		append(length64(0x2, 1<<40), 0, 0, 0, 0),
 		append(length64(0x2, 1<<63), 0, 0, 0, 0),
 		append(length64(0x1, 0xffffffffffffffff), 0, 0, 0, 0),
-		frame(true, 0x1, []byte(strings.Repeat("x", 1000)))[:40],
-		frame(true, 0x2, make([]byte, 2000)),
+		wstest.ClientFrame(true, 0x1, []byte(strings.Repeat("x", 1000)))[:40],
+		wstest.ClientFrame(true, 0x2, make([]byte, 2000)),
 		// Close frames: with a code, without, malformed.
-		frame(true, 0x8, closePayload(1000, "bye")),
-		frame(true, 0x8, nil),
-		frame(true, 0x8, []byte{0x03}),
-		frame(true, 0x8, closePayload(999, "")),
-		frame(true, 0x8, closePayload(1005, "")),
-		frame(true, 0x8, closePayload(5000, "")),
-		frame(true, 0x8, closePayload(1000, "\xff\xfe")),
-		frames(frame(true, 0x8, closePayload(1001, "")), text(`{"type":"ping"}`)),
+		wstest.ClientFrame(true, 0x8, closePayload(1000, "bye")),
+		wstest.ClientFrame(true, 0x8, nil),
+		wstest.ClientFrame(true, 0x8, []byte{0x03}),
+		wstest.ClientFrame(true, 0x8, closePayload(999, "")),
+		wstest.ClientFrame(true, 0x8, closePayload(1005, "")),
+		wstest.ClientFrame(true, 0x8, closePayload(5000, "")),
+		wstest.ClientFrame(true, 0x8, closePayload(1000, "\xff\xfe")),
+		frames(wstest.ClientFrame(true, 0x8, closePayload(1001, "")), text(`{"type":"ping"}`)),
 		// Invalid UTF-8; binary on JSON; text on protobuf.
-		frame(true, 0x1, []byte{0xff, 0xfe, 0xfd}),
-		frame(true, 0x2, []byte(`{"type":"ping"}`)),
+		wstest.ClientFrame(true, 0x1, []byte{0xff, 0xfe, 0xfd}),
+		wstest.ClientFrame(true, 0x2, []byte(`{"type":"ping"}`)),
 		text("not protobuf"),
-		frame(true, 0x2, []byte{0xff, 0xff, 0xff, 0xff}),
+		wstest.ClientFrame(true, 0x2, []byte{0xff, 0xff, 0xff, 0xff}),
 		// Frames RFC 6455 forbids.
 		[]byte{0x81, 0x05, 'h', 'e', 'l', 'l', 'o'}, // unmasked
-		append([]byte{0xC1}, frame(true, 0x1, []byte("rsv1"))[1:]...),
-		frame(true, 0x3, []byte("reserved opcode")),
-		frame(true, 0xB, nil),
-		frame(true, 0x9, make([]byte, 126)), // a control frame over 125 bytes
-		frame(false, 0x9, nil),              // a fragmented control frame
+		append([]byte{0xC1}, wstest.ClientFrame(true, 0x1, []byte("rsv1"))[1:]...),
+		wstest.ClientFrame(true, 0x3, []byte("reserved opcode")),
+		wstest.ClientFrame(true, 0xB, nil),
+		wstest.ClientFrame(true, 0x9, make([]byte, 126)), // a control frame over 125 bytes
+		wstest.ClientFrame(false, 0x9, nil),              // a fragmented control frame
 		masked([4]byte{1, 2, 3, 4}, []byte(`{"type":"ping"}`)),
 		append(text(`{"type":"ping"}`), "garbage after a frame"...),
 		frames(func() [][]byte {
 			var fs [][]byte
 			for range 100 {
-				fs = append(fs, frame(true, 0x9, []byte("ping")))
+				fs = append(fs, wstest.ClientFrame(true, 0x9, []byte("ping")))
 			}
 			return fs
 		}()...),

@@ -6,7 +6,6 @@ package pubsub_test
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/http"
@@ -105,31 +104,14 @@ func TestUnfinishedMessagesTimeOut(t *testing.T) {
 	}{
 		{"fragment", func(c *wstest.RawClient) error { return c.WriteFrame(false, 0x1, []byte(strings.Repeat("x", 1024))) }},
 		{"frame", func(c *wstest.RawClient) error {
-			frame := wsClientFrame(0x1, make([]byte, 64<<10))
+			frame := wstest.ClientFrame(true, 0x1, make([]byte, 64<<10))
 			return c.Write(frame[:32<<10])
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := wstest.RawDial(t, e.url(pubsub.TokenOptions{UserID: tc.name}))
 			must(t, tc.start(c))
-			type closeFrame struct {
-				code   uint16
-				reason string
-			}
-			closed := make(chan closeFrame, 1)
-			go func() {
-				for {
-					op, p, err := c.ReadFrame()
-					if err != nil {
-						closed <- closeFrame{1006, err.Error()}
-						return
-					}
-					if op == 0x8 && len(p) >= 2 {
-						closed <- closeFrame{binary.BigEndian.Uint16(p), string(p[2:])}
-						return
-					}
-				}
-			}()
+			closed := c.Closed()
 			// Pings between fragments are allowed, and keep the client
 			// seen; only the unfinished message counts.
 			tick := time.NewTicker(20 * time.Millisecond)
@@ -138,8 +120,8 @@ func TestUnfinishedMessagesTimeOut(t *testing.T) {
 			for {
 				select {
 				case cf := <-closed:
-					if cf.code != 1008 || !strings.Contains(cf.reason, "MessageTimeout") {
-						t.Fatalf("close %d %q", cf.code, cf.reason)
+					if cf.Code != 1008 || !strings.Contains(cf.Reason, "MessageTimeout") {
+						t.Fatalf("close %+v", cf)
 					}
 				case <-tick.C:
 					if tc.name == "fragment" {
@@ -162,16 +144,6 @@ func TestUnfinishedMessagesTimeOut(t *testing.T) {
 	e.barrier(other, otherID)
 }
 
-// wsClientFrame is a whole masked client frame (mask key zero).
-func wsClientFrame(opcode byte, payload []byte) []byte {
-	h := []byte{0x80 | opcode, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-	n := len(payload)
-	for i := 0; i < 8; i++ {
-		h[9-i] = byte(n >> (8 * i))
-	}
-	return append(h, payload...)
-}
-
 // The bytes of messages being received, across all clients, are bounded:
 // a client whose message would pass the bound is closed (1013), and the
 // others' messages are not affected.
@@ -185,8 +157,8 @@ func TestInboundBytesAreBounded(t *testing.T) {
 	}})
 	a := wstest.RawDial(t, e.url(pubsub.TokenOptions{UserID: "a"}))
 	b := wstest.RawDial(t, e.url(pubsub.TokenOptions{UserID: "b"}))
-	fa := wsClientFrame(0x2, make([]byte, 600<<10))
-	fb := wsClientFrame(0x2, make([]byte, 600<<10))
+	fa := wstest.ClientFrame(true, 0x2, make([]byte, 600<<10))
+	fb := wstest.ClientFrame(true, 0x2, make([]byte, 600<<10))
 	must(t, a.Write(fa[:1024]))
 	// a's message is under way (its header was read) before b's starts.
 	deadline := time.Now().Add(waitFor)

@@ -90,33 +90,20 @@ func TestMessageTimeoutIsPerMessage(t *testing.T) {
 		},
 	}})
 	c := wstest.RawDial(t, e.url(pubsub.TokenOptions{UserID: "streamer"})) // a simple client: each frame is an event
-	closed := make(chan string, 1)
-	go func() {
-		for {
-			op, p, err := c.ReadFrame()
-			if err != nil {
-				closed <- err.Error()
-				return
-			}
-			if op == 0x8 {
-				closed <- fmt.Sprintf("close frame %q", p)
-				return
-			}
-		}
-	}()
+	closed := c.Closed()
 	// 100-byte frames (6-byte head, 94-byte payload); each write is the
 	// second half of one frame and the first half of the next.
 	const messages = 24
 	var stream []byte
 	for range messages + 1 {
-		stream = append(stream, wsClientFrame6(0x1, []byte(strings.Repeat("x", 94)))...)
+		stream = append(stream, wstest.ClientFrame(true, 0x1, []byte(strings.Repeat("x", 94)))...)
 	}
 	must(t, c.Write(stream[:50]))
 	for k := range messages {
 		time.Sleep(50 * time.Millisecond)
 		select {
 		case why := <-closed:
-			t.Fatalf("closed after %d messages of 50 ms each (MessageTimeout 300 ms): %s", events.Load(), why)
+			t.Fatalf("closed after %d messages of 50 ms each (MessageTimeout 300 ms): %+v", events.Load(), why)
 		default:
 		}
 		if err := c.Write(stream[50+100*k : 150+100*k]); err != nil {
@@ -127,12 +114,6 @@ func TestMessageTimeoutIsPerMessage(t *testing.T) {
 	if n := e.svc.Stats().MessageTimeouts; n != 0 {
 		t.Fatalf("MessageTimeouts %d", n)
 	}
-}
-
-// wsClientFrame6 is a masked client frame of a payload under 126 bytes
-// (mask key zero): a 6-byte head.
-func wsClientFrame6(opcode byte, payload []byte) []byte {
-	return append([]byte{0x80 | opcode, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
 }
 
 // Recoveries of one connection that overlap (a client that retries, or
@@ -197,28 +178,15 @@ func TestMessageTimeoutExcludesHandlingTime(t *testing.T) {
 		},
 	}})
 	c := wstest.RawDial(t, e.url(pubsub.TokenOptions{UserID: "pipeliner"}))
-	closed := make(chan string, 1)
-	go func() {
-		for {
-			op, p, err := c.ReadFrame()
-			if err != nil {
-				closed <- err.Error()
-				return
-			}
-			if op == 0x8 {
-				closed <- fmt.Sprintf("close frame %q", p)
-				return
-			}
-		}
-	}()
-	one := wsClientFrame6(0x1, []byte(strings.Repeat("a", 94)))
-	two := wsClientFrame6(0x1, []byte(strings.Repeat("b", 94)))
+	closed := c.Closed()
+	one := wstest.ClientFrame(true, 0x1, []byte(strings.Repeat("a", 94)))
+	two := wstest.ClientFrame(true, 0x1, []byte(strings.Repeat("b", 94)))
 	must(t, c.Write(append(one, two[:50]...)))
 	time.Sleep(20 * time.Millisecond)
 	must(t, c.Write(two[50:]))
 	select {
 	case why := <-closed:
-		t.Fatalf("closed after %d events: %s", events.Load(), why)
+		t.Fatalf("closed after %d events: %+v", events.Load(), why)
 	case <-time.After(1500 * time.Millisecond):
 	}
 	if n := events.Load(); n != 2 {
@@ -478,11 +446,11 @@ func TestRandomFramesThroughTheHandler(t *testing.T) {
 				case 1: // a well-formed frame of random content and opcode
 					p := make([]byte, r.Intn(3000))
 					r.Read(p)
-					b = wsClientFrameMasked(byte(r.Intn(16)), r.Intn(2) == 0, p)
+					b = wstest.ClientFrame(r.Intn(2) == 0, byte(r.Intn(16)), p)
 				case 2: // a plausible request
-					b = wsClientFrameMasked(0x1, true, []byte(`{"type":"event","event":"e","ackId":1,"dataType":"text","data":"x"}`))
+					b = wstest.ClientFrame(true, 0x1, []byte(`{"type":"event","event":"e","ackId":1,"dataType":"text","data":"x"}`))
 				case 3: // a frame cut short
-					f := wsClientFrameMasked(0x2, r.Intn(2) == 0, make([]byte, 2000))
+					f := wstest.ClientFrame(r.Intn(2) == 0, 0x2, make([]byte, 2000))
 					b = f[:r.Intn(len(f))]
 				}
 				if c.Write(b) != nil {
@@ -497,24 +465,6 @@ func TestRandomFramesThroughTheHandler(t *testing.T) {
 	}
 	must(t, e.hub.CloseAllConnections(context.Background(), ""))
 	statsAtRest(t, e.svc)
-}
-
-// wsClientFrameMasked is a client frame with the mask bit (key zero).
-func wsClientFrameMasked(opcode byte, fin bool, payload []byte) []byte {
-	b0 := opcode
-	if fin {
-		b0 |= 0x80
-	}
-	h := []byte{b0}
-	switch n := len(payload); {
-	case n < 126:
-		h = append(h, 0x80|byte(n))
-	case n < 1<<16:
-		h = append(h, 0x80|126, byte(n>>8), byte(n))
-	default:
-		h = append(h, 0x80|127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(append(h, 0, 0, 0, 0), payload...)
 }
 
 func newRand(seed int64) *rand.Rand { return rand.New(rand.NewSource(seed)) }

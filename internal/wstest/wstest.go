@@ -378,9 +378,14 @@ func (c *RawClient) Write(b []byte) error {
 	return err
 }
 
-// WriteFrame sends one masked client frame (mask key zero, so the payload
-// goes as it is).
+// WriteFrame sends one masked client frame (ClientFrame).
 func (c *RawClient) WriteFrame(fin bool, opcode byte, payload []byte) error {
+	return c.Write(ClientFrame(fin, opcode, payload))
+}
+
+// ClientFrame is one whole client frame, masked with a zero key so that the
+// payload goes as it is, its length in the shortest form.
+func ClientFrame(fin bool, opcode byte, payload []byte) []byte {
 	b0 := opcode
 	if fin {
 		b0 |= 0x80
@@ -397,7 +402,31 @@ func (c *RawClient) WriteFrame(fin bool, opcode byte, payload []byte) error {
 		h = binary.BigEndian.AppendUint64(h, uint64(n))
 	}
 	h = append(h, 0, 0, 0, 0)
-	return c.Write(append(h, payload...))
+	return append(h, payload...)
+}
+
+// Closed reads the server's frames on a goroutine of its own, discarding
+// them, until the close frame or an error (code 1006, the error as reason),
+// which it then delivers. The test reads nothing else from c meanwhile.
+func (c *RawClient) Closed() <-chan CloseInfo {
+	ch := make(chan CloseInfo, 1)
+	go func() {
+		for {
+			op, p, err := c.ReadFrame()
+			switch {
+			case err != nil:
+				ch <- CloseInfo{Code: 1006, Reason: err.Error()}
+				return
+			case op == 0x8 && len(p) >= 2:
+				ch <- CloseInfo{Code: binary.BigEndian.Uint16(p), Reason: string(p[2:])}
+				return
+			case op == 0x8:
+				ch <- CloseInfo{Code: 1005}
+				return
+			}
+		}
+	}()
+	return ch
 }
 
 // ReadFrame reads one unmasked server frame.
