@@ -217,7 +217,7 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 	}
 	c.attach(wi)
 	s.active.add()
-	go wi.readLoop(nil)
+	go wi.readLoop()
 }
 
 // upgradeWire hijacks the request's connection and completes the
@@ -269,9 +269,9 @@ func (s *Service) serveRecovery(w http.ResponseWriter, r *http.Request, hubName,
 		}()
 		return
 	}
-	c.lastSeen.Store(time.Now().UnixNano())
+	wi.previous = previous
 	s.active.add()
-	go wi.readLoop(previous)
+	go wi.readLoop()
 }
 
 // refuseRecovery completes the handshake and closes the WebSocket at once
@@ -436,13 +436,13 @@ func (s *session) Range(f func(key string, v any) bool) { f("wire", s.wire) }
 
 func wireOf(socket *gws.Conn) *wire { return socket.Session().(*session).wire }
 
-// transport receives gws's callbacks for every connection. Messages are
-// read by our own read loop (wire.readLoop) with gws's ReadMessage; gws
-// calls these for control frames and the close, on that loop.
+// transport receives gws's callbacks for every connection, all on the
+// transport's read loop (wire.readLoop), which runs gws's ReadLoop.
 type transport struct{}
 
-func (transport) OnOpen(*gws.Conn)                      {}
-func (transport) OnMessage(_ *gws.Conn, m *gws.Message) { m.Close() }
+func (transport) OnOpen(socket *gws.Conn) { wireOf(socket).readStarted() }
+
+func (transport) OnMessage(socket *gws.Conn, m *gws.Message) { wireOf(socket).handle(m) }
 
 // OnClose records how the transport ended, for the read loop to act on.
 func (transport) OnClose(socket *gws.Conn, err error) { wireOf(socket).closeErr = err }

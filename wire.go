@@ -28,13 +28,14 @@ type wire struct {
 	out outbox
 
 	nc       net.Conn        // the hijacked connection; set once, under out.mu, before the upgrade
-	raw      syscall.RawConn // nc's socket, for non-blocking writes; nil for TLS
+	raw      syscall.RawConn // nc's socket, for non-blocking writes and reads; nil for TLS
 	socket   *gws.Conn
 	upgraded atomic.Bool // the 101 is written: gws's writes go to the outbox
 
-	readDone chan struct{} // closed when the read loop has ended
-	closeErr error         // what gws reported on close; read loop only
-	in       inbound       // read loop only
+	previous <-chan struct{} // the replaced transport's readDone, if any
+	readDone chan struct{}   // closed when the read loop has ended
+	closeErr error           // what gws reported on close; read loop only
+	in       inbound         // read loop only
 }
 
 func newWire(c *conn) *wire {
@@ -61,6 +62,9 @@ func (w *wire) upgrade(u *gws.Upgrader, nc net.Conn, br *bufio.Reader, r *http.R
 		return errTransportAborted
 	}
 	wc := &wireConn{Conn: nc, w: w}
+	if w.raw != nil {
+		wc.raw.init(w.raw)
+	}
 	if br != nil && br.Buffered() > 0 {
 		wc.pre = br
 	}
@@ -80,41 +84,57 @@ func (w *wire) upgrade(u *gws.Upgrader, nc net.Conn, br *bufio.Reader, r *http.R
 var errTransportAborted = errors.New("pubsub: the transport was replaced before its upgrade")
 
 // readLoop reads the transport's messages and hands them to the
-// connection, one at a time, until the transport ends. It starts reading
-// only once previous, the read loop of the transport this one replaced, has
-// ended. A panic in it ends this transport alone.
-func (w *wire) readLoop(previous <-chan struct{}) {
-	defer w.svc.active.done()
-	if previous != nil {
-		<-previous
-	}
-	defer close(w.readDone)
-	c := w.c
-	c.opened()
-	for w.readOne() {
-	}
-	w.in.release(w.svc)
-	c.transportEnded(w)
+// connection, one at a time (transport.OnMessage), until the transport
+// ends. An idle connection's goroutine waits in here: one small frame of
+// ours above gws's loop, since a goroutine's stack doubles past 2 KiB.
+func (w *wire) readLoop() {
+	defer w.readEnded()
+	w.socket.ReadLoop()
 }
 
-// readOne reads and handles one message; false ends the read loop.
-func (w *wire) readOne() (more bool) {
-	defer func() {
-		if r := recover(); r != nil {
-			w.svc.panicked("read", r)
-			w.c.closeFrom(w, DisconnectInternalError)
-			more = false
-		}
-	}()
-	w.in.fresh = true // the next message's time starts now, not while the last was handled
-	msg, err := w.socket.ReadMessage()
-	if err != nil {
-		return false
+// readStarted is the read loop's start (transport.OnOpen): it waits for
+// the read loop of the transport this one replaced to end, so that the
+// connection's frames are never handled by two goroutines at once.
+func (w *wire) readStarted() {
+	if w.previous != nil {
+		<-w.previous
 	}
-	defer msg.Close()
+	w.c.opened()
+}
+
+// readEnded follows the read loop: a panic in it ends this transport
+// alone, then the connection learns that its transport ended.
+func (w *wire) readEnded() {
+	if r := recover(); r != nil {
+		w.panicked(r)
+	}
+	w.in.release(w.svc)
+	w.c.transportEnded(w)
+	close(w.readDone)
+	w.svc.active.done()
+}
+
+// panicked closes the connection after a panic on this transport's read
+// path, if the transport is still the connection's.
+func (w *wire) panicked(r any) {
+	w.svc.panicked("read", r)
+	w.c.closeFrom(w, DisconnectInternalError)
+}
+
+// handle hands one message to the connection. A panic closes the
+// connection; the read loop goes on until its close is done.
+func (w *wire) handle(m *gws.Message) {
+	defer w.handled(m)
 	w.c.lastSeen.Store(time.Now().UnixNano())
-	w.c.handleFrame(msg.Opcode == gws.OpcodeBinary, msg.Bytes())
-	return true
+	w.c.handleFrame(m.Opcode == gws.OpcodeBinary, m.Bytes())
+}
+
+func (w *wire) handled(m *gws.Message) {
+	w.in.fresh = true // the next message's time starts now, not while this one was handled
+	m.Close()
+	if r := recover(); r != nil {
+		w.panicked(r)
+	}
 }
 
 // wireConn is the net.Conn gws reads and writes: the hijacked connection,
@@ -123,17 +143,38 @@ type wireConn struct {
 	net.Conn
 	w   *wire
 	pre *bufio.Reader // what the HTTP server read past the request
+	raw rawReader     // the socket's, where it has one (not TLS)
+	n   int           // what the last read returned, for follow
+	err error
 }
 
 // Read reads for gws and follows the frames it returns, so that an
-// unfinished message is bounded (inbound.scan).
+// unfinished message is bounded (inbound.scan). An idle connection waits in
+// here: its frame is kept small (what a read returned is passed on in
+// fields, not arguments, whose spill room would be in this frame).
 func (wc *wireConn) Read(p []byte) (int, error) {
-	var n int
-	var err error
+	if wc.pre != nil || wc.w.in.armed {
+		return wc.readBounded(p)
+	}
+	if wc.raw.rc != nil {
+		wc.raw.read(p)
+		wc.n, wc.err = wc.raw.n, wc.raw.result()
+	} else {
+		wc.n, wc.err = wc.Conn.Read(p)
+	}
+	return wc.follow(p)
+}
+
+// readBounded reads the bytes the HTTP server read past the request, or
+// under the deadline of an unfinished message, which a new message starts
+// afresh.
+func (wc *wireConn) readBounded(p []byte) (int, error) {
 	w := wc.w
 	if w.in.armed && w.in.fresh {
 		w.in.arm(wc.Conn, w.svc.cfg.MessageTimeout)
 	}
+	var n int
+	var err error
 	if wc.pre != nil {
 		n, err = wc.pre.Read(p)
 		if wc.pre.Buffered() == 0 {
@@ -142,6 +183,15 @@ func (wc *wireConn) Read(p []byte) (int, error) {
 	} else {
 		n, err = wc.Conn.Read(p)
 	}
+	wc.n, wc.err = n, err
+	return wc.follow(p)
+}
+
+// follow scans what a read returned (n, err), or acts on its error: a
+// passed message deadline closes the client.
+func (wc *wireConn) follow(p []byte) (int, error) {
+	w, n, err := wc.w, wc.n, wc.err
+	wc.err = nil
 	if err != nil {
 		if w.in.armed && errors.Is(err, os.ErrDeadlineExceeded) {
 			w.svc.messageTimeouts.Add(1)

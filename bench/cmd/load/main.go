@@ -55,6 +55,12 @@ func main() {
 	before := flag.String("before", "", "also run ours as built from this git revision, as implementation \"ours@<rev>\" (a before/after comparison in one run)")
 	flag.StringVar(&profileDir, "cpuprofile", "", "save CPU profiles of the server and the load tool for each run's measured phase, and each idle run's server heap profile, in this directory")
 	flag.Parse()
+	if profileDir != "" {
+		if err := os.MkdirAll(profileDir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "load:", err)
+			os.Exit(1)
+		}
+	}
 	raiseFDLimit()
 	if *only != "" {
 		impls = strings.Split(*only, ",")
