@@ -46,8 +46,8 @@ type conn struct {
 	kind        clientKind
 	perms       *permissions
 
-	// ctx is cancelled when the connection is released, aborting its user
-	// events.
+	// ctx is cancelled when the service ends the session (or it is
+	// released), aborting its user events.
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -396,6 +396,7 @@ func (c *conn) enqueueLocked(deadline int64, parts [][]byte) (after afterUnlock)
 // abort drops c's transport at once, without a close frame (Shutdown out
 // of time).
 func (c *conn) abort() {
+	c.cancel()
 	c.mu.Lock()
 	w := c.w
 	c.mu.Unlock()

@@ -101,6 +101,7 @@ func (c *conn) closeLocked(d Disconnect, drop bool) (after afterUnlock) {
 		return after
 	}
 	c.state, c.disconnect = stateClosing, d
+	after.cancel = true // a user event under way is abandoned: its answer has nowhere to go
 	var msg []byte
 	if c.kind != kindSimple {
 		msg = c.encodeDisconnected(d.Reason)
@@ -111,26 +112,33 @@ func (c *conn) closeLocked(d Disconnect, drop bool) (after afterUnlock) {
 
 // closeFrom is close on behalf of transport w (its read or write path
 // failed): it ends the session only while w is current; a transport a
-// recovery replaced is just dropped.
-func (c *conn) closeFrom(w *wire, d Disconnect) {
+// recovery replaced is just dropped. It reports whether it ended the
+// session.
+func (c *conn) closeFrom(w *wire, d Disconnect) (ended bool) {
 	c.mu.Lock()
 	if c.w != w {
 		c.mu.Unlock()
 		w.out.abort()
-		return
+		return false
 	}
+	ended = c.state < stateClosing
 	after := c.closeLocked(d, false)
 	c.mu.Unlock()
 	after.run(c)
+	return ended
 }
 
 // afterUnlock is what a transition leaves to do once c.mu is released.
 type afterUnlock struct {
 	kick    *outbox // start writing it
+	cancel  bool    // cancel the connection's context: its user events
 	release bool    // release the connection on a goroutine of its own
 }
 
 func (a afterUnlock) run(c *conn) {
+	if a.cancel {
+		c.cancel()
+	}
 	if a.kick != nil {
 		a.kick.kick()
 	}

@@ -1,6 +1,7 @@
 package pubsub
 
 import (
+	"crypto/tls"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -259,6 +260,11 @@ func (o *outbox) closeSocket() {
 	}
 	nc := o.w.nc
 	o.mu.Unlock()
+	if tc, ok := nc.(*tls.Conn); ok {
+		// tls.Conn.Close first writes close_notify, waiting up to 5 s on a
+		// full socket; a graceful close sent it already (CloseWrite).
+		nc = tc.NetConn()
+	}
 	if nc != nil {
 		_ = nc.Close()
 	}
@@ -433,6 +439,10 @@ func (o *outbox) recoverWrite() {
 		o.w.svc.panicked("write", r)
 		o.w.c.closeFrom(o.w, DisconnectInternalError)
 		o.abort()
+		// The panicking writer owned o's writing: what it had taken is lost.
+		o.mu.Lock()
+		o.account(0, -o.inflight)
+		o.mu.Unlock()
 	}
 }
 

@@ -215,7 +215,6 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 		close(wi.readDone)
 		return
 	}
-	c.attach(wi)
 	s.active.add()
 	go wi.readLoop()
 }
@@ -405,7 +404,7 @@ func (s *Service) upgrader(subprotocol string) *gws.Upgrader {
 		ReadMaxPayloadSize: s.cfg.MaxMessageSize,
 		ReadBufferSize:     readBufferSize,
 		CheckUtf8Enabled:   true,
-		Recovery:           gws.Recovery, // a panicking handler must not take the process down
+		Recovery:           s.recoverCallback, // a panicking callback must not take the process down
 		Logger:             gwsLogger{s},
 		HandshakeTimeout:   s.cfg.HandshakeTimeout,
 		NewSession:         func() gws.SessionStorage { return &session{} },
@@ -418,6 +417,14 @@ func (s *Service) upgrader(subprotocol string) *gws.Upgrader {
 		s.upgraders.Store(subprotocol, u)
 	}
 	return u
+}
+
+// recoverCallback is gws's recovery around our callbacks (OnPing, OnPong,
+// OnClose; OnMessage recovers for itself): counted like any other panic.
+func (s *Service) recoverCallback(gws.Logger) {
+	if r := recover(); r != nil {
+		s.panicked("callback", r)
+	}
 }
 
 type gwsLogger struct{ s *Service }

@@ -75,6 +75,7 @@ func (w *wire) upgrade(u *gws.Upgrader, nc net.Conn, br *bufio.Reader, r *http.R
 	socket.Session().(*session).wire = w
 	w.socket = socket
 	w.upgraded.Store(true)
+	w.c.attach(w) // open before "connected", with its reconnection token, goes out
 	w.out.start()
 	return nil
 }
@@ -194,8 +195,9 @@ func (wc *wireConn) follow(p []byte) (int, error) {
 	wc.err = nil
 	if err != nil {
 		if w.in.armed && errors.Is(err, os.ErrDeadlineExceeded) {
-			w.svc.messageTimeouts.Add(1)
-			w.c.closeFrom(w, DisconnectMessageTimeout)
+			if w.c.closeFrom(w, DisconnectMessageTimeout) {
+				w.svc.messageTimeouts.Add(1)
+			}
 		}
 		return n, err
 	}
@@ -203,8 +205,9 @@ func (wc *wireConn) follow(p []byte) (int, error) {
 		return n, nil // the handshake's own bytes, if any
 	}
 	if serr := w.in.scan(p[:n], w.svc); serr != nil {
-		w.svc.inboundBudgetDisconnects.Add(1)
-		w.c.closeFrom(w, DisconnectInboundBudget)
+		if w.c.closeFrom(w, DisconnectInboundBudget) {
+			w.svc.inboundBudgetDisconnects.Add(1)
+		}
 		return 0, serr
 	}
 	w.in.deadline(wc.Conn, w.svc.cfg.MessageTimeout)
