@@ -199,9 +199,9 @@ var errNotRecoverable = errors.New("pubsub: the connection cannot be recovered")
 // still to come, to a reliable connection, and queues every message the
 // client has not acknowledged on it first, in sequence order. An open
 // connection whose drop was not noticed yet is taken over: its old
-// transport is closed. resume returns when the previous transport's read
-// loop ends: w's read loop must wait for it, so that the connection's
-// frames are never handled by two goroutines at once.
+// transport is closed. previousRead is closed when the previous
+// transport's read loop has ended: w's read loop waits for it, so that the
+// connection's frames are never handled by two goroutines at once.
 func (c *conn) resume(w *wire) (previousRead <-chan struct{}, err error) {
 	c.mu.Lock()
 	if c.rel == nil || c.state != stateDetached && c.state != stateOpen {
