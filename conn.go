@@ -247,8 +247,9 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 		if resp != nil && len(resp.Data) > 0 {
 			// The reply reaches the client before the ack (spec §6.1), as a
 			// message from the server (with a sequence id when reliable).
-			reply := &Command{Op: OpSendToConnection, Message: Message{resp.DataType, resp.Data}}
-			c.deliver(&delivery{cmd: reply})
+			reply := &delivery{svc: c.svc, cmd: &Command{Op: OpSendToConnection, Message: Message{resp.DataType, resp.Data}}}
+			c.deliver(reply)
+			reply.settle()
 		}
 	}
 	return "", ""
@@ -369,28 +370,39 @@ func (c *conn) send(frame []byte) { c.enqueue(0, frame) }
 // written by deadline (Unix nanoseconds; 0: never).
 func (c *conn) enqueue(deadline int64, parts ...[]byte) {
 	c.mu.Lock()
-	after := c.enqueueLocked(deadline, parts)
+	after, _ := c.enqueueLocked(deadline, parts, nil, -1)
 	c.mu.Unlock()
 	after.run(c)
 }
 
-// enqueueLocked queues parts on the current transport, under c.mu. Nothing
-// is queued for a connection between transports (a reliable connection's
-// data messages wait in its replay buffer) or one the service is closing.
-// A client whose queue would pass the outbound bound is a slow client: its
-// queue is dropped and it is closed, and no sender waits for it.
-func (c *conn) enqueueLocked(deadline int64, parts [][]byte) (after afterUnlock) {
+// enqueueShared queues one frame that is a message's shared encoding, and
+// reports whether it did (taking a reference to share).
+func (c *conn) enqueueShared(deadline int64, frame []byte, share *sharedBytes) bool {
+	c.mu.Lock()
+	after, queued := c.enqueueLocked(deadline, [][]byte{frame}, share, 0)
+	c.mu.Unlock()
+	after.run(c)
+	return queued
+}
+
+// enqueueLocked queues parts on the current transport, under c.mu; parts[at]
+// is share's, if share is not nil. Nothing is queued for a connection
+// between transports (a reliable connection's data messages wait in its
+// replay buffer) or one the service is closing. A client whose queue would
+// pass the outbound bound is a slow client: its queue is dropped and it is
+// closed, and no sender waits for it.
+func (c *conn) enqueueLocked(deadline int64, parts [][]byte, share *sharedBytes, at int) (after afterUnlock, queued bool) {
 	if c.w == nil || c.state >= stateClosing {
-		return after
+		return after, false
 	}
-	kick, overflow := c.w.out.enqueue(deadline, parts, c.svc.cfg.OutboundBufferSize)
+	queued, kick, overflow := c.w.out.enqueue(deadline, parts, share, at, c.svc.cfg.OutboundBufferSize)
 	if overflow {
 		c.svc.slowClients.Add(1)
 		c.svc.log.Warn("closing a slow client", "hub", c.hub.name, "connectionId", c.id)
-		return c.closeLocked(DisconnectSlowClient, true)
+		return c.closeLocked(DisconnectSlowClient, true), false
 	}
 	after.kick = kick
-	return after
+	return after, queued
 }
 
 // abort drops c's transport at once, without a close frame (Shutdown out

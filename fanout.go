@@ -23,7 +23,8 @@ func (s *Service) apply(cmd *Command) {
 	}
 	switch cmd.Op {
 	case OpSendToAll, OpSendToGroup, OpSendToUser, OpSendToConnection:
-		d := delivery{cmd: cmd}
+		d := delivery{svc: s, cmd: cmd}
+		defer d.settle()
 		h.selectConns(cmd, func(c *conn) { c.deliver(&d) })
 	case OpCloseAll, OpCloseGroup, OpCloseUser, OpCloseConnection:
 		reason := DisconnectClosedByAppServer
@@ -72,12 +73,41 @@ func (h *hubState) selectConns(cmd *Command, f func(*conn)) {
 // reliable kinds, a body that every receiver shares and that each completes
 // with a few bytes of its own sequence id.
 type delivery struct {
+	svc       *Service
 	cmd       *Command
 	simple    []byte
 	jsonFrame []byte
 	jsonBody  []byte // jsonFrame without its header
 	pbData    []byte // the DataMessage, without sequence id
 	pbFrame   []byte
+
+	// Each encoding counts against the buffer budget once; held counts
+	// the references queues and replay buffers take during the fan-out,
+	// settled when it is done.
+	shares [numEncodings]*sharedBytes
+	held   [numEncodings]int64
+}
+
+// The encodings of a delivery. The JSON frame's buffer holds the body that
+// reliable JSON receivers share.
+const (
+	encSimple = iota
+	encJSON
+	encProtobuf
+	encProtobufData
+	numEncodings
+)
+
+// encoded records a new encoding of d.
+func (d *delivery) encoded(enc int, b []byte) { d.shares[enc] = newSharedBytes(d.svc, len(b)) }
+
+// settle hands each encoding the references the fan-out took.
+func (d *delivery) settle() {
+	for enc, sh := range d.shares {
+		if sh != nil {
+			sh.settle(d.held[enc])
+		}
+	}
 }
 
 // deliver queues d for c in c's encoding.
@@ -85,23 +115,31 @@ func (c *conn) deliver(d *delivery) {
 	deadline := d.cmd.ExpiresAt
 	switch c.kind {
 	case kindSimple:
-		c.enqueue(deadline, d.simpleFrame())
+		d.take(encSimple, c.enqueueShared(deadline, d.simpleFrame(), d.shares[encSimple]))
 	case kindJSON:
-		c.enqueue(deadline, d.json())
+		d.take(encJSON, c.enqueueShared(deadline, d.json(), d.shares[encJSON]))
 	case kindProtobuf:
-		c.enqueue(deadline, d.protobuf())
+		d.take(encProtobuf, c.enqueueShared(deadline, d.protobuf(), d.shares[encProtobuf]))
 	case kindJSONReliable:
 		d.json()
-		c.deliverReliable(deadline, func(seq uint64) [][]byte { return reliableJSONFrame(d.jsonBody, seq) })
+		d.held[encJSON] += c.deliverReliable(deadline, d.shares[encJSON], func(seq uint64) [][]byte { return reliableJSONFrame(d.jsonBody, seq) })
 	case kindProtobufReliable:
 		d.protobufData()
-		c.deliverReliable(deadline, func(seq uint64) [][]byte { return reliableProtobufFrame(d.pbData, seq) })
+		d.held[encProtobufData] += c.deliverReliable(deadline, d.shares[encProtobufData], func(seq uint64) [][]byte { return reliableProtobufFrame(d.pbData, seq) })
+	}
+}
+
+// take counts a reference to an encoding, if one was taken.
+func (d *delivery) take(enc int, taken bool) {
+	if taken {
+		d.held[enc]++
 	}
 }
 
 func (d *delivery) simpleFrame() []byte {
 	if d.simple == nil {
 		d.simple = simpleFrame(d.cmd.Message.DataType, d.cmd.Message.Data)
+		d.encoded(encSimple, d.simple)
 	}
 	return d.simple
 }
@@ -119,6 +157,7 @@ func (d *delivery) json() []byte {
 		}
 		d.jsonBody = buf[wsframe.Reserve:]
 		d.jsonFrame = wsframe.Finish(buf, wsframe.OpText)
+		d.encoded(encJSON, d.jsonFrame)
 	}
 	return d.jsonFrame
 }
@@ -131,6 +170,7 @@ func (d *delivery) protobufData() []byte {
 			from, group = "group", d.cmd.Target
 		}
 		d.pbData = protocol.AppendProtobufDataMessage(make([]byte, 0, len(m.Data)+len(group)+24), from, group, m.DataType, m.Data)
+		d.encoded(encProtobufData, d.pbData)
 	}
 	return d.pbData
 }
@@ -140,6 +180,7 @@ func (d *delivery) protobuf() []byte {
 		data := d.protobufData()
 		buf := protocol.AppendProtobufDataEnvelope(wsframe.Begin(len(data)+8), len(data))
 		d.pbFrame = protobufFrame(append(buf, data...))
+		d.encoded(encProtobuf, d.pbFrame)
 	}
 	return d.pbFrame
 }

@@ -247,14 +247,12 @@ func (c *conn) release(clientReason string) {
 	reason := c.disconnect.Reason
 	groups := c.groups
 	c.groups = nil
-	var replay int
 	if c.rel != nil {
 		c.rel.stopTimer()
-		replay = c.rel.drop()
+		c.rel.drop(c.svc)
 	}
 	c.mu.Unlock()
 	s := c.svc
-	s.buffered(-replay)
 	c.cancel()
 	c.hub.unregister(c, groups)
 	s.connections.Add(-1)
@@ -306,7 +304,7 @@ func (c *conn) keepAlive(deadline int64) {
 	case c.lastSeen.Load() < deadline:
 		after = c.closeLocked(DisconnectPingTimeout, false)
 	default:
-		after = c.enqueueLocked(0, [][]byte{pingFrame})
+		after, _ = c.enqueueLocked(0, [][]byte{pingFrame}, nil, -1)
 	}
 	c.mu.Unlock()
 	after.run(c)

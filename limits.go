@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"slices"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,12 +22,52 @@ func (s *Service) reserveInbound(n int64) bool {
 	return true
 }
 
-// buffered counts n more bytes held for clients (n < 0: fewer). Past
-// MaxBufferedBytes, the connections holding the most are shed.
+// buffered counts n more bytes held for clients (n < 0: fewer): bytes
+// waiting in outbound queues and in replay buffers, a message's shared
+// encoding once however many hold it (sharedBytes). Past MaxBufferedBytes,
+// the connections holding the most are shed.
 func (s *Service) buffered(n int) {
 	if s.bufferedBytes.Add(int64(n)) > s.cfg.MaxBufferedBytes && n > 0 && s.shedding.CompareAndSwap(false, true) {
 		s.active.add()
 		go s.shed() // not here: the caller may hold a connection's lock
+	}
+}
+
+// sharedBytes is one encoding of a message that many queues and replay
+// buffers hold at once (fan-out encodes once per client kind): its bytes
+// count against the buffer budget once, from its encoding until the last
+// holder lets go. A fan-out takes its references in one step when it is
+// done (settle); until then a bias keeps the count from reaching zero.
+type sharedBytes struct {
+	svc  *Service
+	size int
+	refs atomic.Int64
+}
+
+const sharedBias = 1 << 40
+
+func newSharedBytes(s *Service, size int) *sharedBytes {
+	sh := &sharedBytes{svc: s, size: size}
+	sh.refs.Store(sharedBias)
+	s.buffered(size)
+	return sh
+}
+
+// settle replaces the bias with the n references the fan-out took.
+func (sh *sharedBytes) settle(n int64) { sh.release(sharedBias - n) }
+
+// hold takes one more reference, from a holder that keeps one already (a
+// replay buffer whose message is queued again on a recovery).
+func (sh *sharedBytes) hold() {
+	if sh != nil {
+		sh.refs.Add(1)
+	}
+}
+
+// release lets go of n references; the last one gives the bytes back.
+func (sh *sharedBytes) release(n int64) {
+	if sh != nil && sh.refs.Add(-n) == 0 {
+		sh.svc.buffered(-sh.size)
 	}
 }
 

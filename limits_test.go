@@ -308,3 +308,34 @@ func TestPanicsCloseOnlyTheirConnection(t *testing.T) {
 	}
 	e.barrier(other, otherID)
 }
+
+// A message fanned out to many receivers is encoded once per kind, and
+// counts once against the buffer budget however many queues and replay
+// buffers hold it: a large group must not look like a memory hog.
+func TestSharedEncodingsCountOnce(t *testing.T) {
+	e := newEnv(t, pubsub.Config{})
+	var rs []*reliableClient
+	for range 20 {
+		rs = append(rs, dialReliable(t, e.url(pubsub.TokenOptions{Groups: []string{"g"}})))
+	}
+	const size = 64 << 10
+	must(t, e.hub.SendToGroup(t.Context(), "g", pubsub.BinaryMessage(make([]byte, size))))
+	for _, r := range rs {
+		r.readUntil(1) // written, and kept (never acknowledged) in every replay buffer
+	}
+	// base64 makes the body 4/3 larger; each receiver adds a few bytes of
+	// its own (header, sequence id).
+	if n := e.svc.Stats().BufferedBytes; n < size*4/3 || n > size*4/3+20*64 {
+		t.Fatalf("BufferedBytes %d for one %d-byte message held by 20 receivers", n, size)
+	}
+	for _, r := range rs {
+		r.ack()
+	}
+	deadline := time.Now().Add(waitFor)
+	for e.svc.Stats().BufferedBytes != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("BufferedBytes %d after every receiver acknowledged", e.svc.Stats().BufferedBytes)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -25,8 +25,9 @@ import (
 // The queue is bounded by the bytes queued and not yet taken by a write
 // (Config.OutboundBufferSize): bytes on their way into the socket do not
 // count against it, so a client that reads as fast as the network allows is
-// never cut. Queued and in-flight bytes both count against the service's
-// budget (Config.MaxBufferedBytes).
+// never cut. Queued bytes count against the service's budget
+// (Config.MaxBufferedBytes), a message's shared encoding once for all the
+// queues that hold it.
 type outbox struct {
 	w *wire
 
@@ -37,8 +38,9 @@ type outbox struct {
 	fullClose  bool // after closeFrame, close the socket (else half-close it and wait for the client)
 	closed     bool // the socket is closed; everything is dropped
 	frames     [][]byte
-	queued     int     // frames in frames (a frame may be several slices)
-	expires    []int64 // each slice's deadline (Unix nanoseconds, 0: none), or nil while none has one
+	queued     int            // frames in frames (a frame may be several slices)
+	expires    []int64        // each slice's deadline (Unix nanoseconds, 0: none), or nil while none has one
+	owners     []*sharedBytes // each slice's shared encoding, nil for bytes of its own; nil while none has one
 	spare      [][]byte
 	size       int // bytes in frames
 	inflight   int // bytes a write under way has taken and not finished
@@ -66,14 +68,11 @@ func closeFrame(d Disconnect) []byte {
 	return wsframe.Frame(wsframe.OpClose, p)
 }
 
-// account changes the bytes held by size and inflight by d, keeping the
-// service's budget in step. Caller holds o.mu.
+// account changes the bytes the connection holds, queued (size) and in
+// flight. Caller holds o.mu.
 func (o *outbox) account(size, inflight int) {
 	o.size += size
 	o.inflight += inflight
-	if d := size + inflight; d != 0 {
-		o.w.svc.buffered(d)
-	}
 }
 
 // held is how many bytes the outbox holds: queued, and on their way.
@@ -112,23 +111,32 @@ func (o *outbox) start() {
 // written by deadline (Unix nanoseconds; 0: never). It reports whether the
 // caller must kick o, and whether the queue overflowed bound: then nothing
 // was queued, and the client is a slow client.
-func (o *outbox) enqueue(deadline int64, parts [][]byte, bound int) (kick *outbox, overflow bool) {
+// It reports whether it queued the frame (and so took a reference to share,
+// parts[at]'s shared encoding, when there is one), whether the caller must
+// kick o, and whether the queue overflowed bound: then nothing was queued,
+// and the client is a slow client.
+func (o *outbox) enqueue(deadline int64, parts [][]byte, share *sharedBytes, at int, bound int) (queued bool, kick *outbox, overflow bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.closing || o.closed {
-		return nil, false
+		return false, nil, false
 	}
 	n := byteLen(parts)
 	if o.size > 0 && o.size+n > bound {
-		return nil, true
+		return false, nil, true
 	}
-	o.appendLocked(deadline, parts, n)
-	return o.kickLocked(), false
+	o.appendLocked(deadline, parts, n, share, at)
+	return true, o.kickLocked(), false
 }
 
-func (o *outbox) appendLocked(deadline int64, parts [][]byte, n int) {
+// appendLocked queues one frame of n bytes; parts[at] is share's (none
+// when share is nil), whose reference the caller took.
+func (o *outbox) appendLocked(deadline int64, parts [][]byte, n int, share *sharedBytes, at int) {
 	if deadline != 0 && o.expires == nil {
 		o.expires = make([]int64, len(o.frames), cap(o.frames))
+	}
+	if share != nil && o.owners == nil {
+		o.owners = make([]*sharedBytes, len(o.frames), cap(o.frames))
 	}
 	o.frames = append(o.frames, parts...)
 	o.queued++
@@ -137,11 +145,44 @@ func (o *outbox) appendLocked(deadline int64, parts [][]byte, n int) {
 			o.expires = append(o.expires, deadline)
 		}
 	}
+	own := n
+	if o.owners != nil {
+		for i := range parts {
+			if i == at && share != nil {
+				o.owners = append(o.owners, share)
+				own -= len(parts[i])
+			} else {
+				o.owners = append(o.owners, nil)
+			}
+		}
+	}
 	o.account(n, 0)
+	o.w.svc.buffered(own)
+}
+
+// releaseQueuedLocked lets go of what the queued frames hold of the
+// service's budget, as they leave the queue (taken by a write, or dropped).
+func (o *outbox) releaseQueuedLocked() {
+	own := 0
+	for i, b := range o.frames {
+		if o.owners != nil && o.owners[i] != nil {
+			o.owners[i].release(1)
+			continue
+		}
+		own += len(b)
+	}
+	o.w.svc.buffered(-own)
+	if cap(o.owners) > maxSpareSlices {
+		o.owners = nil
+	} else if o.owners != nil {
+		clear(o.owners)
+		o.owners = o.owners[:0]
+	}
 }
 
 // dropQueuedLocked drops the frames not yet taken by a write.
 func (o *outbox) dropQueuedLocked() {
+	o.releaseQueuedLocked()
 	clear(o.frames)
 	o.frames, o.expires, o.queued = o.frames[:0], nil, 0
 	o.account(-o.size, 0)
@@ -161,7 +202,7 @@ func (o *outbox) close(msg, cf []byte, drop bool) (kick *outbox) {
 		o.dropQueuedLocked()
 	}
 	if msg != nil {
-		o.appendLocked(0, [][]byte{msg}, len(msg))
+		o.appendLocked(0, [][]byte{msg}, len(msg), nil, -1)
 	}
 	o.closing, o.closeFrame = true, cf
 	return o.kickLocked()
@@ -298,6 +339,7 @@ func (o *outbox) take() (batch [][]byte, expires []int64, frames int, isClose, d
 	switch {
 	case o.closed:
 	case len(o.frames) > 0:
+		o.releaseQueuedLocked()
 		batch, expires, frames = o.frames, o.expires, o.queued
 		o.frames, o.expires, o.spare, o.queued = o.spare[:0], nil, nil, 0
 		n := byteLen(batch)
@@ -439,7 +481,7 @@ func (o *outbox) recoverWrite() {
 		o.w.svc.panicked("write", r)
 		o.w.c.closeFrom(o.w, DisconnectInternalError)
 		o.abort()
-		// The panicking writer owned o's writing: what it had taken is lost.
+		// The panicking writer owned o's writing: what it had taken is gone.
 		o.mu.Lock()
 		o.account(0, -o.inflight)
 		o.mu.Unlock()

@@ -39,6 +39,21 @@ type unackedMessage struct {
 	parts   [][]byte
 	size    int
 	expires int64
+	share   *sharedBytes // parts[1]'s, the body shared with other receivers; one reference
+}
+
+// own is the bytes of m that are its receiver's alone.
+func (m *unackedMessage) own() int {
+	if m.share == nil {
+		return m.size
+	}
+	return m.size - len(m.parts[1])
+}
+
+// forget lets go of what m holds of the buffer budget.
+func (m *unackedMessage) forget(s *Service) {
+	s.buffered(-m.own())
+	m.share.release(1)
 }
 
 func (r *reliable) stopTimer() {
@@ -48,11 +63,12 @@ func (r *reliable) stopTimer() {
 	}
 }
 
-// drop forgets every unacknowledged message and returns their bytes.
-func (r *reliable) drop() int {
-	n := r.bytes
+// drop forgets every unacknowledged message.
+func (r *reliable) drop(s *Service) {
+	for i := range r.unacked {
+		r.unacked[i].forget(s)
+	}
 	r.unacked, r.bytes = nil, 0
-	return n
 }
 
 // replay queues every unacknowledged message on o, a recovering client's
@@ -67,7 +83,8 @@ func (r *reliable) replay(o *outbox) {
 		if m.expires != 0 && now > m.expires {
 			continue
 		}
-		o.appendLocked(m.expires, m.parts, m.size)
+		m.share.hold() // the replay buffer keeps its own
+		o.appendLocked(m.expires, m.parts, m.size, m.share, 1)
 	}
 }
 
@@ -81,8 +98,9 @@ func (c *conn) isDetached() bool {
 // deliverReliable gives a data message the connection's next sequence id,
 // keeps it until the client acknowledges it, and queues it unless the
 // connection is between transports. build makes the receiver's frame for a
-// sequence id: a small prefix and the body shared with other receivers.
-func (c *conn) deliverReliable(deadline int64, build func(seq uint64) [][]byte) {
+// sequence id: a small prefix and, second, the body shared with other
+// receivers, share's. It returns how many references to share it took.
+func (c *conn) deliverReliable(deadline int64, share *sharedBytes, build func(seq uint64) [][]byte) (refs int64) {
 	c.mu.Lock()
 	var after afterUnlock
 	switch c.state {
@@ -96,15 +114,21 @@ func (c *conn) deliverReliable(deadline int64, build func(seq uint64) [][]byte) 
 			after = c.closeLocked(DisconnectReliableBufferFull, false)
 			break
 		}
-		r.unacked = append(r.unacked, unackedMessage{seq: r.seq, parts: parts, size: size, expires: deadline})
+		m := unackedMessage{seq: r.seq, parts: parts, size: size, expires: deadline, share: share}
+		r.unacked = append(r.unacked, m)
 		r.bytes += size
-		c.svc.buffered(size)
+		c.svc.buffered(m.own())
+		refs++
 		if c.state != stateDetached {
-			after = c.enqueueLocked(deadline, parts)
+			var queued bool
+			if after, queued = c.enqueueLocked(deadline, parts, share, 1); queued {
+				refs++
+			}
 		}
 	}
 	c.mu.Unlock()
 	after.run(c)
+	return refs
 }
 
 // ackSequence forgets the messages the client acknowledged: every id up to
@@ -116,16 +140,15 @@ func (c *conn) ackSequence(seq uint64) {
 		c.mu.Unlock()
 		return
 	}
-	n, freed := 0, 0
+	n := 0
 	for n < len(r.unacked) && r.unacked[n].seq <= seq {
-		freed += r.unacked[n].size
+		r.bytes -= r.unacked[n].size
+		r.unacked[n].forget(c.svc)
 		n++
 	}
-	r.bytes -= freed
 	clear(r.unacked[:n])
 	r.unacked = r.unacked[n:]
 	c.mu.Unlock()
-	c.svc.buffered(-freed)
 }
 
 // reliableJSONFrame is a json.reliable receiver's frame of a JSON message

@@ -171,6 +171,7 @@ func (o *outbox) writeOnce(s *writeScratch, st *writeStats) (more bool) {
 		o.startFlush(nil)
 		return false
 	}
+	o.releaseQueuedLocked()
 	batch, expires, frames := o.frames, o.expires, o.queued
 	o.frames, o.expires, o.spare, o.queued = o.spare[:0], nil, nil, 0
 	taken := byteLen(batch)
