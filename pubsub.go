@@ -133,9 +133,10 @@ type Config struct {
 	// closed with 1013, try again later. Default 256 MiB.
 	MaxInboundBytes int64
 	// MaxBufferedBytes bounds the bytes held for clients across all
-	// connections: outbound queues and reliable replay buffers. Past it,
-	// the connections holding the most are closed (1008) until a tenth of
-	// it is free again. Default 1 GiB.
+	// connections: outbound queues and reliable replay buffers, a message's
+	// encoding shared by many receivers counted once. Past it, the
+	// connections holding the most are closed (1008) until a tenth of it is
+	// free again. Default 1 GiB.
 	MaxBufferedBytes int64
 	// MaxMessagesPerSecond, when set, bounds each connection's inbound
 	// messages (pings and sequence acks aside), with a burst of as many. A
@@ -158,7 +159,8 @@ type Stats struct {
 	// BufferBudgetDisconnects counts clients closed because the service's
 	// MaxBufferedBytes was reached and they held the most.
 	BufferBudgetDisconnects int64
-	// BufferedBytes is what outbound queues and replay buffers hold now.
+	// BufferedBytes is what outbound queues and replay buffers hold now (a
+	// shared encoding once).
 	BufferedBytes int64
 	// InboundBudgetDisconnects counts clients closed because their message
 	// would have passed MaxInboundBytes.
