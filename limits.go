@@ -27,6 +27,9 @@ func (s *Service) reserveInbound(n int64) bool {
 // encoding once however many hold it (sharedBytes). Past MaxBufferedBytes,
 // the connections holding the most are shed.
 func (s *Service) buffered(n int) {
+	if n == 0 {
+		return // a queue holding only shared encodings: no shared write to make
+	}
 	if s.bufferedBytes.Add(int64(n)) > s.cfg.MaxBufferedBytes && n > 0 && s.shedding.CompareAndSwap(false, true) {
 		s.active.add()
 		go s.shed() // not here: the caller may hold a connection's lock
