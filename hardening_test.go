@@ -72,13 +72,7 @@ func detached(t *testing.T, e *testEnv, proxy *wstest.Proxy, r *reliableClient) 
 	t.Helper()
 	proxy.Drop()
 	r.lost()
-	deadline := time.Now().Add(waitFor)
-	for !pubsub.IsDetached(e.svc, "chat", r.connID) {
-		if time.Now().After(deadline) {
-			t.Fatal("the drop was never noticed")
-		}
-		time.Sleep(time.Millisecond) // no event says "detached": poll, bounded
-	}
+	eventually(t, "the drop noticed", func() bool { return pubsub.IsDetached(e.svc, "chat", r.connID) })
 }
 
 // Closing a group whose member is a reliable connection between transports
@@ -344,13 +338,7 @@ func TestSilentReliableTransportIsDetached(t *testing.T) {
 			t.Fatalf("the session was closed: %x %q", op, p)
 		}
 	}
-	deadline := time.Now().Add(waitFor)
-	for !pubsub.IsDetached(e.svc, "chat", connected.ConnectionID) {
-		if time.Now().After(deadline) {
-			t.Fatal("not detached")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	eventually(t, "detached", func() bool { return pubsub.IsDetached(e.svc, "chat", connected.ConnectionID) })
 	r := &reliableClient{t: t, url: e.url(pubsub.TokenOptions{UserID: "r"}), connID: connected.ConnectionID, token: connected.ReconnectionToken}
 	r.recover()
 	r.readUntil(1)

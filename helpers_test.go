@@ -100,6 +100,19 @@ func (e *testEnv) barrier(c *wstest.Client, connID string) {
 	}
 }
 
+// eventually polls cond, bounded: there is no event for what these tests
+// wait on (a counter back to zero, a drop noticed): a failure past waitFor.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, waitFor)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
 func timeAfter() <-chan time.Time { return time.After(waitFor) }
 
 func itoa(i int) string { return strconv.Itoa(i) }

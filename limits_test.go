@@ -76,13 +76,7 @@ func TestHubsAreBoundedAndPruned(t *testing.T) {
 	}
 	// An empty hub is pruned, which makes room for another.
 	a.Conn.WriteClose(1000, nil)
-	deadline := time.Now().Add(waitFor)
-	for e.svc.Stats().Hubs != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d hubs", e.svc.Stats().Hubs)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	eventually(t, "the empty hub pruned", func() bool { return e.svc.Stats().Hubs == 1 })
 	c := dial("c")
 	hc, _ := e.svc.Hub("C") // case-insensitive: the same hub
 	must(t, hc.SendToAll(context.Background(), pubsub.TextMessage("hi")))
@@ -161,13 +155,7 @@ func TestInboundBytesAreBounded(t *testing.T) {
 	fb := wstest.ClientFrame(true, 0x2, make([]byte, 600<<10))
 	must(t, a.Write(fa[:1024]))
 	// a's message is under way (its header was read) before b's starts.
-	deadline := time.Now().Add(waitFor)
-	for e.svc.Stats().InboundBytes == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("a's message never started")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	eventually(t, "a's message started", func() bool { return e.svc.Stats().InboundBytes != 0 })
 	must(t, b.Write(fb[:1024]))
 	if code, reason := expectRawClose(t, b); code != 1013 || !strings.Contains(reason, "inbound") {
 		t.Fatalf("b closed %d %q", code, reason)
@@ -331,11 +319,5 @@ func TestSharedEncodingsCountOnce(t *testing.T) {
 	for _, r := range rs {
 		r.ack()
 	}
-	deadline := time.Now().Add(waitFor)
-	for e.svc.Stats().BufferedBytes != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("BufferedBytes %d after every receiver acknowledged", e.svc.Stats().BufferedBytes)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	eventually(t, "BufferedBytes back to 0 after every receiver acknowledged", func() bool { return e.svc.Stats().BufferedBytes == 0 })
 }

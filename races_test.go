@@ -23,19 +23,6 @@ import (
 	"github.com/embedwps/pubsub/internal/wstest"
 )
 
-// eventually polls cond, bounded: there is no event for what these tests
-// wait on (a counter back to zero).
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, waitFor)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // statsAtRest waits for every counter that must return to zero once every
 // client is gone.
 func statsAtRest(t *testing.T, svc *pubsub.Service) {
