@@ -13,7 +13,12 @@ func IsDetached(s *Service, hub, id string) bool {
 		return false
 	}
 	c, ok := h.conns.Load(id)
-	return ok && c.isDetached()
+	if !ok {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state == stateDetached
 }
 
 // SetTestHooks makes every inbound message go through frame, and every

@@ -88,13 +88,6 @@ func (r *reliable) replay(o *outbox) {
 	}
 }
 
-// isDetached reports whether c is a reliable connection between transports.
-func (c *conn) isDetached() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.state == stateDetached
-}
-
 // deliverReliable gives a data message the connection's next sequence id,
 // keeps it until the client acknowledges it, and queues it unless the
 // connection is between transports. build makes the receiver's frame for a
