@@ -417,17 +417,23 @@ func (c *conn) abort() {
 	}
 }
 
-// heldBytes is what c holds of the service's buffer budget: its
-// transport's queue and its replay buffer.
-func (c *conn) heldBytes() int {
+// freeableBytes estimates what closing c gives back to the service's
+// buffer budget: its own bytes, queued or kept for replay, and its part of
+// each shared encoding it holds. Counting a shared encoding in full, as c
+// sees it, would make a fan-out's receivers look like the hogs while
+// closing one frees almost nothing.
+func (c *conn) freeableBytes() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := 0
 	if c.rel != nil {
-		n += c.rel.bytes
+		for i := range c.rel.unacked {
+			m := &c.rel.unacked[i]
+			n += m.own() + m.share.part()
+		}
 	}
 	if c.w != nil {
-		n += c.w.out.held()
+		n += c.w.out.freeable()
 	}
 	return n
 }

@@ -74,9 +74,24 @@ func (sh *sharedBytes) release(n int64) {
 	}
 }
 
-// shed closes the connections holding the most buffered bytes until a
-// tenth of the budget would be free again. Their queues are dropped at
-// once; replay buffers go with their release.
+// part is one reference's fair part of sh's bytes: the budget counts them
+// once, so a holder that lets go frees them only with all the others. While
+// a fan-out is under way (the bias) the count is not known yet and the
+// fan-out keeps the bytes anyway: no part.
+func (sh *sharedBytes) part() int {
+	if sh == nil {
+		return 0
+	}
+	refs := sh.refs.Load()
+	if refs <= 0 || refs > sharedBias/2 {
+		return 0
+	}
+	return sh.size / int(refs)
+}
+
+// shed closes the connections whose close frees the most of the budget
+// (freeableBytes) until a tenth of it would be free again. Their queues
+// are dropped at once; replay buffers go with their release.
 func (s *Service) shed() {
 	defer s.active.done()
 	defer s.shedding.Store(false)
@@ -90,7 +105,7 @@ func (s *Service) shed() {
 	}
 	var all []holder
 	s.eachConn(func(c *conn) {
-		if n := c.heldBytes(); n > 0 {
+		if n := c.freeableBytes(); n > 0 {
 			all = append(all, holder{c, n})
 		}
 	})

@@ -321,3 +321,81 @@ func TestSharedEncodingsCountOnce(t *testing.T) {
 	}
 	eventually(t, "BufferedBytes back to 0 after every receiver acknowledged", func() bool { return e.svc.Stats().BufferedBytes == 0 })
 }
+
+// The budget counts a fan-out's encoding once, so closing one of its many
+// receivers frees almost nothing: shed must close the connection whose
+// close frees the most (x, whose bytes are all its own), not the one that
+// holds the most by its own view (a receiver of 4 MiB shared by ten), and
+// go on until a tenth of the budget is free.
+func TestShedClosesWhatFreesTheBudget(t *testing.T) {
+	const budget = 6 << 20
+	e := newEnv(t, pubsub.Config{MaxBufferedBytes: budget})
+	ctx := context.Background()
+	var fan []*reliableClient
+	for i := range 10 {
+		fan = append(fan, dialReliable(t, e.url(pubsub.TokenOptions{UserID: fmt.Sprint("fan", i), Groups: []string{"g"}})))
+	}
+	x := dialReliable(t, e.url(pubsub.TokenOptions{UserID: "x"}))
+	payload := strings.Repeat("g", 256<<10)
+	// 4 MiB every fan has read and not acknowledged: shared, counted once.
+	for i := 1; i <= 16; i++ {
+		must(t, e.hub.SendToGroup(ctx, "g", pubsub.TextMessage(payload)))
+		for _, f := range fan {
+			f.readUntil(i)
+		}
+	}
+	closed := func(c *wstest.Client) bool {
+		select {
+		case <-c.Done():
+			return true
+		default:
+			return false
+		}
+	}
+	// read reports whether x read its n-th message before the budget closed it.
+	read := func(n int) bool {
+		for len(x.data) < n {
+			select {
+			case f := <-x.c.Frames():
+				x.take(f)
+			case <-x.c.Done():
+				return false
+			case <-timeAfter():
+				t.Fatalf("x never read its message %d", n)
+			}
+		}
+		return true
+	}
+	// x's own messages (read, not acknowledged), until the budget is passed.
+	for i := 1; e.svc.Stats().BufferBudgetDisconnects == 0; i++ {
+		if i == 64 {
+			t.Fatalf("the budget never closed anyone: BufferedBytes %d", e.svc.Stats().BufferedBytes)
+		}
+		must(t, e.hub.SendToUser(ctx, "x", pubsub.TextMessage(payload)))
+		if !read(i) {
+			break
+		}
+	}
+	defer func() {
+		if t.Failed() {
+			closedFans := 0
+			for _, f := range fan {
+				if closed(f.c) {
+					closedFans++
+				}
+			}
+			st := e.svc.Stats()
+			t.Logf("BufferedBytes %d (budget %d); x closed: %v; fan-out receivers closed: %d of %d; budget closes: %d",
+				st.BufferedBytes, budget, closed(x.c), closedFans, len(fan), st.BufferBudgetDisconnects)
+		}
+	}()
+	// shed, and the release of what it closed, run on goroutines of their own.
+	eventually(t, "x closed by the budget, and BufferedBytes under nine tenths of it", func() bool {
+		return closed(x.c) && e.svc.Stats().BufferedBytes <= budget*9/10
+	})
+	for _, f := range fan {
+		if closed(f.c) {
+			t.Errorf("a fan-out receiver (%s) was closed: it freed almost nothing", f.connID)
+		}
+	}
+}

@@ -75,11 +75,21 @@ func (o *outbox) account(size, inflight int) {
 	o.inflight += inflight
 }
 
-// held is how many bytes the outbox holds: queued, and on their way.
-func (o *outbox) held() int {
+// freeable is what dropping the queue gives back to the buffer budget: its
+// own bytes, and its part of each shared encoding. Bytes a write took left
+// the budget already (take).
+func (o *outbox) freeable() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.size + o.inflight
+	n := 0
+	for i, b := range o.frames {
+		if o.owners != nil && o.owners[i] != nil {
+			n += o.owners[i].part()
+		} else {
+			n += len(b)
+		}
+	}
+	return n
 }
 
 // kickLocked claims writing for the caller when the outbox has something
