@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/embedwps/pubsub/internal/restauth"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -242,29 +243,32 @@ func (s *Service) ClientURL(hub string, opts TokenOptions) (string, error) {
 	return u.String() + "/client/hubs/" + url.PathEscape(strings.ToLower(hub)) + "?access_token=" + url.QueryEscape(token), nil
 }
 
-// ErrUnauthorized is returned by ValidateToken.
-var ErrUnauthorized = errors.New("pubsub: unauthorized")
+var errUnauthorized = errors.New("pubsub: unauthorized")
 
-// ValidateToken checks a server access token, as the REST API receives it:
+func init() {
+	restauth.ValidateToken = func(svc any, raw string, audience func(string) bool) error {
+		return svc.(*Service).validateToken(raw, audience)
+	}
+	restauth.Endpoint = func(svc any) string { return svc.(*Service).endpoint.String() }
+}
+
+// validateToken checks a server access token, as the REST API receives it:
 // HS256 signed with the primary or secondary key, exp required, nbf and iat
 // checked when present (with ClockSkew), and an aud that audience accepts.
-// Every failure wraps ErrUnauthorized.
-func (s *Service) ValidateToken(raw string, audience func(aud string) bool) error {
+// Every failure wraps errUnauthorized.
+func (s *Service) validateToken(raw string, audience func(aud string) bool) error {
 	claims, err := s.parseToken(raw)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnauthorized, err)
+		return fmt.Errorf("%w: %v", errUnauthorized, err)
 	}
 	auds, err := claims.GetAudience()
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnauthorized, err)
+		return fmt.Errorf("%w: %v", errUnauthorized, err)
 	}
 	for _, a := range auds {
 		if audience(a) {
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: the token's audience is not this request", ErrUnauthorized)
+	return fmt.Errorf("%w: the token's audience is not this request", errUnauthorized)
 }
-
-// Endpoint returns the service's public base URL, without a trailing slash.
-func (s *Service) Endpoint() string { return s.endpoint.String() }

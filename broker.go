@@ -2,84 +2,67 @@ package pubsub
 
 import (
 	"context"
-	"fmt"
-
-	"github.com/embedwps/pubsub/filter"
+	"errors"
 )
 
-// Op is a hub operation that a Broker carries to every process of a service.
-type Op uint8
-
-// The operations a Broker carries. Sends and closes address connections that
-// may live in any process; operations that answer "not found" stay local.
-const (
-	OpSendToAll Op = iota + 1
-	OpSendToGroup
-	OpSendToUser
-	OpSendToConnection
-	OpCloseAll
-	OpCloseGroup
-	OpCloseUser
-	OpCloseConnection
-)
-
-// Command is one hub operation, serialisable so that a Broker can carry it
-// between processes.
-type Command struct {
-	Op  Op     `json:"op"`
-	Hub string `json:"hub"`
-	// Target is the group, user or connection the operation addresses.
-	Target   string   `json:"target,omitempty"`
-	Excluded []string `json:"excluded,omitempty"`
-	// Message is the content of a send.
-	Message Message `json:"message"`
-	// FromUserID is the publisher of a client's sendToGroup.
-	FromUserID string `json:"fromUserId,omitempty"`
-	// Reason is the reason of a close.
-	Reason string `json:"reason,omitempty"`
-	// Filter is an OData filter (rest-api.md §6) that recipients must match.
-	Filter string `json:"filter,omitempty"`
-	// ExpiresAt, in Unix nanoseconds, drops the message for any connection
-	// that has not been written it by then (messageTtlSeconds). 0: never.
-	ExpiresAt int64 `json:"expiresAt,omitempty"`
-
-	filter *filter.Filter // Filter, compiled once per process
-}
-
-// compile parses the command's filter unless it already was.
-func (cmd *Command) compile() error {
-	if cmd.Filter == "" || cmd.filter != nil {
-		return nil
-	}
-	f, err := filter.Parse(cmd.Filter)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalidFilter, err)
-	}
-	cmd.filter = f
-	return nil
-}
-
-// Broker sits between the Go API and local delivery. The default delivers in
-// process; a broker for several processes (NATS, say) publishes each command
-// to all of them, and each applies it to the connections it holds.
+// Broker connects the nodes (processes) of one service, so that they answer
+// as one. Without one, a Service is a single node and every operation is
+// applied in the calling goroutine; with one, every hub operation travels
+// through it (cluster.go) and is applied, in the order the broker delivers
+// it, by each node that holds connections it addresses.
+//
+// The seam is subjects with interest, publish, request/reply and a flush:
+//
+//   - A node subscribes to a subject while it holds something the subject
+//     names: a hub's connections, a group's members, a user's connections.
+//     A send crosses to the nodes that subscribe to its target's subject
+//     only; a connection's subject is its node's, which the connection id
+//     names.
+//   - Every message for a node is passed to receive one at a time, in the
+//     order the broker received them across all of the node's subjects:
+//     sends from one publisher reach every node in the order they were
+//     made.
+//   - Flush is an ordering barrier: whatever any node publishes after Flush
+//     returned is delivered after what this node published, and after its
+//     subscriptions took effect, before the call.
+//
+// Subjects are tokens of [A-Za-z0-9_-] separated by dots; a broker may add
+// a prefix of its own. The natsbroker package is the implementation on NATS.
+// Redis pub/sub would need: SUBSCRIBE and UNSUBSCRIBE on one connection
+// read by one goroutine (it delivers in order on that connection), PUBLISH
+// on another (it is synchronous, so Flush has nothing left to wait for, but
+// a subscription change must be confirmed by its reply before Flush
+// returns), and Request as a PUBLISH carrying a reply channel that the
+// requester subscribes to, with ErrNoResponders when PUBLISH reports zero
+// receivers.
 type Broker interface {
-	// Start is called once by New with the function that applies a command
-	// to this process's connections.
-	Start(apply func(*Command)) error
-	// Publish hands cmd to every process of the service, this one included.
-	Publish(ctx context.Context, cmd *Command) error
-	// Close is called by Shutdown.
+	// NodeID names this node, uniquely in the cluster: 1 to 32 of
+	// [A-Za-z0-9-]. It is part of every connection id the node gives out.
+	NodeID() string
+	// Start is called once, by New, before the methods below, with the
+	// function that receives what is published to the node's subjects.
+	// reply is nil unless the message is a Request; it may be called from
+	// any goroutine, once.
+	Start(receive func(subject string, data []byte, reply func([]byte))) error
+	// Subscribe and Unsubscribe start and stop this node's interest in a
+	// subject. They must not wait on the network: Flush does.
+	Subscribe(subject string) error
+	Unsubscribe(subject string) error
+	// Publish sends data to every node that subscribes to subject, this one
+	// included.
+	Publish(subject string, data []byte) error
+	// Request publishes data to subject with a reply address and calls
+	// onReply with each reply, until onReply returns false or ctx ends (then
+	// it returns ctx's error). It returns ErrNoResponders at once when no
+	// node subscribes to subject.
+	Request(ctx context.Context, subject string, data []byte, onReply func([]byte) bool) error
+	// Flush returns once what this node published and the subscription
+	// changes it made before the call have reached the broker.
+	Flush(ctx context.Context) error
+	// Close is called by Shutdown, after the last connection is gone.
 	Close() error
 }
 
-// localBroker applies every command in the calling goroutine.
-type localBroker struct{ apply func(*Command) }
-
-func (b *localBroker) Start(apply func(*Command)) error { b.apply = apply; return nil }
-
-func (b *localBroker) Publish(_ context.Context, cmd *Command) error {
-	b.apply(cmd)
-	return nil
-}
-
-func (b *localBroker) Close() error { return nil }
+// ErrNoResponders is returned by a Broker's Request when no node subscribes
+// to the subject.
+var ErrNoResponders = errors.New("pubsub: no node subscribes to the subject")

@@ -214,6 +214,9 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 		case err != nil:
 			return protocol.AckInternalServerError, "The connection is closing."
 		}
+		if c.svc.cluster != nil {
+			c.svc.cluster.sync(c.ctx) // the ack promises the group's messages from now on
+		}
 	case protocol.LeaveGroup:
 		if !c.perms.allows(PermissionJoinLeaveGroup, req.Group) {
 			return protocol.AckForbidden, fmt.Sprintf("The client does not have permission to leave group '%s'.", req.Group)
@@ -223,17 +226,18 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 		if !c.perms.allows(PermissionSendToGroup, req.Group) {
 			return protocol.AckForbidden, fmt.Sprintf("The client does not have permission to send to group '%s'.", req.Group)
 		}
-		cmd := &Command{
-			Op:         OpSendToGroup,
+		cmd := &command{
+			Op:         opSendToGroup,
 			Hub:        c.hub.name,
 			Target:     req.Group,
-			Message:    Message{DataType: req.DataType, Data: req.Data},
+			DataType:   req.DataType,
+			Data:       req.Data,
 			FromUserID: c.userID,
 		}
 		if req.NoEcho {
 			cmd.Excluded = []string{c.id}
 		}
-		if err := c.svc.publish(c.ctx, cmd); err != nil {
+		if err := c.svc.publishFromClient(cmd); err != nil {
 			return protocol.AckInternalServerError, err.Error()
 		}
 	case protocol.Event:
@@ -247,7 +251,7 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 		if resp != nil && len(resp.Data) > 0 {
 			// The reply reaches the client before the ack (spec §6.1), as a
 			// message from the server (with a sequence id when reliable).
-			reply := &delivery{svc: c.svc, cmd: &Command{Op: OpSendToConnection, Message: Message{resp.DataType, resp.Data}}}
+			reply := &delivery{svc: c.svc, cmd: &command{Op: opSendToConnection, DataType: resp.DataType, Data: resp.Data}}
 			c.deliver(reply)
 			reply.settle()
 		}

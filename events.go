@@ -135,9 +135,12 @@ type UserEventResponse struct {
 	ConnectionState *string
 }
 
-// An EventHandler with a method Shutdown(context.Context) error, such as the
-// CloudEvents upstream, is shut down by Service.Shutdown after the last
-// disconnected event.
+// Shutdowner is implemented by an EventHandler that holds resources, such as
+// the CloudEvents upstream: Service.Shutdown calls Shutdown after the last
+// disconnected event was handled, with Shutdown's context.
+type Shutdowner interface {
+	Shutdown(ctx context.Context) error
+}
 
 // EventHandlerFuncs is an EventHandler made of optional functions; a nil
 // function handles nothing (ErrNoEventHandler for Connect and UserEvent).

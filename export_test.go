@@ -52,3 +52,12 @@ func DescribeConns(s *Service) []string {
 	})
 	return out
 }
+
+// ConnectionIDs returns the ids of a hub's registered connections.
+func ConnectionIDs(s *Service, hub string) []string {
+	var out []string
+	if h, ok := s.hubs.Load(hub); ok {
+		h.conns.Range(func(id string, _ *conn) bool { out = append(out, id); return true })
+	}
+	return out
+}

@@ -7,61 +7,42 @@ import (
 	"github.com/embedwps/pubsub/protocol"
 )
 
-// apply performs a command on this process's connections. Every message fans
-// out here: it is encoded once per client kind, and the same frame bytes are
-// queued for each recipient. The recipients are a snapshot, taken before
-// any of them is touched: no set's lock is held while a connection is
-// filtered, delivered to or closed.
-func (s *Service) apply(cmd *Command) {
-	h, ok := s.hubs.Load(cmd.Hub)
-	if !ok {
-		return // no connection of this hub in this process
-	}
-	if err := cmd.compile(); err != nil { // a command from another process
-		s.log.Error("dropping a broker command with an invalid filter", "err", err)
-		return
-	}
-	switch cmd.Op {
-	case OpSendToAll, OpSendToGroup, OpSendToUser, OpSendToConnection:
-		d := delivery{svc: s, cmd: cmd}
-		defer d.settle()
-		h.selectConns(cmd, func(c *conn) { c.deliver(&d) })
-	case OpCloseAll, OpCloseGroup, OpCloseUser, OpCloseConnection:
-		reason := DisconnectClosedByAppServer
-		if cmd.Reason != "" {
-			reason.Reason = cmd.Reason
-		}
-		h.selectConns(cmd, func(c *conn) { c.close(reason) })
-	default:
-		s.log.Error("unknown broker command", "op", cmd.Op)
-	}
+// fanOut delivers a send to the connections of this node it addresses.
+// Every message fans out here: it is encoded once per client kind, and the
+// same frame bytes are queued for each recipient. The recipients are a
+// snapshot, taken before any of them is touched: no set's lock is held
+// while a connection is filtered, delivered to or closed.
+func (s *Service) fanOut(h *hubState, cmd *command) {
+	d := delivery{svc: s, cmd: cmd}
+	defer d.settle()
+	h.selectConns(cmd, func(c *conn) { c.deliver(&d) })
 }
 
 // selectConns calls f for each connection a command addresses, minus the
 // excluded ones and those its filter does not match.
-func (h *hubState) selectConns(cmd *Command, f func(*conn)) {
+func (h *hubState) selectConns(cmd *command, f func(*conn)) {
 	each := f
 	if len(cmd.Excluded) > 0 || cmd.filter != nil {
 		each = func(c *conn) {
-			if slices.Contains(cmd.Excluded, c.id) || cmd.filter != nil && !cmd.filter.Match(ConnectionInfo{c}) {
+			if slices.Contains(cmd.Excluded, c.id) || cmd.filter != nil && !cmd.filter.Match(connInfo{c}) {
 				return
 			}
 			f(c)
 		}
 	}
 	switch cmd.Op {
-	case OpSendToAll, OpCloseAll:
+	case opSendToAll, opCloseAll, opAddConnectionsToGroups, opRemoveConnectionsFromGroups:
 		// Range calls back with no lock held: it copies each bucket first.
 		h.conns.Range(func(_ string, c *conn) bool { each(c); return true })
-	case OpSendToGroup, OpCloseGroup:
+	case opSendToGroup, opCloseGroup:
 		for _, c := range h.groups.members(cmd.Target) {
 			each(c)
 		}
-	case OpSendToUser, OpCloseUser:
+	case opSendToUser, opCloseUser:
 		for _, c := range h.users.members(cmd.Target) {
 			each(c)
 		}
-	case OpSendToConnection, OpCloseConnection:
+	case opSendToConnection, opCloseConnection:
 		if c, ok := h.conns.Load(cmd.Target); ok {
 			each(c)
 		}
@@ -74,7 +55,7 @@ func (h *hubState) selectConns(cmd *Command, f func(*conn)) {
 // with a few bytes of its own sequence id.
 type delivery struct {
 	svc       *Service
-	cmd       *Command
+	cmd       *command
 	simple    []byte
 	jsonFrame []byte
 	jsonBody  []byte // jsonFrame without its header
@@ -138,7 +119,7 @@ func (d *delivery) take(enc int, taken bool) {
 
 func (d *delivery) simpleFrame() []byte {
 	if d.simple == nil {
-		d.simple = simpleFrame(d.cmd.Message.DataType, d.cmd.Message.Data)
+		d.simple = simpleFrame(d.cmd.DataType, d.cmd.Data)
 		d.encoded(encSimple, d.simple)
 	}
 	return d.simple
@@ -148,9 +129,9 @@ func (d *delivery) simpleFrame() []byte {
 // the body and the frame share their bytes.
 func (d *delivery) json() []byte {
 	if d.jsonFrame == nil {
-		m := d.cmd.Message
+		m := d.cmd.message()
 		buf := wsframe.Begin(len(m.Data)*4/3 + 96 + len(d.cmd.Target))
-		if d.cmd.Op == OpSendToGroup {
+		if d.cmd.Op == opSendToGroup {
 			buf = protocol.AppendGroupMessage(buf, d.cmd.Target, d.cmd.FromUserID, m.DataType, m.Data)
 		} else {
 			buf = protocol.AppendServerMessage(buf, m.DataType, m.Data)
@@ -164,9 +145,9 @@ func (d *delivery) json() []byte {
 
 func (d *delivery) protobufData() []byte {
 	if d.pbData == nil {
-		m := d.cmd.Message
+		m := d.cmd.message()
 		from, group := "server", ""
-		if d.cmd.Op == OpSendToGroup {
+		if d.cmd.Op == opSendToGroup {
 			from, group = "group", d.cmd.Target
 		}
 		d.pbData = protocol.AppendProtobufDataMessage(make([]byte, 0, len(m.Data)+len(group)+24), from, group, m.DataType, m.Data)

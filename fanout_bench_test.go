@@ -21,7 +21,7 @@ import (
 func BenchmarkFanoutPerReceiver(b *testing.B) {
 	for _, size := range []int{64, 1024, 16 << 10} {
 		payload := strings.Repeat("x", size)
-		cmd := &Command{Op: OpSendToGroup, Target: "room", FromUserID: "user1", Message: TextMessage(payload)}
+		cmd := &command{Op: opSendToGroup, Target: "room", FromUserID: "user1", DataType: DataTypeText, Data: []byte(payload)}
 		b.Run("json/shared/"+strconv.Itoa(size), func(b *testing.B) {
 			d := &delivery{cmd: cmd}
 			b.ReportAllocs()
@@ -48,7 +48,7 @@ func BenchmarkFanoutPerReceiver(b *testing.B) {
 				buf = append(buf, `{"sequenceId":`...)
 				buf = strconv.AppendUint(buf, seq, 10)
 				buf = append(buf, ',')
-				buf = protocol.AppendGroupMessage(buf, "room", "user1", DataTypeText, cmd.Message.Data)[1:]
+				buf = protocol.AppendGroupMessage(buf, "room", "user1", DataTypeText, cmd.Data)[1:]
 				_ = wsframe.Finish(buf, wsframe.OpText)
 			}
 		})
@@ -67,7 +67,7 @@ func BenchmarkFanoutPerReceiver(b *testing.B) {
 			seq := uint64(0)
 			for b.Loop() {
 				seq++
-				data := protocol.AppendProtobufDataMessage(nil, "group", "room", DataTypeText, cmd.Message.Data)
+				data := protocol.AppendProtobufDataMessage(nil, "group", "room", DataTypeText, cmd.Data)
 				data = protocol.AppendProtobufSequenceID(data, seq)
 				buf := protocol.AppendProtobufDataEnvelope(wsframe.Begin(len(data)+8), len(data))
 				_ = wsframe.Finish(append(buf, data...), wsframe.OpBinary)

@@ -42,16 +42,25 @@ func (s *memberSet) snapshot() []*conn {
 // its first member and deleted with its last, atomically with respect to
 // other adds and removes of the same key (xsync's Compute holds the key's
 // bucket lock), so a concurrent join never lands in a deleted set.
+//
+// In a cluster, the node subscribes to a key's subject while the set exists.
 type index struct {
-	sets *xsync.MapOf[string, *memberSet]
+	sets    *xsync.MapOf[string, *memberSet]
+	cl      *cluster                // nil: a single node
+	subject func(key string) string // the subject of a key, in a cluster
 }
 
-func newIndex() index { return index{sets: xsync.NewMapOf[string, *memberSet]()} }
+func newIndex(cl *cluster, subject func(key string) string) index {
+	return index{sets: xsync.NewMapOf[string, *memberSet](), cl: cl, subject: subject}
+}
 
 func (x index) add(key string, c *conn) {
 	x.sets.Compute(key, func(set *memberSet, loaded bool) (*memberSet, bool) {
 		if !loaded {
 			set = &memberSet{m: make(map[string]*conn, 1)}
+			if x.cl != nil {
+				x.cl.subscribe(x.subject(key))
+			}
 		}
 		set.mu.Lock()
 		set.m[c.id] = c
@@ -71,6 +80,9 @@ func (x index) remove(key string, c *conn) {
 		set.snap.Store(nil)
 		empty := len(set.m) == 0
 		set.mu.Unlock()
+		if empty && x.cl != nil {
+			x.cl.unsubscribe(x.subject(key))
+		}
 		return set, empty
 	})
 }

@@ -160,10 +160,10 @@ func TestFilteredSendsAndMembershipChurnDoNotDeadlock(t *testing.T) {
 				defer wg.Done()
 				for i := range 2000 {
 					id := ids[(i+w)%len(ids)]
-					must(t, e.hub.AddConnectionToGroup(ctx, "h", id))
-					must(t, e.hub.RemoveConnectionFromGroup(ctx, "g", id))
-					must(t, e.hub.AddConnectionToGroup(ctx, "g", id))
-					must(t, e.hub.RemoveConnectionFromGroup(ctx, "h", id))
+					must(t, e.hub.AddConnectionToGroup(ctx, id, "h"))
+					must(t, e.hub.RemoveConnectionFromGroup(ctx, id, "g"))
+					must(t, e.hub.AddConnectionToGroup(ctx, id, "g"))
+					must(t, e.hub.RemoveConnectionFromGroup(ctx, id, "h"))
 				}
 			}()
 		}

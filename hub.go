@@ -2,7 +2,6 @@ package pubsub
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -39,12 +38,13 @@ type hubState struct {
 	live   int // registered connections; changed only inside Service.hubs' Compute
 }
 
-func newHubState(name string) *hubState {
+func newHubState(name string, cl *cluster) *hubState {
+	key := subjectKey(name)
 	return &hubState{
 		name:   name,
 		conns:  xsync.NewMapOf[string, *conn](),
-		groups: newIndex(),
-		users:  newIndex(),
+		groups: newIndex(cl, func(group string) string { return groupSubject(key, group) }),
+		users:  newIndex(cl, func(user string) string { return userSubject(key, user) }),
 	}
 }
 
@@ -74,132 +74,17 @@ func (h *hubState) unregister(c *conn, groups map[string]struct{}) {
 	c.svc.pruneHub(h)
 }
 
-// SendOption modifies a send.
-type SendOption func(*Command)
-
-// Excluding leaves the given connections out of a send.
-func Excluding(connectionIDs ...string) SendOption {
-	return func(cmd *Command) { cmd.Excluded = append(cmd.Excluded, connectionIDs...) }
-}
-
-// WithFilter sends only to the connections matching an OData filter
-// (rest-api.md §6), such as "userId ne 'bob' and 'vip' in groups". An invalid
-// filter makes the send fail with ErrInvalidFilter, wrapping a *filter.Error
-// that gives the position.
-func WithFilter(odata string) SendOption {
-	return func(cmd *Command) { cmd.Filter = odata }
-}
-
-// WithTTL drops the message for every connection to which it could not be
-// written within ttl (messageTtlSeconds), rather than delivering it late.
-func WithTTL(ttl time.Duration) SendOption {
-	return func(cmd *Command) {
-		if ttl > 0 {
-			cmd.ExpiresAt = time.Now().Add(ttl).UnixNano()
-		}
+// lookup returns a connection of this node that the service has not
+// ended: one being closed is gone already, for the Go API and REST. h may
+// be nil, a hub with no connection here.
+func (h *hubState) lookup(connectionID string) *conn {
+	if h == nil {
+		return nil
 	}
-}
-
-func (h *Hub) send(ctx context.Context, op Op, target string, msg Message, opts []SendOption) error {
-	if err := msg.validate(); err != nil {
-		return err
+	if c, ok := h.conns.Load(connectionID); ok && !c.ending() {
+		return c
 	}
-	cmd := &Command{Op: op, Hub: h.name, Target: target, Message: msg}
-	for _, o := range opts {
-		o(cmd)
-	}
-	if err := cmd.compile(); err != nil {
-		return err
-	}
-	return h.publish(ctx, cmd)
-}
-
-func (h *Hub) publish(ctx context.Context, cmd *Command) error { return h.svc.publish(ctx, cmd) }
-
-func (s *Service) publish(ctx context.Context, cmd *Command) error {
-	if s.isClosed() {
-		return ErrServiceClosed
-	}
-	return s.broker.Publish(ctx, cmd)
-}
-
-// SendToAll sends msg to every connection of the hub.
-func (h *Hub) SendToAll(ctx context.Context, msg Message, opts ...SendOption) error {
-	return h.send(ctx, OpSendToAll, "", msg, opts)
-}
-
-// SendToGroup sends msg to every connection in group. JSON clients see it as
-// a message from the group, with no fromUserId.
-func (h *Hub) SendToGroup(ctx context.Context, group string, msg Message, opts ...SendOption) error {
-	if err := validGroup(group); err != nil {
-		return err
-	}
-	return h.send(ctx, OpSendToGroup, group, msg, opts)
-}
-
-// SendToUser sends msg to every connection of userID.
-func (h *Hub) SendToUser(ctx context.Context, userID string, msg Message, opts ...SendOption) error {
-	if userID == "" {
-		return ErrInvalidUser
-	}
-	return h.send(ctx, OpSendToUser, userID, msg, opts)
-}
-
-// SendToConnection sends msg to one connection.
-func (h *Hub) SendToConnection(ctx context.Context, connectionID string, msg Message, opts ...SendOption) error {
-	if connectionID == "" {
-		return ErrInvalidConnection
-	}
-	return h.send(ctx, OpSendToConnection, connectionID, msg, opts)
-}
-
-func (h *Hub) closeMany(ctx context.Context, op Op, target, reason string, excluded []string) error {
-	return h.publish(ctx, &Command{Op: op, Hub: h.name, Target: target, Reason: reason, Excluded: excluded})
-}
-
-// CloseConnection closes one connection. A PubSub client first gets a
-// "disconnected" message with the reason. An empty reason means
-// DisconnectClosedByAppServer's.
-func (h *Hub) CloseConnection(ctx context.Context, connectionID, reason string) error {
-	if connectionID == "" {
-		return ErrInvalidConnection
-	}
-	return h.closeMany(ctx, OpCloseConnection, connectionID, reason, nil)
-}
-
-// CloseAllConnections closes every connection of the hub but the excluded ones.
-func (h *Hub) CloseAllConnections(ctx context.Context, reason string, excluded ...string) error {
-	return h.closeMany(ctx, OpCloseAll, "", reason, excluded)
-}
-
-// CloseGroupConnections closes every connection in group but the excluded ones.
-func (h *Hub) CloseGroupConnections(ctx context.Context, group, reason string, excluded ...string) error {
-	if err := validGroup(group); err != nil {
-		return err
-	}
-	return h.closeMany(ctx, OpCloseGroup, group, reason, excluded)
-}
-
-// CloseUserConnections closes every connection of userID but the excluded ones.
-func (h *Hub) CloseUserConnections(ctx context.Context, userID, reason string, excluded ...string) error {
-	if userID == "" {
-		return ErrInvalidUser
-	}
-	return h.closeMany(ctx, OpCloseUser, userID, reason, excluded)
-}
-
-// lookup returns a connection of this process that the service has not
-// ended: one being closed is gone already, for the Go API and REST.
-func (h *Hub) lookup(connectionID string) (*conn, error) {
-	if connectionID == "" {
-		return nil, ErrInvalidConnection
-	}
-	if st := h.state(); st != nil {
-		if c, ok := st.conns.Load(connectionID); ok && !c.ending() {
-			return c, nil
-		}
-	}
-	return nil, ErrConnectionNotFound
+	return nil
 }
 
 // anyLive reports whether one of conns is not being closed.
@@ -212,142 +97,259 @@ func anyLive(conns []*conn) bool {
 	return false
 }
 
-// userConns returns a snapshot of the user's connections in this process.
-func (h *Hub) userConns(userID string) []*conn {
-	if st := h.state(); st != nil {
-		return st.users.members(userID)
+// SendOption modifies a send.
+type SendOption func(*sendOptions)
+
+type sendOptions struct {
+	excluded []string
+	filter   string
+	ttl      time.Duration
+}
+
+// Excluding leaves the given connections out of a send.
+func Excluding(connectionIDs ...string) SendOption {
+	return func(o *sendOptions) { o.excluded = append(o.excluded, connectionIDs...) }
+}
+
+// WithFilter sends only to the connections matching an OData filter
+// (rest-api.md §6), such as "userId ne 'bob' and 'vip' in groups". An invalid
+// filter makes the send fail with ErrInvalidFilter, wrapping a *filter.Error
+// that gives the position.
+func WithFilter(odata string) SendOption {
+	return func(o *sendOptions) { o.filter = odata }
+}
+
+// WithTTL drops the message for every connection to which it could not be
+// written within ttl (messageTtlSeconds), rather than delivering it late.
+func WithTTL(ttl time.Duration) SendOption {
+	return func(o *sendOptions) { o.ttl = ttl }
+}
+
+func (h *Hub) send(ctx context.Context, o op, target string, msg Message, opts []SendOption) error {
+	if err := msg.validate(); err != nil {
+		return err
 	}
+	var so sendOptions
+	for _, f := range opts {
+		f(&so)
+	}
+	cmd := &command{Op: o, Hub: h.name, Target: target, DataType: msg.DataType, Data: msg.Data, Excluded: so.excluded, Filter: so.filter}
+	if so.ttl > 0 {
+		cmd.ExpiresAt = time.Now().Add(so.ttl).UnixNano()
+	}
+	_, err := h.run(ctx, cmd)
+	return err
+}
+
+// run performs cmd on every node and returns the service's answer.
+func (h *Hub) run(ctx context.Context, cmd *command) (result, error) {
+	if err := cmd.compile(); err != nil {
+		return result{}, err
+	}
+	r, err := h.svc.run(ctx, cmd)
+	if err != nil {
+		return r, err
+	}
+	return r, r.err()
+}
+
+// run performs cmd on this node or, with a broker, on every node it
+// concerns (cluster.go).
+func (s *Service) run(ctx context.Context, cmd *command) (result, error) {
+	if s.isClosed() {
+		return result{}, ErrServiceClosed
+	}
+	if s.cluster != nil {
+		return s.cluster.run(ctx, cmd)
+	}
+	return s.exec(cmd), nil
+}
+
+// publishFromClient sends a client's message. Unlike a Go API call, it
+// does not wait for the broker: the next message of the same client goes
+// the same way, in order.
+func (s *Service) publishFromClient(cmd *command) error {
+	if s.isClosed() {
+		return ErrServiceClosed
+	}
+	if s.cluster != nil {
+		s.cluster.publish(cmd)
+		return nil
+	}
+	s.exec(cmd)
 	return nil
 }
 
-// AddConnectionToGroup adds a connection to group. No permission is needed.
-func (h *Hub) AddConnectionToGroup(_ context.Context, group, connectionID string) error {
+// SendToAll sends msg to every connection of the hub.
+func (h *Hub) SendToAll(ctx context.Context, msg Message, opts ...SendOption) error {
+	return h.send(ctx, opSendToAll, "", msg, opts)
+}
+
+// SendToGroup sends msg to every connection in group. JSON clients see it as
+// a message from the group, with no fromUserId.
+func (h *Hub) SendToGroup(ctx context.Context, group string, msg Message, opts ...SendOption) error {
 	if err := validGroup(group); err != nil {
 		return err
 	}
-	c, err := h.lookup(connectionID)
-	if err != nil {
+	return h.send(ctx, opSendToGroup, group, msg, opts)
+}
+
+// SendToUser sends msg to every connection of userID.
+func (h *Hub) SendToUser(ctx context.Context, userID string, msg Message, opts ...SendOption) error {
+	if userID == "" {
+		return ErrInvalidUser
+	}
+	return h.send(ctx, opSendToUser, userID, msg, opts)
+}
+
+// SendToConnection sends msg to one connection.
+func (h *Hub) SendToConnection(ctx context.Context, connectionID string, msg Message, opts ...SendOption) error {
+	if connectionID == "" {
+		return ErrInvalidConnection
+	}
+	return h.send(ctx, opSendToConnection, connectionID, msg, opts)
+}
+
+func (h *Hub) closeMany(ctx context.Context, o op, target, reason string, excluded []string) error {
+	_, err := h.run(ctx, &command{Op: o, Hub: h.name, Target: target, Reason: reason, Excluded: excluded})
+	return err
+}
+
+// CloseConnection closes one connection. A PubSub client first gets a
+// "disconnected" message with the reason. An empty reason means
+// DisconnectClosedByAppServer's.
+func (h *Hub) CloseConnection(ctx context.Context, connectionID, reason string) error {
+	if connectionID == "" {
+		return ErrInvalidConnection
+	}
+	return h.closeMany(ctx, opCloseConnection, connectionID, reason, nil)
+}
+
+// CloseAllConnections closes every connection of the hub but the excluded ones.
+func (h *Hub) CloseAllConnections(ctx context.Context, reason string, excluded ...string) error {
+	return h.closeMany(ctx, opCloseAll, "", reason, excluded)
+}
+
+// CloseGroupConnections closes every connection in group but the excluded ones.
+func (h *Hub) CloseGroupConnections(ctx context.Context, group, reason string, excluded ...string) error {
+	if err := validGroup(group); err != nil {
 		return err
 	}
-	return c.joinGroup(group)
+	return h.closeMany(ctx, opCloseGroup, group, reason, excluded)
+}
+
+// CloseUserConnections closes every connection of userID but the excluded ones.
+func (h *Hub) CloseUserConnections(ctx context.Context, userID, reason string, excluded ...string) error {
+	if userID == "" {
+		return ErrInvalidUser
+	}
+	return h.closeMany(ctx, opCloseUser, userID, reason, excluded)
+}
+
+// The membership and permission operations take the connection or user
+// they act on first, then the permission, then the group.
+
+// AddConnectionToGroup adds a connection to group. No permission is needed.
+func (h *Hub) AddConnectionToGroup(ctx context.Context, connectionID, group string) error {
+	if err := validGroup(group); err != nil {
+		return err
+	}
+	if connectionID == "" {
+		return ErrInvalidConnection
+	}
+	_, err := h.run(ctx, &command{Op: opAddConnectionToGroup, Hub: h.name, Target: connectionID, Group: group})
+	return err
 }
 
 // RemoveConnectionFromGroup removes a connection from group; a connection
 // that does not exist or is not in the group is not an error.
-func (h *Hub) RemoveConnectionFromGroup(_ context.Context, group, connectionID string) error {
+func (h *Hub) RemoveConnectionFromGroup(ctx context.Context, connectionID, group string) error {
 	if err := validGroup(group); err != nil {
 		return err
 	}
-	if c, err := h.lookup(connectionID); err == nil {
-		c.leaveGroup(group)
-	} else if err == ErrInvalidConnection {
-		return err
+	if connectionID == "" {
+		return ErrInvalidConnection
 	}
-	return nil
+	_, err := h.run(ctx, &command{Op: opRemoveConnectionFromGroup, Hub: h.name, Target: connectionID, Group: group})
+	return err
 }
 
 // RemoveConnectionFromAllGroups removes a connection from every group.
-func (h *Hub) RemoveConnectionFromAllGroups(_ context.Context, connectionID string) error {
-	if c, err := h.lookup(connectionID); err == nil {
-		c.leaveAllGroups()
-	} else if err == ErrInvalidConnection {
-		return err
+func (h *Hub) RemoveConnectionFromAllGroups(ctx context.Context, connectionID string) error {
+	if connectionID == "" {
+		return ErrInvalidConnection
 	}
-	return nil
+	_, err := h.run(ctx, &command{Op: opRemoveConnectionFromAllGroups, Hub: h.name, Target: connectionID})
+	return err
 }
 
 // AddUserToGroup adds every current connection of userID to group (later
 // connections of the user are not added, as in Azure's emulator). It returns
 // ErrUserNotFound when the user has no connection, or ErrTooManyGroups
 // when every connection of the user is in as many groups as it may be.
-func (h *Hub) AddUserToGroup(_ context.Context, group, userID string) error {
-	if err := validGroup(group); err != nil {
-		return err
-	}
-	if userID == "" {
-		return ErrInvalidUser
-	}
-	result := ErrUserNotFound
-	for _, c := range h.userConns(userID) {
-		switch err := c.joinGroup(group); {
-		case err == nil:
-			result = nil
-		case errors.Is(err, ErrTooManyGroups) && result != nil:
-			result = err
-		}
-	}
-	return result
+func (h *Hub) AddUserToGroup(ctx context.Context, userID, group string) error {
+	return h.userGroupOp(ctx, opAddUserToGroup, userID, group)
 }
 
 // RemoveUserFromGroup removes every connection of userID from group.
-func (h *Hub) RemoveUserFromGroup(_ context.Context, group, userID string) error {
+func (h *Hub) RemoveUserFromGroup(ctx context.Context, userID, group string) error {
+	return h.userGroupOp(ctx, opRemoveUserFromGroup, userID, group)
+}
+
+func (h *Hub) userGroupOp(ctx context.Context, o op, userID, group string) error {
 	if err := validGroup(group); err != nil {
 		return err
 	}
 	if userID == "" {
 		return ErrInvalidUser
 	}
-	for _, c := range h.userConns(userID) {
-		c.leaveGroup(group)
-	}
-	return nil
+	_, err := h.run(ctx, &command{Op: o, Hub: h.name, Target: userID, Group: group})
+	return err
 }
 
 // RemoveUserFromAllGroups removes every connection of userID from every group.
-func (h *Hub) RemoveUserFromAllGroups(_ context.Context, userID string) error {
+func (h *Hub) RemoveUserFromAllGroups(ctx context.Context, userID string) error {
 	if userID == "" {
 		return ErrInvalidUser
 	}
-	for _, c := range h.userConns(userID) {
-		c.leaveAllGroups()
-	}
-	return nil
+	_, err := h.run(ctx, &command{Op: opRemoveUserFromAllGroups, Hub: h.name, Target: userID})
+	return err
 }
 
-// ConnectionInfo is what a selector sees of a connection.
-type ConnectionInfo struct{ c *conn }
+// connInfo is what a filter sees of a connection.
+type connInfo struct{ c *conn }
 
-// ConnectionID returns the connection's id.
-func (i ConnectionInfo) ConnectionID() string { return i.c.id }
+func (i connInfo) ConnectionID() string { return i.c.id }
+func (i connInfo) UserID() string       { return i.c.userID }
+func (i connInfo) Protocol() string     { return i.c.subprotocol }
 
-// UserID returns the connection's user id, empty when anonymous.
-func (i ConnectionInfo) UserID() string { return i.c.userID }
+func (i connInfo) GroupCount() int {
+	i.c.mu.Lock()
+	defer i.c.mu.Unlock()
+	return len(i.c.groups)
+}
 
-// Protocol returns the connection's subprotocol, empty for none.
-func (i ConnectionInfo) Protocol() string { return i.c.subprotocol }
-
-// InGroup reports whether the connection is in group now.
-func (i ConnectionInfo) InGroup(group string) bool {
+func (i connInfo) InGroup(group string) bool {
 	i.c.mu.Lock()
 	defer i.c.mu.Unlock()
 	_, ok := i.c.groups[group]
 	return ok
 }
 
-// GroupCount returns how many groups the connection is in now.
-func (i ConnectionInfo) GroupCount() int {
-	i.c.mu.Lock()
-	defer i.c.mu.Unlock()
-	return len(i.c.groups)
-}
-
-// Groups returns the groups the connection is in now, sorted.
-func (i ConnectionInfo) Groups() []string { return i.c.groupNames() }
-
-// AddConnectionsToGroups adds every connection of the hub for which match
-// returns true (every connection, when match is nil) to every group; a
+// AddConnectionsToGroups adds every connection of the hub that matches an
+// OData filter (rest-api.md §6; empty: every connection) to every group; a
 // connection in as many groups as it may be joins only those it can.
-func (h *Hub) AddConnectionsToGroups(_ context.Context, groups []string, match func(ConnectionInfo) bool) error {
-	return h.eachSelected(groups, match, func(c *conn, g string) { _ = c.joinGroup(g) })
+func (h *Hub) AddConnectionsToGroups(ctx context.Context, filter string, groups ...string) error {
+	return h.connectionsGroupsOp(ctx, opAddConnectionsToGroups, filter, groups)
 }
 
-// RemoveConnectionsFromGroups removes every connection of the hub for which
-// match returns true (every connection, when match is nil) from every group.
-func (h *Hub) RemoveConnectionsFromGroups(_ context.Context, groups []string, match func(ConnectionInfo) bool) error {
-	return h.eachSelected(groups, match, func(c *conn, g string) { c.leaveGroup(g) })
+// RemoveConnectionsFromGroups removes every connection of the hub that
+// matches an OData filter (empty: every connection) from every group.
+func (h *Hub) RemoveConnectionsFromGroups(ctx context.Context, filter string, groups ...string) error {
+	return h.connectionsGroupsOp(ctx, opRemoveConnectionsFromGroups, filter, groups)
 }
 
-func (h *Hub) eachSelected(groups []string, match func(ConnectionInfo) bool, f func(*conn, string)) error {
+func (h *Hub) connectionsGroupsOp(ctx context.Context, o op, filter string, groups []string) error {
 	if len(groups) == 0 {
 		return ErrInvalidGroup
 	}
@@ -356,86 +358,74 @@ func (h *Hub) eachSelected(groups []string, match func(ConnectionInfo) bool, f f
 			return err
 		}
 	}
-	st := h.state()
-	if st == nil {
-		return nil
-	}
-	// Range calls back with no lock held: it copies each bucket first.
-	st.conns.Range(func(_ string, c *conn) bool {
-		if match == nil || match(ConnectionInfo{c}) {
-			for _, g := range groups {
-				f(c, g)
-			}
-		}
-		return true
-	})
-	return nil
+	_, err := h.run(ctx, &command{Op: o, Hub: h.name, Filter: filter, Groups: groups})
+	return err
 }
 
 // ConnectionExists reports whether the connection is open.
-func (h *Hub) ConnectionExists(_ context.Context, connectionID string) (bool, error) {
-	_, err := h.lookup(connectionID)
-	if err == ErrInvalidConnection {
-		return false, err
+func (h *Hub) ConnectionExists(ctx context.Context, connectionID string) (bool, error) {
+	if connectionID == "" {
+		return false, ErrInvalidConnection
 	}
-	return err == nil, nil
+	r, err := h.run(ctx, &command{Op: opConnectionExists, Hub: h.name, Target: connectionID})
+	return r.Found, err
 }
 
 // GroupExists reports whether group has at least one connection (not
 // being closed).
-func (h *Hub) GroupExists(_ context.Context, group string) (bool, error) {
+func (h *Hub) GroupExists(ctx context.Context, group string) (bool, error) {
 	if err := validGroup(group); err != nil {
 		return false, err
 	}
-	st := h.state()
-	return st != nil && anyLive(st.groups.members(group)), nil
+	r, err := h.run(ctx, &command{Op: opGroupExists, Hub: h.name, Target: group})
+	return r.Found, err
 }
 
 // UserExists reports whether userID has at least one connection (not being
 // closed).
-func (h *Hub) UserExists(_ context.Context, userID string) (bool, error) {
+func (h *Hub) UserExists(ctx context.Context, userID string) (bool, error) {
 	if userID == "" {
 		return false, ErrInvalidUser
 	}
-	st := h.state()
-	return st != nil && anyLive(st.users.members(userID)), nil
+	r, err := h.run(ctx, &command{Op: opUserExists, Hub: h.name, Target: userID})
+	return r.Found, err
 }
 
 // GrantPermission grants a connection perm on group, or on every group when
 // group is empty.
-func (h *Hub) GrantPermission(_ context.Context, connectionID string, perm Permission, group string) error {
-	c, err := h.lookup(connectionID)
-	if err != nil {
-		return err
-	}
-	return c.perms.grant(perm, group)
+func (h *Hub) GrantPermission(ctx context.Context, connectionID string, perm Permission, group string) error {
+	return h.permissionOp(ctx, opGrantPermission, connectionID, perm, group)
 }
 
 // RevokePermission revokes perm on group: the group is denied even where a
 // broader role allows it, until granted again. An empty group revokes perm on
 // every group. Revoking does not remove existing membership.
-func (h *Hub) RevokePermission(_ context.Context, connectionID string, perm Permission, group string) error {
-	c, err := h.lookup(connectionID)
-	if err != nil {
-		return err
-	}
-	return c.perms.revoke(perm, group)
+func (h *Hub) RevokePermission(ctx context.Context, connectionID string, perm Permission, group string) error {
+	return h.permissionOp(ctx, opRevokePermission, connectionID, perm, group)
 }
 
 // CheckPermission reports whether a connection has perm on group (or on every
 // group, when group is empty).
-func (h *Hub) CheckPermission(_ context.Context, connectionID string, perm Permission, group string) (bool, error) {
+func (h *Hub) CheckPermission(ctx context.Context, connectionID string, perm Permission, group string) (bool, error) {
 	if perm >= numPermissions {
 		return false, ErrInvalidPermission
 	}
-	c, err := h.lookup(connectionID)
-	if err != nil {
-		return false, err
+	if connectionID == "" {
+		return false, ErrInvalidConnection
 	}
-	if group == "" {
-		return c.perms.allowsAll(perm), nil
+	r, err := h.run(ctx, &command{Op: opCheckPermission, Hub: h.name, Target: connectionID, Perm: perm, Group: group})
+	return r.Found, err
+}
+
+func (h *Hub) permissionOp(ctx context.Context, o op, connectionID string, perm Permission, group string) error {
+	if perm >= numPermissions {
+		return ErrInvalidPermission
 	}
-	return c.perms.allows(perm, group), nil
+	if connectionID == "" {
+		return ErrInvalidConnection
+	}
+	_, err := h.run(ctx, &command{Op: o, Hub: h.name, Target: connectionID, Perm: perm, Group: group})
+	return err
 }
 
 // GroupMember is a connection of a group.
@@ -446,18 +436,14 @@ type GroupMember struct {
 
 // ListConnectionsInGroup returns the connections in group, ordered by
 // connection id.
-func (h *Hub) ListConnectionsInGroup(_ context.Context, group string) ([]GroupMember, error) {
+func (h *Hub) ListConnectionsInGroup(ctx context.Context, group string) ([]GroupMember, error) {
 	if err := validGroup(group); err != nil {
 		return nil, err
 	}
-	var out []GroupMember
-	if st := h.state(); st != nil {
-		for _, c := range st.groups.members(group) {
-			if !c.ending() {
-				out = append(out, GroupMember{ConnectionID: c.id, UserID: c.userID})
-			}
-		}
+	r, err := h.run(ctx, &command{Op: opListConnectionsInGroup, Hub: h.name, Target: group})
+	if err != nil {
+		return nil, err
 	}
-	slices.SortFunc(out, func(a, b GroupMember) int { return strings.Compare(a.ConnectionID, b.ConnectionID) })
-	return out, nil
+	slices.SortFunc(r.Members, func(a, b GroupMember) int { return strings.Compare(a.ConnectionID, b.ConnectionID) })
+	return r.Members, nil
 }

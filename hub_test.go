@@ -111,18 +111,18 @@ func TestGoAPIGroupsAndExistence(t *testing.T) {
 		return ok
 	}
 
-	must(t, e.hub.AddConnectionToGroup(ctx, "g", b))
+	must(t, e.hub.AddConnectionToGroup(ctx, b, "g"))
 	if got := members("g"); !slices.Equal(got, []string{b}) {
 		t.Fatalf("g = %v", got)
 	}
-	if err := e.hub.AddConnectionToGroup(ctx, "g", "missing"); !errors.Is(err, pubsub.ErrConnectionNotFound) {
+	if err := e.hub.AddConnectionToGroup(ctx, "missing", "g"); !errors.Is(err, pubsub.ErrConnectionNotFound) {
 		t.Fatalf("add missing connection: %v", err)
 	}
-	must(t, e.hub.AddUserToGroup(ctx, "g", "alice"))
+	must(t, e.hub.AddUserToGroup(ctx, "alice", "g"))
 	if got := members("g"); !slices.Equal(got, sorted(a1, a2, b)) {
 		t.Fatalf("g = %v", got)
 	}
-	if err := e.hub.AddUserToGroup(ctx, "g", "nobody"); !errors.Is(err, pubsub.ErrUserNotFound) {
+	if err := e.hub.AddUserToGroup(ctx, "nobody", "g"); !errors.Is(err, pubsub.ErrUserNotFound) {
 		t.Fatalf("add missing user: %v", err)
 	}
 	ms, _ := e.hub.ListConnectionsInGroup(ctx, "g")
@@ -132,18 +132,18 @@ func TestGoAPIGroupsAndExistence(t *testing.T) {
 		}
 	}
 
-	must(t, e.hub.RemoveConnectionFromGroup(ctx, "g", a1))
-	must(t, e.hub.RemoveConnectionFromGroup(ctx, "g", "missing")) // not an error
+	must(t, e.hub.RemoveConnectionFromGroup(ctx, a1, "g"))
+	must(t, e.hub.RemoveConnectionFromGroup(ctx, "missing", "g")) // not an error
 	if got := members("g"); !slices.Equal(got, sorted(a2, b)) {
 		t.Fatalf("g = %v", got)
 	}
-	must(t, e.hub.RemoveUserFromGroup(ctx, "g", "alice"))
+	must(t, e.hub.RemoveUserFromGroup(ctx, "alice", "g"))
 	if got := members("g"); !slices.Equal(got, []string{b}) {
 		t.Fatalf("g = %v", got)
 	}
 
-	must(t, e.hub.AddUserToGroup(ctx, "h", "alice"))
-	must(t, e.hub.AddConnectionToGroup(ctx, "h", b))
+	must(t, e.hub.AddUserToGroup(ctx, "alice", "h"))
+	must(t, e.hub.AddConnectionToGroup(ctx, b, "h"))
 	must(t, e.hub.RemoveConnectionFromAllGroups(ctx, b))
 	if exists(e.hub.GroupExists, "g") || !slices.Equal(members("h"), sorted(a1, a2)) {
 		t.Fatalf("after removing b from all groups: g exists %v, h = %v", exists(e.hub.GroupExists, "g"), members("h"))
@@ -153,21 +153,21 @@ func TestGoAPIGroupsAndExistence(t *testing.T) {
 		t.Fatal("h still exists")
 	}
 
-	// Selectors: add every connection of alice to two groups, then remove
+	// Filters: add every connection of alice to two groups, then remove
 	// everyone from one.
-	must(t, e.hub.AddConnectionsToGroups(ctx, []string{"x", "y"}, func(c pubsub.ConnectionInfo) bool { return c.UserID() == "alice" }))
+	must(t, e.hub.AddConnectionsToGroups(ctx, "userId eq 'alice'", "x", "y"))
 	if !slices.Equal(members("x"), sorted(a1, a2)) || !slices.Equal(members("y"), sorted(a1, a2)) {
 		t.Fatalf("x = %v, y = %v", members("x"), members("y"))
 	}
-	must(t, e.hub.AddConnectionsToGroups(ctx, []string{"x"}, nil))
+	must(t, e.hub.AddConnectionsToGroups(ctx, "", "x"))
 	if !slices.Equal(members("x"), sorted(a1, a2, b)) {
 		t.Fatalf("x = %v", members("x"))
 	}
-	must(t, e.hub.RemoveConnectionsFromGroups(ctx, []string{"x"}, func(c pubsub.ConnectionInfo) bool { return c.InGroup("y") }))
+	must(t, e.hub.RemoveConnectionsFromGroups(ctx, "'y' in groups", "x"))
 	if !slices.Equal(members("x"), []string{b}) {
 		t.Fatalf("x = %v", members("x"))
 	}
-	if err := e.hub.AddConnectionsToGroups(ctx, nil, nil); !errors.Is(err, pubsub.ErrInvalidGroup) {
+	if err := e.hub.AddConnectionsToGroups(ctx, ""); !errors.Is(err, pubsub.ErrInvalidGroup) {
 		t.Fatalf("no groups: %v", err)
 	}
 

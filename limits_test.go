@@ -36,7 +36,7 @@ func TestGroupsPerConnectionAreBounded(t *testing.T) {
 	c.Send(`{"type":"joinGroup","group":"g5","ackId":8}`)
 	c.ExpectAck(8, "")
 	ctx := context.Background()
-	if err := e.hub.AddConnectionToGroup(ctx, "g6", id); !errors.Is(err, pubsub.ErrTooManyGroups) {
+	if err := e.hub.AddConnectionToGroup(ctx, id, "g6"); !errors.Is(err, pubsub.ErrTooManyGroups) {
 		t.Fatalf("AddConnectionToGroup: %v", err)
 	}
 	if ok, _ := e.hub.GroupExists(ctx, "g6"); ok {

@@ -110,7 +110,7 @@ func TestAckErrors(t *testing.T) {
 		norole.Send(`{"type":"sendToGroup","group":"room","ackId":2,"dataType":"text","data":"x"}`)
 		norole.ExpectAck(2, "Forbidden")
 		e.barrier(member, memberID) // nothing was delivered
-		e.hub.AddConnectionToGroup(t.Context(), "room", noroleID)
+		e.hub.AddConnectionToGroup(t.Context(), noroleID, "room")
 		norole.Send(`{"type":"leaveGroup","group":"room","ackId":3}`)
 		norole.ExpectAck(3, "Forbidden")
 		if ok, _ := e.hub.GroupExists(t.Context(), "room"); !ok {

@@ -84,9 +84,15 @@ type Config struct {
 	// AllowAnonymous accepts clients without a token (Azure's
 	// anonymousConnectPolicy "allow"); the event handler then decides.
 	AllowAnonymous bool
-	// Broker carries sends and closes to every process of the service.
-	// Nil: this process only.
+	// Broker makes this service one node of several that answer as one
+	// (natsbroker is one): every operation reaches the connections of every
+	// node. Nil: this process is the whole service.
 	Broker Broker
+	// ClusterTimeout bounds how long an operation waits for the other
+	// nodes' answers (exists, lists, operations on a connection another
+	// node holds); past it the call fails with ErrNodeUnavailable.
+	// Default 2 s.
+	ClusterTimeout time.Duration
 	// Logger receives the service's logs. Nil: slog.Default().
 	Logger *slog.Logger
 	// MaxMessageSize bounds one inbound WebSocket message; a larger one closes
@@ -175,6 +181,12 @@ type Stats struct {
 	// Panics counts panics recovered on a connection's read or write path;
 	// each closed its connection.
 	Panics int64
+	// ClusterTimeouts counts operations that failed with ErrNodeUnavailable.
+	ClusterTimeouts int64
+	// BrokerErrors counts commands the broker refused or could not flush
+	// (it was unreachable); a refused send reached this node's connections
+	// only.
+	BrokerErrors int64
 }
 
 // Service is one Azure Web PubSub service: its hubs, their connections, and
@@ -184,7 +196,7 @@ type Service struct {
 	log      *slog.Logger
 	endpoint *url.URL
 	keys     [][]byte
-	broker   Broker
+	cluster  *cluster // nil: a single node
 	handler  EventHandler
 
 	// hubs holds the hubs with connections; one is created by its first
@@ -220,8 +232,9 @@ type Service struct {
 	panics                   atomic.Int64
 }
 
-// New returns a Service. It starts no goroutine until the first client
-// connects.
+// New returns a Service. Without a Broker it starts no goroutine until the
+// first client connects; with one it joins the cluster: it subscribes to
+// its own subjects and listens a quarter of a second for its peers.
 func New(cfg Config) (*Service, error) {
 	if cfg.AccessKey == "" {
 		return nil, ErrNoAccessKey
@@ -246,6 +259,7 @@ func New(cfg Config) (*Service, error) {
 	setDefault(&cfg.MessageTimeout, DefaultMessageTimeout)
 	setDefault(&cfg.MaxInboundBytes, DefaultMaxInboundBytes)
 	setDefault(&cfg.MaxBufferedBytes, DefaultMaxBufferedBytes)
+	setDefault(&cfg.ClusterTimeout, DefaultClusterTimeout)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -254,7 +268,6 @@ func New(cfg Config) (*Service, error) {
 		log:           cfg.Logger,
 		endpoint:      ep,
 		keys:          [][]byte{[]byte(cfg.AccessKey)},
-		broker:        cfg.Broker,
 		handler:       cfg.EventHandler,
 		hubs:          xsync.NewMapOf[string, *hubState](),
 		upgraders:     xsync.NewMapOf[string, *gws.Upgrader](),
@@ -268,12 +281,11 @@ func New(cfg Config) (*Service, error) {
 		s.handler = EventHandlerFuncs{}
 	}
 	s.handler = guardedHandler{h: s.handler, log: s.log}
-	if s.broker == nil {
-		s.broker = &localBroker{}
-	}
 	s.writers.svc = s
-	if err := s.broker.Start(s.apply); err != nil {
-		return nil, err
+	if cfg.Broker != nil {
+		if s.cluster, err = newCluster(s, cfg.Broker); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -299,7 +311,7 @@ func (s *Service) Hub(name string) (*Hub, error) {
 
 // Stats returns the service's counters.
 func (s *Service) Stats() Stats {
-	return Stats{
+	st := Stats{
 		Connections:              s.connections.Load(),
 		Hubs:                     s.numHubs.Load(),
 		SlowClientDisconnects:    s.slowClients.Load(),
@@ -311,6 +323,11 @@ func (s *Service) Stats() Stats {
 		RateLimited:              s.rateLimited.Load(),
 		Panics:                   s.panics.Load(),
 	}
+	if s.cluster != nil {
+		st.ClusterTimeouts = s.cluster.timeouts.Load()
+		st.BrokerErrors = s.cluster.publishErrors.Load()
+	}
+	return st
 }
 
 // Shutdown stops accepting clients, sends every client a "disconnected"
@@ -337,13 +354,15 @@ func (s *Service) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	if !already {
-		if sh, ok := s.cfg.EventHandler.(interface{ Shutdown(context.Context) error }); ok {
+		if sh, ok := s.cfg.EventHandler.(Shutdowner); ok {
 			if herr := sh.Shutdown(ctx); err == nil {
 				err = herr
 			}
 		}
-		if cerr := s.broker.Close(); err == nil {
-			err = cerr
+		if s.cluster != nil {
+			if cerr := s.cluster.close(); err == nil {
+				err = cerr
+			}
 		}
 	}
 	return err
@@ -378,7 +397,10 @@ func (s *Service) hubState(name string) *hubState {
 				s.numHubs.Add(-1)
 				return nil, true
 			}
-			h = newHubState(name)
+			h = newHubState(name, s.cluster)
+			if s.cluster != nil {
+				s.cluster.subscribe(hubSubject(subjectKey(name)))
+			}
 		}
 		h.live++
 		return h, false
@@ -397,6 +419,9 @@ func (s *Service) pruneHub(h *hubState) {
 			return cur, false
 		}
 		s.numHubs.Add(-1)
+		if s.cluster != nil {
+			s.cluster.unsubscribe(hubSubject(subjectKey(h.name)))
+		}
 		return nil, true
 	})
 }

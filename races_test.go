@@ -203,11 +203,7 @@ func TestTruncatedCloseReasonIsValidUTF8(t *testing.T) {
 
 // onlyConnection returns the id of hub "chat"'s one connection.
 func onlyConnection(e *testEnv) (string, bool) {
-	var ids []string
-	must(e.t, e.hub.AddConnectionsToGroups(context.Background(), []string{"probe"}, func(ci pubsub.ConnectionInfo) bool {
-		ids = append(ids, ci.ConnectionID())
-		return false
-	}))
+	ids := pubsub.ConnectionIDs(e.svc, "chat")
 	if len(ids) != 1 {
 		return "", false
 	}
@@ -338,8 +334,8 @@ func TestStressWithOverlappingRecoveries(t *testing.T) {
 				return
 			case <-time.After(7 * time.Millisecond):
 			}
-			_ = e.hub.RemoveUserFromGroup(ctx, "h", fmt.Sprint("u", i%6))
-			_ = e.hub.AddUserToGroup(ctx, "h", fmt.Sprint("u", (i+3)%6))
+			_ = e.hub.RemoveUserFromGroup(ctx, fmt.Sprint("u", i%6), "h")
+			_ = e.hub.AddUserToGroup(ctx, fmt.Sprint("u", (i+3)%6), "h")
 			if i%20 == 0 {
 				_ = e.hub.CloseUserConnections(ctx, fmt.Sprint("u", i%6), "churn")
 			}

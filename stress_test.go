@@ -554,21 +554,21 @@ func (s *stressEnv) membership(rng *rand.Rand) {
 	g, id, u := someGroup(rng), s.someID(rng), someUser(rng)
 	switch rng.IntN(10) {
 	case 0, 1:
-		s.api("AddConnectionToGroup", func() error { return s.hub.AddConnectionToGroup(ctx, g, id) })
+		s.api("AddConnectionToGroup", func() error { return s.hub.AddConnectionToGroup(ctx, id, g) })
 	case 2, 3:
-		s.api("RemoveConnectionFromGroup", func() error { return s.hub.RemoveConnectionFromGroup(ctx, g, id) })
+		s.api("RemoveConnectionFromGroup", func() error { return s.hub.RemoveConnectionFromGroup(ctx, id, g) })
 	case 4:
-		s.api("AddUserToGroup", func() error { return s.hub.AddUserToGroup(ctx, g, u) })
+		s.api("AddUserToGroup", func() error { return s.hub.AddUserToGroup(ctx, u, g) })
 	case 5:
-		s.api("RemoveUserFromGroup", func() error { return s.hub.RemoveUserFromGroup(ctx, g, u) })
+		s.api("RemoveUserFromGroup", func() error { return s.hub.RemoveUserFromGroup(ctx, u, g) })
 	case 6:
 		s.api("RemoveConnectionFromAllGroups", func() error { return s.hub.RemoveConnectionFromAllGroups(ctx, id) })
 	case 7:
-		chaosOnly := func(c pubsub.ConnectionInfo) bool { return !strings.HasPrefix(c.UserID(), "obs") && rng.IntN(2) == 0 }
+		chaosOnly := fmt.Sprintf("userId eq '%s' or userId eq '%s'", u, someUser(rng))
 		if rng.IntN(2) == 0 {
-			s.api("AddConnectionsToGroups", func() error { return s.hub.AddConnectionsToGroups(ctx, []string{g}, chaosOnly) })
+			s.api("AddConnectionsToGroups", func() error { return s.hub.AddConnectionsToGroups(ctx, chaosOnly, g) })
 		} else {
-			s.api("RemoveConnectionsFromGroups", func() error { return s.hub.RemoveConnectionsFromGroups(ctx, []string{g}, chaosOnly) })
+			s.api("RemoveConnectionsFromGroups", func() error { return s.hub.RemoveConnectionsFromGroups(ctx, chaosOnly, g) })
 		}
 	case 8:
 		if rng.IntN(2) == 0 {

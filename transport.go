@@ -85,7 +85,7 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 	}
 
 	offered := offeredSubprotocols(r.Header)
-	connID := newConnectionID()
+	connID := s.newConnectionID()
 	userID, roles, groups, state := id.userID, id.roles, id.groups, ""
 	chosen := ""
 	connCtx := ConnectionContext{Hub: hubName, ConnectionID: connID, UserID: userID}
@@ -208,6 +208,9 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 			refuse(http.StatusServiceUnavailable, "the service is shutting down")
 		}
 		return
+	}
+	if s.cluster != nil {
+		s.cluster.sync(r.Context()) // its subscriptions, before it can be sent to
 	}
 	if err := s.upgradeWire(wi, chosen, w, r); err != nil {
 		s.log.Debug("websocket upgrade failed", "hub", hubName, "err", err)
@@ -379,9 +382,14 @@ func clientCertificates(r *http.Request) []ClientCertificate {
 	return out
 }
 
-func newConnectionID() string {
+// newConnectionID returns a random id; in a cluster, prefixed with the
+// node's id and a dot, so that any node knows where to find it.
+func (s *Service) newConnectionID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
+	if s.cluster != nil {
+		return s.cluster.node + "." + hex.EncodeToString(b[:])
+	}
 	return hex.EncodeToString(b[:])
 }
 

@@ -182,8 +182,8 @@ func BenchmarkRegistryChurn(b *testing.B) {
 		for pb.Next() {
 			id := ids[i%len(ids)]
 			g := "g" + strconv.Itoa(i%1000)
-			_ = hub.AddConnectionToGroup(ctx, g, id)
-			_ = hub.RemoveConnectionFromGroup(ctx, g, id)
+			_ = hub.AddConnectionToGroup(ctx, id, g)
+			_ = hub.RemoveConnectionFromGroup(ctx, id, g)
 			i++
 		}
 	})

@@ -272,19 +272,19 @@ func removeConnectionFromAllGroups(h *handler, rq *request) {
 }
 
 func addConnectionToGroup(h *handler, rq *request) {
-	h.done(rq, rq.hub.AddConnectionToGroup(rq.r.Context(), rq.args[0], rq.args[1]), http.StatusOK)
+	h.done(rq, rq.hub.AddConnectionToGroup(rq.r.Context(), rq.args[1], rq.args[0]), http.StatusOK)
 }
 
 func removeConnectionFromGroup(h *handler, rq *request) {
-	h.done(rq, rq.hub.RemoveConnectionFromGroup(rq.r.Context(), rq.args[0], rq.args[1]), http.StatusNoContent)
+	h.done(rq, rq.hub.RemoveConnectionFromGroup(rq.r.Context(), rq.args[1], rq.args[0]), http.StatusNoContent)
 }
 
 func addUserToGroup(h *handler, rq *request) {
-	h.done(rq, rq.hub.AddUserToGroup(rq.r.Context(), rq.args[1], rq.args[0]), http.StatusOK)
+	h.done(rq, rq.hub.AddUserToGroup(rq.r.Context(), rq.args[0], rq.args[1]), http.StatusOK)
 }
 
 func removeUserFromGroup(h *handler, rq *request) {
-	h.done(rq, rq.hub.RemoveUserFromGroup(rq.r.Context(), rq.args[1], rq.args[0]), http.StatusNoContent)
+	h.done(rq, rq.hub.RemoveUserFromGroup(rq.r.Context(), rq.args[0], rq.args[1]), http.StatusNoContent)
 }
 
 func removeUserFromAllGroups(h *handler, rq *request) {
@@ -305,7 +305,7 @@ func removeConnectionsFromGroups(h *handler, rq *request) {
 	h.groupsOperation(rq, rq.hub.RemoveConnectionsFromGroups)
 }
 
-func (h *handler) groupsOperation(rq *request, op func(ctx context.Context, groups []string, match func(pubsub.ConnectionInfo) bool) error) {
+func (h *handler) groupsOperation(rq *request, op func(ctx context.Context, filter string, groups ...string) error) {
 	if mt, _, _ := mime.ParseMediaType(rq.r.Header.Get("Content-Type")); mt != "application/json" {
 		rq.fail(http.StatusUnsupportedMediaType, "Error.UnsupportedMediaType", "the body must be application/json", "Content-Type")
 		return
@@ -323,16 +323,15 @@ func (h *handler) groupsOperation(rq *request, op func(ctx context.Context, grou
 		rq.badRequest("groups is required and must not be empty", "groups")
 		return
 	}
-	var match func(pubsub.ConnectionInfo) bool
+	odata := ""
 	if req.Filter != nil && *req.Filter != "" { // no filter selects every connection
-		f, err := filter.Parse(*req.Filter)
-		if err != nil {
+		if _, err := filter.Parse(*req.Filter); err != nil {
 			rq.badRequest(err.Error(), "filter")
 			return
 		}
-		match = func(c pubsub.ConnectionInfo) bool { return f.Match(c) }
+		odata = *req.Filter
 	}
-	h.done(rq, op(rq.r.Context(), req.Groups, match), http.StatusOK)
+	h.done(rq, op(rq.r.Context(), odata, req.Groups...), http.StatusOK)
 }
 
 // groupMember is one item of ListConnectionsInGroup; userId is null for an

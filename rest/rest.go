@@ -8,6 +8,7 @@ package rest
 import (
 	"encoding/json"
 	"errors"
+	"github.com/embedwps/pubsub/internal/restauth"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -121,7 +122,7 @@ func (h *handler) failErr(rq *request, err error) {
 		status, code = http.StatusNotFound, "Error.NotFound"
 	case errors.Is(err, pubsub.ErrTooManyPermissions), errors.Is(err, pubsub.ErrTooManyGroups):
 		status, code = http.StatusConflict, "Error.Conflict"
-	case errors.Is(err, pubsub.ErrServiceClosed):
+	case errors.Is(err, pubsub.ErrServiceClosed), errors.Is(err, pubsub.ErrNodeUnavailable):
 		status, code = http.StatusServiceUnavailable, "Error.ServiceUnavailable"
 	case errors.Is(err, pubsub.ErrInvalidHub), errors.Is(err, pubsub.ErrInvalidGroup),
 		errors.Is(err, pubsub.ErrInvalidUser), errors.Is(err, pubsub.ErrInvalidConnection),
@@ -202,8 +203,9 @@ func (h *handler) authorized(rq *request) bool {
 		rq.fail(http.StatusUnauthorized, "Error.Unauthorized", "an Authorization: Bearer access token is required", "")
 		return false
 	}
-	err := h.svc.ValidateToken(strings.TrimSpace(auth[7:]), func(aud string) bool {
-		return audienceMatches(aud, rq.r, h.svc.Endpoint())
+	endpoint := restauth.Endpoint(h.svc)
+	err := restauth.ValidateToken(h.svc, strings.TrimSpace(auth[7:]), func(aud string) bool {
+		return audienceMatches(aud, rq.r, endpoint)
 	})
 	if err != nil {
 		rq.fail(http.StatusUnauthorized, "Error.Unauthorized", err.Error(), "")

@@ -1,0 +1,391 @@
+package pubsub
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrNodeUnavailable: a node of the service that an operation needs did
+// not answer within Config.ClusterTimeout, or the broker is unreachable.
+// Nothing is known of the operation's outcome on that node.
+var ErrNodeUnavailable = errors.New("pubsub: a node of the service did not answer in time")
+
+// Defaults of the cluster.
+const (
+	DefaultClusterTimeout = 2 * time.Second
+	heartbeatInterval     = time.Second
+	helloWait             = 250 * time.Millisecond // how long a new node listens for its peers
+)
+
+// A node id names a node in its connections' ids and in subjects.
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9-]{1,32}$`)
+
+// How each operation crosses the cluster:
+//   - publish: to the subject of its target (hub, group, user, or the node
+//     that a connection id names), applied by each node that receives it,
+//     no answer;
+//   - ask: to the node that owns the connection, which answers;
+//   - survey: to every node, each of which answers; the answer is merged
+//     from theirs. Surveys are the operations whose answer needs every
+//     node that holds a member (lists, exists, adding a user or the
+//     connections a filter selects): only the set of live nodes is known,
+//     not which of them hold what.
+type route uint8
+
+const (
+	routePublish route = iota
+	routeAsk
+	routeSurvey
+)
+
+func routeOf(o op) route {
+	switch o {
+	case opAddConnectionToGroup, opRemoveConnectionFromGroup, opRemoveConnectionFromAllGroups,
+		opConnectionExists, opGrantPermission, opRevokePermission, opCheckPermission:
+		return routeAsk
+	case opAddUserToGroup, opUserExists, opGroupExists, opListConnectionsInGroup,
+		opAddConnectionsToGroups, opRemoveConnectionsFromGroups:
+		return routeSurvey
+	}
+	return routePublish
+}
+
+// Message kinds on the broker: the first byte of every message.
+const (
+	msgCommand   = 'c' // a command; a Request when it wants an answer
+	msgHeartbeat = 'h' // a node is alive
+	msgHello     = 'H' // a node started: peers answer with their ids
+	msgBye       = 'b' // a node is leaving
+)
+
+// Subjects.
+const nodesSubject = "nodes" // heartbeats and surveys; every node subscribes
+
+func nodeSubject(node string) string { return "n." + node }
+
+// subjectKey makes a name (hub, group, user: any characters) a subject
+// token of fixed size. Two names with one key would only cost a node a
+// message it filters out.
+func subjectKey(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return base64.RawURLEncoding.EncodeToString(sum[:12])
+}
+
+func hubSubject(hubKey string) string          { return "h." + hubKey }
+func groupSubject(hubKey, group string) string { return "g." + hubKey + "." + subjectKey(group) }
+func userSubject(hubKey, user string) string   { return "u." + hubKey + "." + subjectKey(user) }
+func ownerOf(connectionID string) (string, bool) {
+	n, _, ok := strings.Cut(connectionID, ".")
+	return n, ok && nodeIDPattern.MatchString(n)
+}
+
+// cluster is a node of a service with a Broker: it carries every command
+// to the nodes it concerns and applies those it receives. The broker calls
+// receive from one goroutine, in order; everything else here is guarded by
+// mu or atomic.
+type cluster struct {
+	svc     *Service
+	b       Broker
+	node    string
+	timeout time.Duration
+
+	mu    sync.Mutex
+	peers map[string]time.Time // live nodes (this one included) → when last heard
+
+	stop    chan struct{}
+	done    chan struct{}
+	replies sync.WaitGroup // answers waiting for a flush
+
+	timeouts      atomic.Int64
+	publishErrors atomic.Int64
+}
+
+func newCluster(s *Service, b Broker) (*cluster, error) {
+	node := b.NodeID()
+	if !nodeIDPattern.MatchString(node) {
+		return nil, fmt.Errorf("pubsub: broker node id %q: want 1 to 32 of [A-Za-z0-9-]", node)
+	}
+	cl := &cluster{
+		svc:     s,
+		b:       b,
+		node:    node,
+		timeout: s.cfg.ClusterTimeout,
+		peers:   map[string]time.Time{node: time.Now()},
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	if err := b.Start(cl.receive); err != nil {
+		return nil, err
+	}
+	for _, sub := range []string{nodesSubject, nodeSubject(node)} {
+		if err := b.Subscribe(sub); err != nil {
+			return nil, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), helloWait)
+	defer cancel()
+	err := b.Request(ctx, nodesSubject, append([]byte{msgHello}, node...), func(reply []byte) bool {
+		cl.heard(string(reply))
+		return true
+	})
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		s.log.Warn("the broker is unreachable; serving this node's connections", "err", err)
+	}
+	go cl.heartbeat()
+	return cl, nil
+}
+
+// close says goodbye to the other nodes and closes the broker.
+func (cl *cluster) close() error {
+	close(cl.stop)
+	<-cl.done
+	_ = cl.b.Publish(nodesSubject, append([]byte{msgBye}, cl.node...))
+	ctx, cancel := context.WithTimeout(context.Background(), cl.timeout)
+	_ = cl.b.Flush(ctx)
+	cancel()
+	cl.replies.Wait()
+	return cl.b.Close()
+}
+
+// heartbeat tells the other nodes this one is alive, and forgets those not
+// heard from for three intervals.
+func (cl *cluster) heartbeat() {
+	defer close(cl.done)
+	t := time.NewTicker(heartbeatInterval)
+	defer t.Stop()
+	beat := append([]byte{msgHeartbeat}, cl.node...)
+	for {
+		select {
+		case <-cl.stop:
+			return
+		case now := <-t.C:
+			_ = cl.b.Publish(nodesSubject, beat)
+			cl.mu.Lock()
+			for n, at := range cl.peers {
+				if n != cl.node && now.Sub(at) > 3*heartbeatInterval {
+					delete(cl.peers, n)
+				}
+			}
+			cl.peers[cl.node] = now
+			cl.mu.Unlock()
+		}
+	}
+}
+
+func (cl *cluster) heard(node string) {
+	if !nodeIDPattern.MatchString(node) {
+		return
+	}
+	cl.mu.Lock()
+	cl.peers[node] = time.Now()
+	cl.mu.Unlock()
+}
+
+// livePeers returns the nodes heard from lately, this one included.
+func (cl *cluster) livePeers() map[string]bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	out := make(map[string]bool, len(cl.peers))
+	for n := range cl.peers {
+		out[n] = false
+	}
+	return out
+}
+
+// receive is the broker's delivery of one message to this node.
+func (cl *cluster) receive(_ string, data []byte, reply func([]byte)) {
+	if len(data) == 0 {
+		return
+	}
+	switch data[0] {
+	case msgHeartbeat:
+		cl.heard(string(data[1:]))
+	case msgHello:
+		cl.heard(string(data[1:]))
+		if reply != nil {
+			reply([]byte(cl.node))
+		}
+	case msgBye:
+		cl.mu.Lock()
+		delete(cl.peers, string(data[1:]))
+		cl.mu.Unlock()
+	case msgCommand:
+		var cmd command
+		if err := json.Unmarshal(data[1:], &cmd); err != nil {
+			cl.svc.log.Error("dropping a broker message that is not a command", "err", err)
+			return
+		}
+		r := cl.svc.exec(&cmd)
+		if reply == nil {
+			return
+		}
+		r.Node = cl.node
+		answer, _ := json.Marshal(&r)
+		if !joins(cmd.Op) {
+			reply(answer)
+			return
+		}
+		// The subscriptions a join made must reach the broker before the
+		// caller, told it is done, sends to the group.
+		cl.replies.Add(1)
+		go func() {
+			defer cl.replies.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), cl.timeout)
+			defer cancel()
+			_ = cl.b.Flush(ctx)
+			reply(answer)
+		}()
+	}
+}
+
+// joins reports whether an operation may subscribe this node to a subject.
+func joins(o op) bool {
+	return o == opAddConnectionToGroup || o == opAddUserToGroup || o == opAddConnectionsToGroups
+}
+
+func encodeCommand(cmd *command) []byte {
+	b, _ := json.Marshal(cmd) // nothing in a command fails to marshal
+	return append([]byte{msgCommand}, b...)
+}
+
+// run carries cmd to the nodes it concerns. A Go API call returns when its
+// command has reached the broker (flushed): whatever the caller does next,
+// on any node, is ordered after it.
+func (cl *cluster) run(ctx context.Context, cmd *command) (result, error) {
+	switch routeOf(cmd.Op) {
+	case routeAsk:
+		return cl.ask(ctx, cmd)
+	case routeSurvey:
+		return cl.survey(ctx, cmd)
+	}
+	if !cl.publish(cmd) {
+		return result{}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, cl.timeout)
+	defer cancel()
+	if err := cl.b.Flush(ctx); err != nil {
+		cl.publishErrors.Add(1)
+	}
+	return result{}, nil
+}
+
+// publish sends cmd to the subject of its target. When the broker refuses
+// it (unreachable), cmd is applied to this node's connections only, and
+// publish returns false.
+func (cl *cluster) publish(cmd *command) bool {
+	var subject string
+	switch cmd.Op {
+	case opSendToAll, opCloseAll:
+		subject = hubSubject(subjectKey(cmd.Hub))
+	case opSendToGroup, opCloseGroup:
+		subject = groupSubject(subjectKey(cmd.Hub), cmd.Target)
+	case opSendToUser, opCloseUser, opRemoveUserFromGroup, opRemoveUserFromAllGroups:
+		subject = userSubject(subjectKey(cmd.Hub), cmd.Target)
+	case opSendToConnection, opCloseConnection:
+		node, ok := ownerOf(cmd.Target)
+		if !ok {
+			return false // no node's connection
+		}
+		subject = nodeSubject(node)
+	}
+	if err := cl.b.Publish(subject, encodeCommand(cmd)); err != nil {
+		cl.publishErrors.Add(1)
+		cl.svc.log.Warn("the broker refused a command; applying it to this node's connections only", "op", cmd.Op, "err", err)
+		cl.svc.exec(cmd)
+		return false
+	}
+	return true
+}
+
+// ask has the node that owns a connection perform cmd and answer.
+func (cl *cluster) ask(ctx context.Context, cmd *command) (result, error) {
+	node, ok := ownerOf(cmd.Target)
+	if !ok {
+		return connectionNotFound(cmd.Op), nil // no node's connection
+	}
+	ctx, cancel := context.WithTimeout(ctx, cl.timeout)
+	defer cancel()
+	var r result
+	answered := false
+	err := cl.b.Request(ctx, nodeSubject(node), encodeCommand(cmd), func(b []byte) bool {
+		answered = json.Unmarshal(b, &r) == nil
+		return !answered
+	})
+	switch {
+	case answered:
+		return r, nil
+	case errors.Is(err, ErrNoResponders): // the node is gone, and its connections with it
+		return connectionNotFound(cmd.Op), nil
+	case node == cl.node && !errors.Is(err, context.Canceled):
+		cl.publishErrors.Add(1)
+		return cl.svc.exec(cmd), nil // the broker is away; the connection is here
+	}
+	cl.timeouts.Add(1)
+	return result{}, fmt.Errorf("%w: node %s: %v", ErrNodeUnavailable, node, err)
+}
+
+// survey has every node perform cmd and merges their answers.
+func (cl *cluster) survey(ctx context.Context, cmd *command) (result, error) {
+	expect := cl.livePeers()
+	waiting := len(expect)
+	var rs []result
+	ctx, cancel := context.WithTimeout(ctx, cl.timeout)
+	defer cancel()
+	err := cl.b.Request(ctx, nodesSubject, encodeCommand(cmd), func(b []byte) bool {
+		var r result
+		if json.Unmarshal(b, &r) != nil {
+			return true
+		}
+		rs = append(rs, r)
+		if replied, ok := expect[r.Node]; ok && !replied {
+			expect[r.Node] = true
+			waiting--
+		}
+		return waiting > 0 && !decided(cmd.Op, rs)
+	})
+	if waiting > 0 && !decided(cmd.Op, rs) {
+		var missing []string
+		for n, replied := range expect {
+			if !replied {
+				missing = append(missing, n)
+			}
+		}
+		cl.timeouts.Add(1)
+		return result{}, fmt.Errorf("%w: nodes %s: %v", ErrNodeUnavailable, strings.Join(missing, ", "), err)
+	}
+	return merge(cmd.Op, rs), nil
+}
+
+// sync waits until this node's subscription changes have reached the
+// broker, so that what is sent next to a group it joined reaches it.
+func (cl *cluster) sync(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, cl.timeout)
+	defer cancel()
+	if err := cl.b.Flush(ctx); err != nil {
+		cl.publishErrors.Add(1)
+	}
+}
+
+// subscribe and unsubscribe change this node's interest; they are called
+// where the registry creates and deletes a hub, group or user, inside the
+// map's per-key lock, so that changes of one subject are made in order.
+func (cl *cluster) subscribe(subject string) {
+	if err := cl.b.Subscribe(subject); err != nil {
+		cl.svc.log.Error("the broker refused a subscription", "subject", subject, "err", err)
+	}
+}
+
+func (cl *cluster) unsubscribe(subject string) {
+	if err := cl.b.Unsubscribe(subject); err != nil {
+		cl.svc.log.Error("the broker refused to unsubscribe", "subject", subject, "err", err)
+	}
+}
