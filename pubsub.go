@@ -181,6 +181,9 @@ type Stats struct {
 	// Panics counts panics recovered on a connection's read or write path;
 	// each closed its connection.
 	Panics int64
+	// Nodes is the number of nodes of the cluster this one has heard from
+	// lately, itself included; 1 without a Broker.
+	Nodes int64
 	// ClusterTimeouts counts operations that failed with ErrNodeUnavailable.
 	ClusterTimeouts int64
 	// BrokerErrors counts commands the broker refused or could not flush
@@ -322,10 +325,12 @@ func (s *Service) Stats() Stats {
 		MessageTimeouts:          s.messageTimeouts.Load(),
 		RateLimited:              s.rateLimited.Load(),
 		Panics:                   s.panics.Load(),
+		Nodes:                    1,
 	}
 	if s.cluster != nil {
 		st.ClusterTimeouts = s.cluster.timeouts.Load()
 		st.BrokerErrors = s.cluster.publishErrors.Load()
+		st.Nodes = int64(len(s.cluster.livePeers()))
 	}
 	return st
 }

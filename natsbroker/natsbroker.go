@@ -118,7 +118,10 @@ func New(opts Options) (*Broker, error) {
 			nats.ReconnectBufSize(-1), // while NATS is away, a send reaches this node's connections at once
 			nats.RetryOnFailedConnect(true),
 			nats.ErrorHandler(b.asyncError),
-			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+				if nc.IsClosed() {
+					return // closed by the broker
+				}
 				b.log.Warn("NATS connection lost; serving this node's connections", "node", b.node, "err", err)
 			}),
 			nats.ReconnectHandler(func(nc *nats.Conn) {
@@ -244,6 +247,9 @@ func (b *Broker) Request(ctx context.Context, subject string, data []byte, onRep
 	b.published.Add(1)
 	for {
 		m, err := sub.NextMsgWithContext(ctx)
+		if errors.Is(err, nats.ErrNoResponders) {
+			return pubsub.ErrNoResponders
+		}
 		if err != nil {
 			return err
 		}
