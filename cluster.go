@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -50,7 +51,8 @@ const (
 func routeOf(o op) route {
 	switch o {
 	case opAddConnectionToGroup, opRemoveConnectionFromGroup, opRemoveConnectionFromAllGroups,
-		opConnectionExists, opGrantPermission, opRevokePermission, opCheckPermission:
+		opConnectionExists, opGrantPermission, opRevokePermission, opCheckPermission,
+		opTakeover, opHandover:
 		return routeAsk
 	case opAddUserToGroup, opUserExists, opGroupExists, opListConnectionsInGroup,
 		opAddConnectionsToGroups, opRemoveConnectionsFromGroups:
@@ -70,7 +72,15 @@ const (
 // Subjects.
 const nodesSubject = "nodes" // heartbeats and surveys; every node subscribes
 
-func nodeSubject(node string) string { return "n." + node }
+// A connection's subject names the node its id names, which subscribes to
+// them all with a wildcard; a node the connection was handed over to
+// subscribes to that one.
+func connectionSubject(id string) string {
+	owner, _ := ownerOf(id)
+	return "c." + owner + "." + subjectKey(id)
+}
+
+func ownConnectionsSubject(node string) string { return "c." + node + ".*" }
 
 // subjectKey makes a name (hub, group, user: any characters) a subject
 // token of fixed size. Two names with one key would only cost a node a
@@ -98,13 +108,15 @@ type cluster struct {
 	node    string
 	timeout time.Duration
 
-	mu    sync.Mutex
-	peers map[string]time.Time // live nodes (this one included) → when last heard
+	mu      sync.Mutex
+	peers   map[string]time.Time // live nodes (this one included) → when last heard
+	movedTo map[string]string    // connections handed over to another node → that node
 
 	stop    chan struct{}
 	done    chan struct{}
 	replies sync.WaitGroup // answers waiting for a flush
 
+	sends         atomic.Uint64 // numbers the sends published here
 	timeouts      atomic.Int64
 	publishErrors atomic.Int64
 }
@@ -120,13 +132,14 @@ func newCluster(s *Service, b Broker) (*cluster, error) {
 		node:    node,
 		timeout: s.cfg.ClusterTimeout,
 		peers:   map[string]time.Time{node: time.Now()},
+		movedTo: make(map[string]string),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	if err := b.Start(cl.receive); err != nil {
 		return nil, err
 	}
-	for _, sub := range []string{nodesSubject, nodeSubject(node)} {
+	for _, sub := range []string{nodesSubject, ownConnectionsSubject(node)} {
 		if err := b.Subscribe(sub); err != nil {
 			return nil, err
 		}
@@ -181,6 +194,13 @@ func (cl *cluster) heartbeat() {
 	}
 }
 
+// hasPeers reports whether another node was heard from lately.
+func (cl *cluster) hasPeers() bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return len(cl.peers) > 1
+}
+
 func (cl *cluster) heard(node string) {
 	if !nodeIDPattern.MatchString(node) {
 		return
@@ -224,6 +244,9 @@ func (cl *cluster) receive(_ string, data []byte, reply func([]byte)) {
 			cl.svc.log.Error("dropping a broker message that is not a command", "err", err)
 			return
 		}
+		if targetsConnection(cmd.Op) && !cl.answersFor(&cmd) {
+			return // the node that holds it answers
+		}
 		r := cl.svc.exec(&cmd)
 		if reply == nil {
 			return
@@ -245,6 +268,56 @@ func (cl *cluster) receive(_ string, data []byte, reply func([]byte)) {
 			reply(answer)
 		}()
 	}
+}
+
+// targetsConnection reports whether an operation is addressed to one
+// connection, by its id.
+func targetsConnection(o op) bool {
+	return o == opSendToConnection || o == opCloseConnection || routeOf(o) == routeAsk
+}
+
+// moved records that a connection this node owned was handed over.
+func (cl *cluster) moved(id, node string) {
+	cl.mu.Lock()
+	cl.movedTo[id] = node
+	cl.mu.Unlock()
+}
+
+// forget drops a handed-over connection's forwarding: it ended.
+func (cl *cluster) forget(id string) {
+	cl.mu.Lock()
+	delete(cl.movedTo, id)
+	cl.mu.Unlock()
+}
+
+// answersFor reports whether this node applies an operation on one
+// connection: it holds it, or it is the node the id names and did not hand
+// it over; another node that holds it answers otherwise. A connection
+// arriving here is still its previous node's to answer for: it only
+// collects what is sent to it.
+func (cl *cluster) answersFor(cmd *command) bool {
+	id, holds := cmd.Target, false
+	if h, ok := cl.svc.hubs.Load(cmd.Hub); ok {
+		var c *conn
+		if c, holds = h.conns.Load(id); holds && routeOf(cmd.Op) == routeAsk {
+			c.mu.Lock()
+			holds = c.arrival == nil
+			c.mu.Unlock()
+		}
+	}
+	if owner, _ := ownerOf(id); owner != cl.node || holds {
+		return holds
+	}
+	cl.mu.Lock()
+	_, moved := cl.movedTo[id]
+	cl.mu.Unlock()
+	return !moved
+}
+
+// connectionGone tells the node a handed-over connection's id names that
+// the connection ended, so that it answers for the id again.
+func (cl *cluster) connectionGone(c *conn) {
+	_ = cl.b.Publish(connectionSubject(c.id), encodeCommand(&command{Op: opForget, Hub: c.hub.name, Target: c.id}))
 }
 
 // joins reports whether an operation may subscribe this node to a subject.
@@ -282,6 +355,9 @@ func (cl *cluster) run(ctx context.Context, cmd *command) (result, error) {
 // it (unreachable), cmd is applied to this node's connections only, and
 // publish returns false.
 func (cl *cluster) publish(cmd *command) bool {
+	if cmd.Op >= opSendToAll && cmd.Op <= opSendToConnection {
+		cmd.ID = cl.node + "." + strconv.FormatUint(cl.sends.Add(1), 36)
+	}
 	var subject string
 	switch cmd.Op {
 	case opSendToAll, opCloseAll:
@@ -291,11 +367,10 @@ func (cl *cluster) publish(cmd *command) bool {
 	case opSendToUser, opCloseUser, opRemoveUserFromGroup, opRemoveUserFromAllGroups:
 		subject = userSubject(subjectKey(cmd.Hub), cmd.Target)
 	case opSendToConnection, opCloseConnection:
-		node, ok := ownerOf(cmd.Target)
-		if !ok {
+		if _, ok := ownerOf(cmd.Target); !ok {
 			return false // no node's connection
 		}
-		subject = nodeSubject(node)
+		subject = connectionSubject(cmd.Target)
 	}
 	if err := cl.b.Publish(subject, encodeCommand(cmd)); err != nil {
 		cl.publishErrors.Add(1)
@@ -316,7 +391,7 @@ func (cl *cluster) ask(ctx context.Context, cmd *command) (result, error) {
 	defer cancel()
 	var r result
 	answered := false
-	err := cl.b.Request(ctx, nodeSubject(node), encodeCommand(cmd), func(b []byte) bool {
+	err := cl.b.Request(ctx, connectionSubject(cmd.Target), encodeCommand(cmd), func(b []byte) bool {
 		answered = json.Unmarshal(b, &r) == nil
 		return !answered
 	})
@@ -352,6 +427,13 @@ func (cl *cluster) survey(ctx context.Context, cmd *command) (result, error) {
 		}
 		return waiting > 0 && !decided(cmd.Op, rs)
 	})
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && len(rs) == 0 {
+		// The broker is away: this node's own answer may still decide.
+		cl.publishErrors.Add(1)
+		if local := []result{cl.svc.exec(cmd)}; decided(cmd.Op, local) {
+			return merge(cmd.Op, local), nil
+		}
+	}
 	if waiting > 0 && !decided(cmd.Op, rs) {
 		var missing []string
 		for n, replied := range expect {

@@ -38,6 +38,9 @@ const (
 	opListConnectionsInGroup
 	opAddConnectionsToGroups
 	opRemoveConnectionsFromGroups
+	opTakeover // handover.go
+	opHandover
+	opForget
 )
 
 // command is one hub operation, serialisable so that a broker can carry it
@@ -65,6 +68,11 @@ type command struct {
 	Group  string     `json:"g,omitempty"`
 	Groups []string   `json:"gs,omitempty"`
 	Perm   Permission `json:"p,omitempty"`
+	// ID identifies a send in a cluster (its node and a counter), so that a
+	// connection handed from one node to another gets it once.
+	ID string `json:"i,omitempty"`
+	// Node is the node asking for a handover (handover.go).
+	Node string `json:"n,omitempty"`
 
 	filter *filter.Filter // Filter, compiled once per node
 }
@@ -90,12 +98,15 @@ type result struct {
 	Members []GroupMember `json:"m,omitempty"`
 	Err     string        `json:"e,omitempty"` // errCode's
 	Node    string        `json:"n,omitempty"` // who answers, in a survey
+	// A handover's: the session, or the groups to subscribe to first.
+	Session *handedSession `json:"s,omitempty"`
+	Retry   []string `json:"r,omitempty"`
 }
 
 // resultErrors are the errors a node's answer can carry, by name.
 var resultErrors = []error{
 	ErrConnectionNotFound, ErrUserNotFound, ErrTooManyGroups, ErrInvalidPermission,
-	ErrTooManyPermissions, ErrInvalidGroup, ErrInvalidFilter, ErrServiceClosed,
+	ErrTooManyPermissions, ErrInvalidGroup, ErrInvalidFilter, ErrServiceClosed, errNotRecoverable,
 }
 
 func errCode(err error) string {
@@ -152,6 +163,18 @@ func (s *Service) exec(cmd *command) result {
 			return execOnConn(c, cmd)
 		}
 		return connectionNotFound(cmd.Op)
+	case opTakeover, opHandover:
+		if c := h.lookup(cmd.Target); c != nil && c.rel != nil {
+			if cmd.Op == opTakeover {
+				return c.prepareHandover()
+			}
+			return c.handOver(cmd.Node, cmd.Groups)
+		}
+		return result{Err: errCode(errNotRecoverable)}
+	case opForget:
+		if s.cluster != nil {
+			s.cluster.forget(cmd.Target)
+		}
 	case opAddUserToGroup:
 		if h == nil {
 			return result{Err: errCode(ErrUserNotFound)}

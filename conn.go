@@ -60,8 +60,10 @@ type conn struct {
 	groups     map[string]struct{}
 	connState  string    // the event handler's connection state
 	rel        *reliable // nil unless the subprotocol is reliable
+	arrival    *arrival  // while handed over from another node (handover.go)
 
 	initialGroups []string // joined at registration
+	movedFrom     string   // the node that handed the connection over to this one
 
 	// Touched by the read loop only (read loops of successive transports
 	// run one after another).

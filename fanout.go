@@ -103,10 +103,10 @@ func (c *conn) deliver(d *delivery) {
 		d.take(encProtobuf, c.enqueueShared(deadline, d.protobuf(), d.shares[encProtobuf]))
 	case kindJSONReliable:
 		d.json()
-		d.held[encJSON] += c.deliverReliable(deadline, d.shares[encJSON], func(seq uint64) [][]byte { return reliableJSONFrame(d.jsonBody, seq) })
+		d.held[encJSON] += c.deliverReliable(d.cmd, deadline, d.shares[encJSON], func(seq uint64) [][]byte { return reliableJSONFrame(d.jsonBody, seq) })
 	case kindProtobufReliable:
 		d.protobufData()
-		d.held[encProtobufData] += c.deliverReliable(deadline, d.shares[encProtobufData], func(seq uint64) [][]byte { return reliableProtobufFrame(d.pbData, seq) })
+		d.held[encProtobufData] += c.deliverReliable(d.cmd, deadline, d.shares[encProtobufData], func(seq uint64) [][]byte { return reliableProtobufFrame(d.pbData, seq) })
 	}
 }
 
@@ -129,13 +129,7 @@ func (d *delivery) simpleFrame() []byte {
 // the body and the frame share their bytes.
 func (d *delivery) json() []byte {
 	if d.jsonFrame == nil {
-		m := d.cmd.message()
-		buf := wsframe.Begin(len(m.Data)*4/3 + 96 + len(d.cmd.Target))
-		if d.cmd.Op == opSendToGroup {
-			buf = protocol.AppendGroupMessage(buf, d.cmd.Target, d.cmd.FromUserID, m.DataType, m.Data)
-		} else {
-			buf = protocol.AppendServerMessage(buf, m.DataType, m.Data)
-		}
+		buf := appendJSONBody(d.cmd)
 		d.jsonBody = buf[wsframe.Reserve:]
 		d.jsonFrame = wsframe.Finish(buf, wsframe.OpText)
 		d.encoded(encJSON, d.jsonFrame)
@@ -143,14 +137,29 @@ func (d *delivery) json() []byte {
 	return d.jsonFrame
 }
 
+// appendJSONBody encodes a send as the JSON message its receivers get,
+// after room for a frame header.
+func appendJSONBody(cmd *command) []byte {
+	buf := wsframe.Begin(len(cmd.Data)*4/3 + 96 + len(cmd.Target))
+	if cmd.Op == opSendToGroup {
+		return protocol.AppendGroupMessage(buf, cmd.Target, cmd.FromUserID, cmd.DataType, cmd.Data)
+	}
+	return protocol.AppendServerMessage(buf, cmd.DataType, cmd.Data)
+}
+
+// appendProtobufData encodes a send as the DataMessage its protobuf
+// receivers get, without a sequence id.
+func appendProtobufData(cmd *command) []byte {
+	from, group := "server", ""
+	if cmd.Op == opSendToGroup {
+		from, group = "group", cmd.Target
+	}
+	return protocol.AppendProtobufDataMessage(make([]byte, 0, len(cmd.Data)+len(group)+24), from, group, cmd.DataType, cmd.Data)
+}
+
 func (d *delivery) protobufData() []byte {
 	if d.pbData == nil {
-		m := d.cmd.message()
-		from, group := "server", ""
-		if d.cmd.Op == opSendToGroup {
-			from, group = "group", d.cmd.Target
-		}
-		d.pbData = protocol.AppendProtobufDataMessage(make([]byte, 0, len(m.Data)+len(group)+24), from, group, m.DataType, m.Data)
+		d.pbData = appendProtobufData(d.cmd)
 		d.encoded(encProtobufData, d.pbData)
 	}
 	return d.pbData

@@ -71,6 +71,9 @@ func (h *hubState) unregister(c *conn, groups map[string]struct{}) {
 		h.users.remove(c.userID, c)
 	}
 	h.conns.Delete(c.id)
+	if c.movedFrom != "" {
+		c.svc.cluster.unsubscribe(connectionSubject(c.id))
+	}
 	c.svc.pruneHub(h)
 }
 

@@ -256,6 +256,9 @@ func (c *conn) release(clientReason string) {
 	c.cancel()
 	c.hub.unregister(c, groups)
 	s.connections.Add(-1)
+	if c.movedFrom != "" {
+		s.cluster.connectionGone(c)
+	}
 	if reason == "" {
 		reason = clientReason
 	}

@@ -193,6 +193,25 @@ type patternToken struct {
 	r    rune
 }
 
+// String is the pattern as a role names it.
+func (p groupPattern) String() string {
+	var b strings.Builder
+	for _, t := range p {
+		switch t.kind {
+		case 'l':
+			if t.r == '\\' || t.r == '*' || t.r == '?' {
+				b.WriteByte('\\')
+			}
+			b.WriteRune(t.r)
+		case 'D':
+			b.WriteString("**")
+		default:
+			b.WriteByte(t.kind)
+		}
+	}
+	return b.String()
+}
+
 func compileGroupPattern(s string) (groupPattern, error) {
 	if s == "" || len(s) > maxPatternLength {
 		return nil, fmt.Errorf("a wildcard pattern must be 1 to %d characters", maxPatternLength)

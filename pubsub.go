@@ -337,7 +337,9 @@ func (s *Service) Stats() Stats {
 
 // Shutdown stops accepting clients, sends every client a "disconnected"
 // message and a close frame, and returns when every connection is gone and its
-// disconnected event was handled. When ctx ends first, the remaining
+// disconnected event was handled. In a cluster with other nodes, a reliable
+// connection's transport is dropped instead, so that its client recovers it
+// on another node; Shutdown waits for that, or for the recovery window. When ctx ends first, the remaining
 // connections are dropped and ctx's error returned.
 func (s *Service) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
@@ -349,7 +351,12 @@ func (s *Service) Shutdown(ctx context.Context) error {
 		s.keepAliveOnce.Do(func() { close(s.keepAliveDone) }) // never started: nothing to wait for
 		close(s.stopKeepAlive)
 		<-s.keepAliveDone
-		s.eachConn(func(c *conn) { c.close(DisconnectServiceShutdown) })
+		s.eachConn(func(c *conn) {
+			if c.rel != nil && s.cluster != nil && s.cluster.hasPeers() && c.drain() {
+				return // its client recovers it on another node
+			}
+			c.close(DisconnectServiceShutdown)
+		})
 	}
 	var err error
 	select {

@@ -243,9 +243,16 @@ func (s *Service) upgradeWire(wi *wire, subprotocol string, w http.ResponseWrite
 // start a new connection.
 func (s *Service) serveRecovery(w http.ResponseWriter, r *http.Request, hubName, connID, token string) {
 	var c *conn
-	if h, ok := s.hubs.Load(hubName); ok && s.validReconnectionToken(hubName, connID, token) {
+	valid := s.validReconnectionToken(hubName, connID, token)
+	if h, ok := s.hubs.Load(hubName); ok && valid {
 		if found, ok := h.conns.Load(connID); ok && found.rel != nil {
 			c = found
+		}
+	}
+	if c == nil && valid && s.cluster != nil {
+		var err error
+		if c, err = s.cluster.takeover(r.Context(), hubName, connID); err != nil {
+			s.log.Info("a recovery on this node failed", "hub", hubName, "connectionId", connID, "err", err)
 		}
 	}
 	if c == nil {

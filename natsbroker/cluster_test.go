@@ -18,9 +18,9 @@ import (
 // carol on 2, dave (anonymous groups aside) on 0. Groups: room has
 // alice@0, bob@2, carol@2; lobby has bob@1.
 type spread struct {
-	nodes                                 []*node
+	nodes                                     []*node
 	alice0, alice1, bob1, bob2, carol2, dave0 *client
-	all                                   []*client
+	all                                       []*client
 }
 
 func newSpread(t *testing.T, nodes []*node) *spread {

@@ -61,6 +61,8 @@ type clusterOptions struct {
 	cfg pubsub.Config
 	// wrap, when set, wraps each node's broker (to make it misbehave).
 	wrap func(i int, b pubsub.Broker) pubsub.Broker
+	// handler, when set, is each node's event handler.
+	handler func(node string) pubsub.EventHandler
 }
 
 // newCluster starts n nodes on the NATS server at url.
@@ -90,6 +92,9 @@ func newNode(t testing.TB, url, id string, i int, opts clusterOptions) *node {
 	}
 	cfg := opts.cfg
 	cfg.AccessKey, cfg.Endpoint, cfg.Broker = accessKey, endpoint, b
+	if opts.handler != nil {
+		cfg.EventHandler = opts.handler(id)
+	}
 	svc, err := pubsub.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -223,6 +228,11 @@ func eventually(t testing.TB, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// waitABit yields to the goroutines a polling loop waits for.
+func waitABit() { time.Sleep(time.Millisecond) }
 
 func text(s string) pubsub.Message { return pubsub.TextMessage(s) }
 

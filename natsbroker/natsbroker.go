@@ -28,6 +28,10 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
+// DefaultPrefix is the first token of a service's subjects unless
+// Options.Prefix says otherwise.
+const DefaultPrefix = "webpubsub"
+
 // Options configure a Broker. The zero value connects to nats.DefaultURL.
 type Options struct {
 	// URL is the NATS server (or a comma-separated list), when Conn is nil.
@@ -38,7 +42,7 @@ type Options struct {
 	// this node's connections at once, and nats.MaxReconnects(-1).
 	Conn *nats.Conn
 	// Prefix is the first token of every subject of the service. Default
-	// "webpubsub".
+	// DefaultPrefix.
 	Prefix string
 	// NodeID names this node in the cluster and in its connection ids: 1 to
 	// 32 of [A-Za-z0-9-], unique among the nodes. Default: random.
@@ -68,27 +72,34 @@ type Broker struct {
 	mu   sync.Mutex
 	subs map[string]*nats.Subscription
 
-	stop chan struct{}
-	done chan struct{}
+	started atomic.Bool
+	stop    chan struct{}
+	done    chan struct{}
 
 	published, received, dropped, errs atomic.Int64
 }
 
 var _ pubsub.Broker = (*Broker)(nil)
 
-var tokenPattern = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+var (
+	tokenPattern  = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+	nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9-]{1,32}$`)
+)
 
 // New connects to NATS (unless Options.Conn is given) and returns a broker
 // for Config.Broker.
 func New(opts Options) (*Broker, error) {
 	if opts.Prefix == "" {
-		opts.Prefix = "webpubsub"
+		opts.Prefix = DefaultPrefix
 	}
 	if !tokenPattern.MatchString(opts.Prefix) {
 		return nil, fmt.Errorf("natsbroker: prefix %q: want one subject token of [A-Za-z0-9_-]", opts.Prefix)
 	}
 	if opts.NodeID == "" {
 		opts.NodeID = randomID()
+	}
+	if !nodeIDPattern.MatchString(opts.NodeID) {
+		return nil, fmt.Errorf("natsbroker: node id %q: want 1 to 32 of [A-Za-z0-9-]", opts.NodeID)
 	}
 	if opts.QueueLength <= 0 {
 		opts.QueueLength = 1 << 18
@@ -123,6 +134,9 @@ func New(opts Options) (*Broker, error) {
 					return // closed by the broker
 				}
 				b.log.Warn("NATS connection lost; serving this node's connections", "node", b.node, "err", err)
+			}),
+			nats.ConnectHandler(func(nc *nats.Conn) { // a start while NATS was away
+				b.log.Info("NATS connection up", "node", b.node, "server", nc.ConnectedUrlRedacted())
 			}),
 			nats.ReconnectHandler(func(nc *nats.Conn) {
 				b.log.Info("NATS connection back", "node", b.node, "server", nc.ConnectedUrlRedacted())
@@ -165,6 +179,9 @@ func (b *Broker) NodeID() string { return b.node }
 // Start implements pubsub.Broker: one goroutine applies every message for
 // this node, in order.
 func (b *Broker) Start(receive func(subject string, data []byte, reply func([]byte))) error {
+	if b.started.Swap(true) {
+		return errors.New("natsbroker: started twice")
+	}
 	go func() {
 		defer close(b.done)
 		for {
@@ -264,6 +281,9 @@ func (b *Broker) Request(ctx context.Context, subject string, data []byte, onRep
 
 // Flush implements pubsub.Broker.
 func (b *Broker) Flush(ctx context.Context) error {
+	if !b.nc.IsConnected() {
+		return nats.ErrConnectionReconnecting // nothing reaches NATS now: no use waiting
+	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
@@ -282,7 +302,9 @@ func (b *Broker) Close() error {
 	}
 	b.mu.Unlock()
 	close(b.stop)
-	<-b.done
+	if b.started.Load() {
+		<-b.done
+	}
 	if b.own {
 		b.nc.Close()
 	}
