@@ -24,12 +24,9 @@ import (
 // connection string; the process is stopped when the test ends.
 func startServer(t *testing.T, args ...string) pubsub.ConnectionString {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "webpubsub")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildServer(t)
 	cmd := exec.Command(bin, append([]string{"-addr", "127.0.0.1:0"}, args...)...)
-	cmd.Env = append(os.Environ(), "WEBPUBSUB_CONNECTION_STRING=")
+	cmd.Env = append(os.Environ(), "WEBPUBSUB_CONNECTION_STRING=", "WEBPUBSUB_NATS_URL=")
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {

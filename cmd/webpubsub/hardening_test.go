@@ -301,7 +301,7 @@ func TestKeyOnlyOnStdout(t *testing.T) {
 	// Valid: the key on stdout only.
 	stderr.Reset()
 	cmd := exec.Command(bin, "-addr", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "WEBPUBSUB_CONNECTION_STRING=Endpoint=http://localhost;AccessKey="+key+";Version=1.0;")
+	cmd.Env = append(os.Environ(), "WEBPUBSUB_NATS_URL=", "WEBPUBSUB_CONNECTION_STRING=Endpoint=http://localhost;AccessKey="+key+";Version=1.0;")
 	cmd.Stderr = &stderr
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {

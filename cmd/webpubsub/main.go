@@ -8,6 +8,12 @@
 // WEBPUBSUB_CONNECTION_STRING, else a fresh random key; the connection string
 // a client SDK needs is printed on start. -config FILE sets per-hub
 // CloudEvents event handlers (upstream.Config).
+//
+// With -nats URL (or WEBPUBSUB_NATS_URL) the server is one node of a
+// cluster on NATS (natsbroker): start every node with the same connection
+// string, whose Endpoint is the load balancer's URL.
+//
+//	go run ./cmd/webpubsub -addr :8081 -nats nats://127.0.0.1:4222 -connection-string "Endpoint=http://lb:8080;AccessKey=...;Version=1.0;"
 package main
 
 import (
@@ -23,10 +29,13 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"regexp"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/natsbroker"
 	"github.com/embedwps/pubsub/rest"
 	"github.com/embedwps/pubsub/upstream"
 )
@@ -43,10 +52,17 @@ func run(args []string, stdout *os.File) error {
 	addr := fs.String("addr", "127.0.0.1:8080", "address to listen on, host:port")
 	connStr := fs.String("connection-string", "", "connection string whose AccessKey signs tokens (default $WEBPUBSUB_CONNECTION_STRING, else a random key)")
 	configPath := fs.String("config", "", `JSON file of hub settings with CloudEvents event handlers: {"hubs": {"<hub>": {...}, "*": {...}}}`)
+	natsURL := fs.String("nats", "", "NATS server URL (or a comma-separated list) that makes this server one node of a cluster; every node needs the same -connection-string, whose Endpoint is the load balancer's URL. A NATS that is unreachable at start does not stop the node: it serves its own connections and joins once NATS is up (default $WEBPUBSUB_NATS_URL, else a single node)")
+	nodeID := fs.String("node-id", "", "this node's id in the cluster and in its connection ids, 1 to 32 of [A-Za-z0-9-], unique among the nodes (default $WEBPUBSUB_NODE_ID, else random)")
+	natsPrefix := fs.String("nats-prefix", "webpubsub", "first token of every NATS subject of the service; clusters sharing a NATS need different prefixes")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	cluster, err := clusterSettings(fs, *natsURL, *nodeID, *natsPrefix, *connStr)
+	if err != nil {
+		return err
+	}
 
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
@@ -73,6 +89,17 @@ func run(args []string, stdout *os.File) error {
 		cfg.EventHandler = up
 		log.Info("event handlers configured", "config", *configPath, "hubs", len(hubs.Hubs))
 	}
+	if cluster.url != "" {
+		b, err := natsbroker.New(natsbroker.Options{URL: cluster.url, Prefix: cluster.prefix, NodeID: cluster.nodeID, Logger: log})
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		cfg.Broker = b
+		log.Info("cluster node", "node", b.NodeID(), "nats", redactURL(cluster.url), "prefix", cluster.prefix)
+	}
+	// On an error the broker is left to the exit: Close would wait for a
+	// Start that New may not have made.
 	svc, err := pubsub.New(cfg)
 	if err != nil {
 		ln.Close()
@@ -104,6 +131,69 @@ func run(args []string, stdout *os.File) error {
 		log.Info("stopped")
 	}
 	return err
+}
+
+// clusterConfig is what makes the server a node of a cluster: no url, a
+// single node.
+type clusterConfig struct {
+	url, nodeID, prefix string
+}
+
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9-]{1,32}$`)
+
+// clusterSettings picks the NATS URL and node id from the flags, else the
+// environment, and checks them before anything connects.
+func clusterSettings(fs *flag.FlagSet, natsURL, nodeID, prefix, connStr string) (clusterConfig, error) {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if natsURL == "" {
+		natsURL = os.Getenv("WEBPUBSUB_NATS_URL")
+	}
+	if natsURL == "" {
+		if set["node-id"] || set["nats-prefix"] {
+			return clusterConfig{}, errors.New("-node-id and -nats-prefix need -nats (or WEBPUBSUB_NATS_URL)")
+		}
+		return clusterConfig{}, nil
+	}
+	if connStr == "" && os.Getenv("WEBPUBSUB_CONNECTION_STRING") == "" {
+		return clusterConfig{}, errors.New("-nats needs -connection-string (or WEBPUBSUB_CONNECTION_STRING): every node of a cluster must have the same access key")
+	}
+	if nodeID == "" {
+		nodeID = os.Getenv("WEBPUBSUB_NODE_ID")
+	}
+	if nodeID != "" && !nodeIDPattern.MatchString(nodeID) {
+		return clusterConfig{}, fmt.Errorf("node id %q: want 1 to 32 of [A-Za-z0-9-]", nodeID)
+	}
+	return clusterConfig{url: natsURL, nodeID: nodeID, prefix: prefix}, nil
+}
+
+// redactURL hides the user info (user:password, or a token) of each URL
+// of a comma-separated NATS URL list.
+func redactURL(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		rest := p
+		scheme := ""
+		if j := strings.Index(p, "://"); j >= 0 {
+			scheme, rest = p[:j+3], p[j+3:]
+		}
+		host := rest
+		if j := strings.IndexAny(rest, "/?#"); j >= 0 {
+			host = rest[:j]
+		}
+		if at := strings.LastIndex(host, "@"); at >= 0 {
+			userinfo := host[:at]
+			if user, _, ok := strings.Cut(userinfo, ":"); ok {
+				userinfo = user + ":***"
+			} else {
+				userinfo = "***" // a lone user is a token
+			}
+			p = scheme + userinfo + rest[at:]
+		}
+		parts[i] = p
+	}
+	return strings.Join(parts, ",")
 }
 
 // limits bound how long a connection may hold the server without
