@@ -43,6 +43,21 @@ const (
 	opForget
 )
 
+var opNames = [...]string{"", "sendToAll", "sendToGroup", "sendToUser", "sendToConnection",
+	"closeAll", "closeGroup", "closeUser", "closeConnection", "addConnectionToGroup",
+	"removeConnectionFromGroup", "removeConnectionFromAllGroups", "connectionExists",
+	"grantPermission", "revokePermission", "checkPermission", "addUserToGroup",
+	"removeUserFromGroup", "removeUserFromAllGroups", "userExists", "groupExists",
+	"listConnectionsInGroup", "addConnectionsToGroups", "removeConnectionsFromGroups",
+	"takeover", "handover", "forget"}
+
+func (o op) String() string {
+	if int(o) < len(opNames) {
+		return opNames[o]
+	}
+	return fmt.Sprintf("op(%d)", o)
+}
+
 // command is one hub operation, serialisable so that a broker can carry it
 // between nodes. Field names are short: a send's envelope is encoded once
 // per send.
@@ -100,7 +115,7 @@ type result struct {
 	Node    string        `json:"n,omitempty"` // who answers, in a survey
 	// A handover's: the session, or the groups to subscribe to first.
 	Session *handedSession `json:"s,omitempty"`
-	Retry   []string `json:"r,omitempty"`
+	Retry   []string       `json:"r,omitempty"`
 }
 
 // resultErrors are the errors a node's answer can carry, by name.

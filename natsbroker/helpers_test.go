@@ -210,6 +210,22 @@ func (c *client) nextMessage(t testing.TB) map[string]any {
 	}
 }
 
+// tryMessage returns c's next data message if one comes within d.
+func (c *client) tryMessage(d time.Duration) (map[string]any, bool) {
+	deadline := time.After(d)
+	for {
+		select {
+		case f := <-c.Frames():
+			var m map[string]any
+			if json.Unmarshal(f.Data, &m) == nil && m["type"] == "message" {
+				return m, true
+			}
+		case <-deadline:
+			return nil, false
+		}
+	}
+}
+
 func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {

@@ -311,6 +311,10 @@ func (b *Broker) Close() error {
 	return nil
 }
 
+// Connected reports whether the broker is connected to NATS now: a
+// node's readiness to answer as part of the cluster.
+func (b *Broker) Connected() bool { return b.nc.IsConnected() }
+
 // Stats returns the broker's counters: messages published and received,
 // messages NATS dropped for this node, and errors.
 func (b *Broker) Stats() Stats {

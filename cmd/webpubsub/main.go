@@ -54,7 +54,7 @@ func run(args []string, stdout *os.File) error {
 	configPath := fs.String("config", "", `JSON file of hub settings with CloudEvents event handlers: {"hubs": {"<hub>": {...}, "*": {...}}}`)
 	natsURL := fs.String("nats", "", "NATS server URL (or a comma-separated list) that makes this server one node of a cluster; every node needs the same -connection-string, whose Endpoint is the load balancer's URL. A NATS that is unreachable at start does not stop the node: it serves its own connections and joins once NATS is up (default $WEBPUBSUB_NATS_URL, else a single node)")
 	nodeID := fs.String("node-id", "", "this node's id in the cluster and in its connection ids, 1 to 32 of [A-Za-z0-9-], unique among the nodes (default $WEBPUBSUB_NODE_ID, else random)")
-	natsPrefix := fs.String("nats-prefix", "webpubsub", "first token of every NATS subject of the service; clusters sharing a NATS need different prefixes")
+	natsPrefix := fs.String("nats-prefix", natsbroker.DefaultPrefix, "first token of every NATS subject of the service; clusters sharing a NATS need different prefixes")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
