@@ -6,8 +6,10 @@
 // API, per hub, that mirrors the data-plane REST operations.
 //
 // The root package owns the domain: the service and its hubs, the connection
-// registry, permissions and fan-out. protocol/ is the wire format; the gws
-// WebSocket transport stays at the edge, in transport.go.
+// registry, permissions and fan-out, and, with a Broker, how several
+// processes answer as one service (cluster.go, handover.go). protocol/ is the
+// wire format; the gws WebSocket transport stays at the edge, in
+// transport.go; natsbroker/ is the Broker on NATS.
 package pubsub
 
 import (
