@@ -456,11 +456,13 @@ func (c *RawClient) ReadFrame() (opcode byte, payload []byte, err error) {
 
 // Proxy forwards TCP connections to a server until Drop cuts every one of
 // them at once, as a network failure would: no close frame, no FIN from the
-// other side first.
+// other side first. SetTarget makes it a load balancer that sends the
+// connections to come to another server.
 type Proxy struct {
 	ln       net.Listener
-	target   string
+	target   string // the server URL rewrites
 	mu       sync.Mutex
+	dialTo   string // where new connections go: target until SetTarget
 	conns    []net.Conn
 	accepted int
 	wg       sync.WaitGroup
@@ -481,7 +483,7 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{ln: ln, target: target}
+	p := &Proxy{ln: ln, target: target, dialTo: target}
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(func() { ln.Close(); p.Drop(); p.wg.Wait() })
@@ -501,7 +503,10 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return
 		}
-		out, err := net.Dial("tcp", p.target)
+		p.mu.Lock()
+		to := p.dialTo
+		p.mu.Unlock()
+		out, err := net.Dial("tcp", to) // "": an error, at once
 		if err != nil {
 			in.Close()
 			continue
@@ -521,6 +526,17 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	_, _ = io.Copy(dst, src)
 	dst.Close()
 	src.Close()
+}
+
+// SetTarget sends the connections the proxy accepts from now on to target
+// (host:port), as a load balancer moving clients to another server would;
+// those already made stay where they are until Drop. An empty target
+// closes them at once, as a balancer with no server to send them to. URL
+// still rewrites the first target's URLs.
+func (p *Proxy) SetTarget(target string) {
+	p.mu.Lock()
+	p.dialTo = target
+	p.mu.Unlock()
 }
 
 // Drop cuts every connection through the proxy. New ones are still
