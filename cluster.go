@@ -400,11 +400,16 @@ func (cl *cluster) ask(ctx context.Context, cmd *command) (result, error) {
 		return r, nil
 	case errors.Is(err, ErrNoResponders): // the node is gone, and its connections with it
 		return connectionNotFound(cmd.Op), nil
-	case node == cl.node && !errors.Is(err, context.Canceled):
+	case !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && cl.answersFor(cmd):
 		cl.publishErrors.Add(1)
-		return cl.svc.exec(cmd), nil // the broker is away; the connection is here
+		return cl.svc.exec(cmd), nil // the broker is away; this node answers for the connection
 	}
 	cl.timeouts.Add(1)
+	cl.mu.Lock()
+	if to, moved := cl.movedTo[cmd.Target]; moved {
+		node = to
+	}
+	cl.mu.Unlock()
 	return result{}, fmt.Errorf("%w: node %s: %v", ErrNodeUnavailable, node, err)
 }
 
