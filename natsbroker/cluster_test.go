@@ -269,3 +269,49 @@ func TestRESTOnAnyNode(t *testing.T) {
 	s.alice0.ExpectClose()
 	_ = fmt.Sprint
 }
+
+// The rest of the REST operations, each made on a node other than the one
+// holding what it addresses.
+func TestEveryRESTOperationAcrossNodes(t *testing.T) {
+	ns := startNATS(t, -1)
+	s := newSpread(t, newCluster(t, ns.ClientURL(), 3, clusterOptions{}))
+	check := func(nd *node, method, path, body string, want int) {
+		t.Helper()
+		if status, resp := nd.rest(method, path, body); status != want {
+			t.Fatalf("%s %s on %s: %d %s, want %d", method, path, nd.id, status, resp, want)
+		}
+	}
+	n0, n1, n2 := s.nodes[0], s.nodes[1], s.nodes[2]
+	check(n2, http.MethodPost, "/users/alice/:send", `"to alice"`, 202)
+	check(n0, http.MethodPost, "/connections/"+s.bob2.id+"/:send", `"to bob2"`, 202)
+	s.expect(t, "user and connection", map[*client][]string{s.alice0: {"to alice"}, s.alice1: {"to alice"}, s.bob2: {"to bob2"}})
+
+	check(n0, http.MethodPut, "/users/carol/groups/vip", "", 200)
+	check(n1, http.MethodPut, "/users/nobody/groups/vip", "", 404)
+	check(n1, http.MethodPost, "/:addToGroups", `{"groups":["vip"],"filter":"userId eq 'bob'"}`, 200)
+	check(n0, http.MethodPost, "/groups/vip/:send", `"vip"`, 202)
+	s.expect(t, "vip", map[*client][]string{s.bob1: {"vip"}, s.bob2: {"vip"}, s.carol2: {"vip"}})
+	check(n1, http.MethodPost, "/:removeFromGroups", `{"groups":["vip"],"filter":"userId eq 'bob'"}`, 200)
+	check(n2, http.MethodDelete, "/groups/room/connections/"+s.bob2.id, "", 204)
+	check(n1, http.MethodDelete, "/connections/"+s.alice0.id+"/groups", "", 204)
+	check(n0, http.MethodDelete, "/users/carol/groups", "", 204)
+	check(n2, http.MethodPost, "/groups/vip/:send", `"nobody in vip"`, 202)
+	check(n1, http.MethodPost, "/groups/room/:send", `"nobody in room"`, 202)
+	s.expect(t, "left", nil)
+
+	check(n0, http.MethodPut, "/permissions/sendToGroup/connections/"+s.bob1.id+"?targetName=x", "", 200)
+	check(n2, http.MethodHead, "/permissions/sendToGroup/connections/"+s.bob1.id+"?targetName=x", "", 200)
+	check(n1, http.MethodDelete, "/permissions/sendToGroup/connections/"+s.bob1.id+"?targetName=x", "", 204)
+	check(n2, http.MethodHead, "/permissions/sendToGroup/connections/"+s.bob1.id+"?targetName=x", "", 404)
+
+	check(n2, http.MethodPost, "/groups/lobby/:closeConnections", "", 204)
+	s.bob1.ExpectClose()
+	check(n0, http.MethodPost, "/users/carol/:closeConnections", "", 204)
+	s.carol2.ExpectClose()
+	check(n1, http.MethodPost, "/:closeConnections?excluded="+s.dave0.id, "", 204)
+	for _, c := range []*client{s.alice0, s.alice1, s.bob2} {
+		c.ExpectClose()
+	}
+	check(n2, http.MethodHead, "/connections/"+s.dave0.id, "", 200)
+	check(n1, http.MethodHead, "/users/bob", "", 404)
+}
