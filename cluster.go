@@ -116,6 +116,7 @@ type cluster struct {
 	done    chan struct{}
 	replies sync.WaitGroup // answers waiting for a flush
 
+	flushes       flusher
 	sends         atomic.Uint64 // numbers the sends published here
 	timeouts      atomic.Int64
 	publishErrors atomic.Int64
@@ -343,12 +344,48 @@ func (cl *cluster) run(ctx context.Context, cmd *command) (result, error) {
 	if !cl.publish(cmd) {
 		return result{}, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, cl.timeout)
-	defer cancel()
-	if err := cl.b.Flush(ctx); err != nil {
+	if err := cl.flushes.flush(cl.b, cl.timeout); err != nil {
 		cl.publishErrors.Add(1)
 	}
 	return result{}, nil
+}
+
+// flusher shares broker flushes among concurrent callers: a caller needs a
+// flush that began after its publish, and one flush serves every caller
+// that published before it began.
+type flusher struct {
+	mu      sync.Mutex
+	cond    sync.Cond
+	started uint64 // flushes begun
+	done    uint64 // the last flush to end
+	running bool
+	err     error // the last flush's
+}
+
+func (f *flusher) flush(b Broker, timeout time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cond.L == nil {
+		f.cond.L = &f.mu
+	}
+	need := f.started + 1 // the next flush to begin: one under way began before this call
+	for f.done < need {
+		if f.running {
+			f.cond.Wait()
+			continue
+		}
+		f.running = true
+		f.started++
+		gen := f.started
+		f.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		err := b.Flush(ctx)
+		cancel()
+		f.mu.Lock()
+		f.running, f.done, f.err = false, gen, err
+		f.cond.Broadcast()
+	}
+	return f.err
 }
 
 // publish sends cmd to the subject of its target. When the broker refuses
