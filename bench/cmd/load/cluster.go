@@ -16,13 +16,29 @@ import (
 	"github.com/lxzan/gws"
 )
 
-// The cluster workloads compare ours on one node (no broker) with ours on
-// clusterNodes benchserver processes that share a nats-server process of
-// their own (benchserver -nats URL -node-id ID).
+// The cluster workloads compare ours on one node without a broker ("ours")
+// with ours on clusterNodes benchserver processes that share a nats-server
+// process of their own (benchserver -nats URL -node-id ID), and, to tell
+// the broker's cost from the split's, with one node on NATS.
 const (
-	clusterImpl  = "ours 3 nodes"
+	clusterImpl  = "ours+nats 3 nodes"
+	oneNodeImpl  = "ours+nats 1 node"
 	clusterNodes = 3
 )
+
+var clusterImpls = []string{"ours", oneNodeImpl, clusterImpl}
+
+// nodesOf is how many nodes on NATS impl is, or 0 for a single process
+// without a broker.
+func nodesOf(impl string) int {
+	switch impl {
+	case clusterImpl:
+		return clusterNodes
+	case oneNodeImpl:
+		return 1
+	}
+	return 0
+}
 
 // natsBin is nats-server, built once from the module (bench's go.mod has it
 // as a tool) by the first cluster run.
@@ -71,7 +87,7 @@ func startCluster(bin string, n int) *cluster {
 	for i := range n {
 		id := "node" + strconv.Itoa(i)
 		s := startServer(bin, "ours", "-nats", c.url, "-node-id", id)
-		s.label, s.file = id, strings.ReplaceAll(clusterImpl, " ", "-")+"."+id
+		s.label, s.file = id, strings.ReplaceAll(fmt.Sprintf("ours+nats %d nodes", n), " ", "-")+"."+id
 		c.nodes = append(c.nodes, s)
 	}
 	// Every node has heard of every other (hello, then heartbeats).
@@ -159,7 +175,7 @@ func (c *cluster) profile(workload string) func() {
 }
 
 // idleCluster: perNode idle connections on each of clusterNodes nodes,
-// against perNode on one node without a broker. One process may open at
+// against perNode on one node without a broker (and one on NATS). One process may open at
 // most 20,000 files here, so the connections are held by child processes
 // of the load tool (-hold), one per node.
 type idleCluster struct{ perNode int }
@@ -168,12 +184,12 @@ func (w idleCluster) name() string {
 	return fmt.Sprintf("cluster idle memory, %d connections per node", w.perNode)
 }
 func (w idleCluster) kind() string    { return "memory" }
-func (w idleCluster) impls() []string { return []string{"ours", clusterImpl} }
+func (w idleCluster) impls() []string { return clusterImpls }
 func (w idleCluster) run(bin, impl string) result {
 	var nodes []*server
 	natsPID := 0
-	if impl == clusterImpl {
-		c := startCluster(bin, clusterNodes)
+	if n := nodesOf(impl); n > 0 {
+		c := startCluster(bin, n)
 		defer c.stop()
 		nodes, natsPID = c.nodes, c.nats.Process.Pid
 	} else {

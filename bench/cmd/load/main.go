@@ -12,7 +12,7 @@
 //
 // The cluster workloads run ours as one node against ours as three nodes
 // (benchserver -nats) on a nats-server of their own, all separate processes;
-// see clusterImpl.
+// see clusterImpls.
 package main
 
 import (
@@ -253,11 +253,10 @@ func usageDetail(ps []proc, u0, u1 []usage, deliveries int64) string {
 	return fmt.Sprintf("server CPU %v: ", total.Round(10*time.Millisecond)) + strings.Join(parts, ", ")
 }
 
-// startTarget starts impl: clusterImpl is a cluster, anything else one
-// benchserver.
+// startTarget starts impl: a cluster on NATS (nodesOf), or one benchserver.
 func startTarget(bin, impl string) target {
-	if impl == clusterImpl {
-		return startCluster(bin, clusterNodes)
+	if n := nodesOf(impl); n > 0 {
+		return startCluster(bin, n)
 	}
 	return startServer(bin, impl)
 }
@@ -554,7 +553,8 @@ type workload interface {
 // fanout: one publisher, groups of size subscribers, size-byte messages,
 // inflight messages not yet delivered to everyone at a time. A cluster
 // fan-out compares ours on one node with ours on clusterNodes nodes, the
-// subscribers spread evenly over them and the publisher on the first.
+// subscribers spread evenly over them and the publisher on the first (and
+// with ours on one node on NATS).
 type fanout struct {
 	subs, groups, size, inflight, messages, publishers int
 	cluster                                            bool
@@ -562,7 +562,7 @@ type fanout struct {
 
 func (f fanout) impls() []string {
 	if f.cluster {
-		return []string{"ours", clusterImpl}
+		return clusterImpls
 	}
 	return nil
 }
