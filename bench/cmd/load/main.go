@@ -604,6 +604,7 @@ func (f fanout) run(bin, impl string) result {
 
 	stopProfile := s.profile(f.name())
 	u0 := measure(s.procs())
+	own0 := procCPU(os.Getpid())
 	start := time.Now()
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := 0; i < f.messages; i++ {
@@ -635,6 +636,7 @@ func (f fanout) run(bin, impl string) result {
 	}
 	end := time.Unix(0, rec.last.Load())
 	u1 := measure(s.procs())
+	own := procCPU(os.Getpid()) - own0
 	stopProfile()
 	var cpu time.Duration
 	for i := range u1 {
@@ -652,7 +654,10 @@ func (f fanout) run(bin, impl string) result {
 		r.cpuPer = cpu / time.Duration(r.deliveries)
 	}
 	if f.cluster {
-		r.detail = usageDetail(s.procs(), u0, u1, r.deliveries)
+		// How busy the machine was: the load tool shares its cores.
+		el := time.Since(start)
+		r.detail = fmt.Sprintf("%v: server processes %.2f cores, load tool %.2f cores; ", el.Round(10*time.Millisecond),
+			cpu.Seconds()/el.Seconds(), own.Seconds()/el.Seconds()) + usageDetail(s.procs(), u0, u1, r.deliveries)
 		if b := s.brokers(); b != "" {
 			r.detail += "; " + b
 		}
