@@ -3,12 +3,18 @@
 // they run side by side on the same machine in the same run.
 //
 //	benchserver -impl ours|gws|melody|centrifuge -addr 127.0.0.1:0
+//	benchserver -impl ours -nats nats://127.0.0.1:4222 -node-id n1   # one node of a cluster
 //
 // Every implementation subscribes a WebSocket connection to the group named
 // by ?group=; a connection opened with ?pub=1 publishes: each of its text
 // frames, "<group>|<payload>", is broadcast to that group (for centrifuge,
 // a publish command to the channel). It prints "ready <addr>" once listening, serves
-// GET /stats (Go heap, goroutines) and, for ours, the REST API.
+// GET /stats (Go heap, goroutines; for ours, the nodes it knows of and what
+// its broker dropped) and, for ours, the REST API.
+//
+// With -nats, ours is one node of a cluster: its service has a natsbroker
+// on that NATS server, so a publisher's sends through the Go API reach the
+// group's members on every node.
 package main
 
 import (
@@ -22,16 +28,20 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"runtime/pprof"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/centrifugal/centrifuge"
 	"github.com/lxzan/gws"
 	"github.com/olahol/melody"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/natsbroker"
 	"github.com/embedwps/pubsub/rest"
 )
 
@@ -41,7 +51,12 @@ const AccessKey = "bench-access-key-0123456789abcdef"
 func main() {
 	impl := flag.String("impl", "ours", "ours, gws, melody or centrifuge")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
+	natsURL := flag.String("nats", "", "ours only: be a node of a cluster on this NATS server")
+	nodeID := flag.String("node-id", "", "with -nats: this node's id (default random)")
 	flag.Parse()
+	if *natsURL != "" && *impl != "ours" {
+		log.Fatal("-nats needs -impl ours")
+	}
 	raiseFDLimit()
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
@@ -52,7 +67,17 @@ func main() {
 		runtime.GC()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		json.NewEncoder(w).Encode(map[string]uint64{"heapInuse": ms.HeapInuse, "stackInuse": ms.StackInuse, "goroutines": uint64(runtime.NumGoroutine())})
+		st := map[string]int64{"heapInuse": int64(ms.HeapInuse), "stackInuse": int64(ms.StackInuse), "goroutines": int64(runtime.NumGoroutine())}
+		if svc != nil {
+			ss := svc.Stats()
+			st["connections"], st["nodes"], st["brokerErrors"], st["clusterTimeouts"] = ss.Connections, ss.Nodes, ss.BrokerErrors, ss.ClusterTimeouts
+			st["apiSends"], st["apiSendNanos"] = apiSends.Load(), apiSendNanos.Load()
+		}
+		if broker != nil {
+			bs := broker.Stats()
+			st["brokerPublished"], st["brokerReceived"], st["brokerDropped"] = bs.Published, bs.Received, bs.Dropped
+		}
+		json.NewEncoder(w).Encode(st)
 	})
 	// The load tool's -cpuprofile: a CPU profile of exactly the measured
 	// phase of a run.
@@ -72,7 +97,15 @@ func main() {
 	})
 	switch *impl {
 	case "ours":
-		ours(mux, "http://"+ln.Addr().String())
+		if *natsURL != "" {
+			b, err := natsbroker.New(natsbroker.Options{URL: *natsURL, NodeID: *nodeID,
+				Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+			if err != nil {
+				log.Fatal(err)
+			}
+			broker = b
+		}
+		svc = ours(mux, "http://"+ln.Addr().String(), broker)
 	case "gws":
 		bareGWS(mux)
 	case "melody":
@@ -89,6 +122,15 @@ func main() {
 // profile holds the CPU profile between /profile/start and /profile/stop.
 var profile bytes.Buffer
 
+// For ours: the service, and its broker when it is a node of a cluster;
+// the Go API sends made and the time they took (with a broker, each
+// returns after a NATS flush).
+var (
+	svc                    *pubsub.Service
+	broker                 *natsbroker.Broker
+	apiSends, apiSendNanos atomic.Int64
+)
+
 func raiseFDLimit() {
 	var l syscall.Rlimit
 	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil {
@@ -99,9 +141,9 @@ func raiseFDLimit() {
 
 // ours: simple WebSocket clients on /client/hubs/bench; the connect event
 // puts a subscriber in its group, and a publisher's frames (user events)
-// are sent to its group through the Go API.
-func ours(mux *http.ServeMux, endpoint string) {
-	var svc *pubsub.Service
+// are sent to its group through the Go API. With a broker, the service is
+// one node of a cluster.
+func ours(mux *http.ServeMux, endpoint string, broker *natsbroker.Broker) *pubsub.Service {
 	var hub *pubsub.Hub
 	handler := pubsub.EventHandlerFuncs{
 		OnConnect: func(_ context.Context, req *pubsub.ConnectRequest) (*pubsub.ConnectResponse, error) {
@@ -112,18 +154,26 @@ func ours(mux *http.ServeMux, endpoint string) {
 		},
 		OnUserEvent: func(_ context.Context, req *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
 			group, payload := split(req.Data)
-			return nil, hub.SendToGroup(context.Background(), group, pubsub.Message{DataType: pubsub.DataTypeText, Data: payload})
+			t := time.Now()
+			err := hub.SendToGroup(context.Background(), group, pubsub.Message{DataType: pubsub.DataTypeText, Data: payload})
+			apiSends.Add(1)
+			apiSendNanos.Add(int64(time.Since(t)))
+			return nil, err
 		},
 	}
-	var err error
-	svc, err = pubsub.New(pubsub.Config{Endpoint: endpoint, AccessKey: AccessKey, AllowAnonymous: true, EventHandler: handler,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), OutboundBufferSize: 64 << 20})
+	cfg := pubsub.Config{Endpoint: endpoint, AccessKey: AccessKey, AllowAnonymous: true, EventHandler: handler,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), OutboundBufferSize: 64 << 20}
+	if broker != nil {
+		cfg.Broker = broker
+	}
+	svc, err := pubsub.New(cfg)
 	if err != nil {
 		log.Fatal(err)
 	}
 	hub, _ = svc.Hub("bench")
 	mux.Handle("/client/", svc.ClientHandler())
 	mux.Handle("/api/", rest.NewHandler(svc, rest.Options{}))
+	return svc
 }
 
 // split reads a publisher's frame: "<group>|<payload>".

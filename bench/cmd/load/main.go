@@ -9,6 +9,10 @@
 // end-to-end latency and the server process's CPU time per delivery (from
 // /proc/PID/stat); for idle connections, server RSS and Go heap per
 // connection. Clients spread their source addresses over 127.0.0.x.
+//
+// The cluster workloads run ours as one node against ours as three nodes
+// (benchserver -nats) on a nats-server of their own, all separate processes;
+// see clusterImpls.
 package main
 
 import (
@@ -54,7 +58,15 @@ func main() {
 	flag.IntVar(&scale, "scale", 1, "multiply each throughput run's message count (longer, steadier runs)")
 	before := flag.String("before", "", "also run ours as built from this git revision, as implementation \"ours@<rev>\" (a before/after comparison in one run)")
 	flag.StringVar(&profileDir, "cpuprofile", "", "save CPU profiles of the server and the load tool for each run's measured phase, and each idle run's server heap profile, in this directory")
+	hold := flag.String("hold", "", "child mode (the cluster idle workload starts it): hold -hold-conns idle connections to this URL + \"g<group>\"")
+	holdConns := flag.Int("hold-conns", 0, "child mode: connections to hold")
+	holdFirst := flag.Int("hold-first", 0, "child mode: the index of the first connection (groups of 10 and source addresses follow it)")
 	flag.Parse()
+	if *hold != "" {
+		raiseFDLimit()
+		holdConnections(*hold, *holdConns, *holdFirst)
+		return
+	}
 	if profileDir != "" {
 		if err := os.MkdirAll(profileDir, 0o755); err != nil {
 			fmt.Fprintln(os.Stderr, "load:", err)
@@ -74,19 +86,34 @@ func main() {
 		impls = slices.Insert(impls, slices.Index(impls, "ours")+1, name)
 	}
 
+	defer func() {
+		if natsBin != "" {
+			os.RemoveAll(filepath.Dir(natsBin))
+		}
+	}()
+
 	var table []row
 	for _, w := range workloads(*full) {
+		list := impls
+		if o, ok := w.(ownImpls); ok && o.impls() != nil {
+			list = o.impls()
+		}
 		results := map[string]result{}
-		for _, impl := range impls {
+		for _, impl := range list {
 			fmt.Fprintf(os.Stderr, "%-44s %-10s ", w.name(), impl)
 			r := runWorkload(w, bin, impl)
 			fmt.Fprintln(os.Stderr, r.summary())
 			results[impl] = r
 		}
-		table = append(table, row{w.name(), w.kind(), results})
+		table = append(table, row{w.name(), w.kind(), list, results})
 	}
 	printTable(table)
 }
+
+// ownImpls is a workload that may compare implementations of its own (the
+// cluster workloads: ours on one node and on three) whatever -impl says;
+// nil: the usual ones.
+type ownImpls interface{ impls() []string }
 
 // runWorkload runs one workload, turning a failure into a note in the table.
 func runWorkload(w workload, bin, impl string) (r result) {
@@ -152,29 +179,119 @@ func check(err error) {
 	}
 }
 
-// server is one running benchserver process.
-type server struct {
-	cmd  *exec.Cmd
-	addr string
-	impl string
+// target is what a throughput run drives: one server process, or a
+// cluster of them on NATS.
+type target interface {
+	// subURL is the URL subscriber i dials to join group; pubURL, the
+	// URL of publisher i.
+	subURL(i int, group string) string
+	pubURL(i int) string
+	isCentrifuge() bool
+	// procs are the server processes: their CPU time is the run's.
+	procs() []proc
+	// brokers describes the brokers' counters (cluster), or is "".
+	brokers() string
+	profile(workload string) (stop func())
+	stop()
 }
 
-func startServer(bin, impl string) *server {
+// proc is a server process.
+type proc struct {
+	label string
+	pid   int
+}
+
+// usage is what a process has used so far: user+system CPU time, and
+// write-family system calls and bytes (/proc/PID/io).
+type usage struct {
+	cpu          time.Duration
+	syscw, wchar int64
+}
+
+func measure(ps []proc) []usage {
+	out := make([]usage, len(ps))
+	for i, p := range ps {
+		out[i].cpu = procCPU(p.pid)
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", p.pid)); err == nil {
+			for _, l := range strings.Split(string(b), "\n") {
+				k, v, _ := strings.Cut(l, ": ")
+				n, _ := strconv.ParseInt(v, 10, 64)
+				switch k {
+				case "syscw":
+					out[i].syscw = n
+				case "wchar":
+					out[i].wchar = n
+				}
+			}
+		}
+	}
+	return out
+}
+
+// usageDetail: each process's share of the CPU used between u0 and u1,
+// and its write system calls per delivery.
+func usageDetail(ps []proc, u0, u1 []usage, deliveries int64) string {
+	var total time.Duration
+	for i := range ps {
+		total += u1[i].cpu - u0[i].cpu
+	}
+	if total == 0 || deliveries == 0 {
+		return ""
+	}
+	var parts []string
+	if len(ps) > 1 {
+		var w int64
+		for i := range ps {
+			w += u1[i].syscw - u0[i].syscw
+		}
+		parts = append(parts, fmt.Sprintf("all %.3f writes/delivery", float64(w)/float64(deliveries)))
+	}
+	for i, p := range ps {
+		parts = append(parts, fmt.Sprintf("%s %.0f%% of CPU, %.3f writes/delivery", p.label,
+			100*float64(u1[i].cpu-u0[i].cpu)/float64(total), float64(u1[i].syscw-u0[i].syscw)/float64(deliveries)))
+	}
+	return fmt.Sprintf("server CPU %v: ", total.Round(10*time.Millisecond)) + strings.Join(parts, ", ")
+}
+
+// startTarget starts impl: a cluster on NATS (nodesOf), or one benchserver.
+func startTarget(bin, impl string) target {
+	if n := nodesOf(impl); n > 0 {
+		return startCluster(bin, n)
+	}
+	return startServer(bin, impl)
+}
+
+// server is one running benchserver process.
+type server struct {
+	cmd   *exec.Cmd
+	addr  string
+	impl  string
+	label string // in notes
+	file  string // in profile file names
+}
+
+func startServer(bin, impl string, args ...string) *server {
 	arg := impl
 	if isOurs(impl) && impl != "ours" {
 		bin, arg = beforeBin, "ours"
 	}
-	cmd := exec.Command(bin, "-impl", arg)
+	cmd := exec.Command(bin, append([]string{"-impl", arg}, args...)...)
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	check(cmd.Start())
 	var line string
 	_, err := fmt.Fscanln(out, &line, &line)
 	check(err)
-	return &server{cmd: cmd, addr: line, impl: impl}
+	return &server{cmd: cmd, addr: line, impl: impl, label: impl, file: impl}
 }
 
 func (s *server) stop() { _ = s.cmd.Process.Kill(); _ = s.cmd.Wait() }
+
+func (s *server) subURL(_ int, group string) string { return s.url(group, false) }
+func (s *server) pubURL(int) string                 { return s.url("pub", true) }
+func (s *server) isCentrifuge() bool                { return s.impl == "centrifuge" }
+func (s *server) procs() []proc                     { return []proc{{s.label, s.cmd.Process.Pid}} }
+func (s *server) brokers() string                   { return "" }
 
 func (s *server) url(group string, pub bool) string {
 	q := "group=" + group
@@ -188,8 +305,11 @@ func (s *server) url(group string, pub bool) string {
 }
 
 // cpu returns the server's user+system CPU time so far.
-func (s *server) cpu() time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+func (s *server) cpu() time.Duration { return procCPU(s.cmd.Process.Pid) }
+
+// procCPU returns a process's user+system CPU time so far.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	check(err)
 	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
@@ -218,9 +338,9 @@ func (s *server) profile(workload string) (stop func()) {
 	s.post("/profile/start")
 	check(pprof.StartCPUProfile(&own))
 	return func() {
-		check(os.WriteFile(profilePath(workload, s.impl, "pprof"), s.post("/profile/stop"), 0o644))
+		check(os.WriteFile(profilePath(workload, s.file, "pprof"), s.post("/profile/stop"), 0o644))
 		pprof.StopCPUProfile()
-		check(os.WriteFile(profilePath(workload, s.impl, "load.pprof"), own.Bytes(), 0o644))
+		check(os.WriteFile(profilePath(workload, s.file, "load.pprof"), own.Bytes(), 0o644))
 	}
 }
 
@@ -228,8 +348,11 @@ func profilePath(workload, impl, ext string) string {
 	return filepath.Join(profileDir, strings.NewReplacer(" ", "_", ",", "", "×", "x").Replace(workload)+"."+impl+"."+ext)
 }
 
-func (s *server) rss() int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+func (s *server) rss() int64 { return procRSS(s.cmd.Process.Pid) }
+
+// procRSS returns a process's resident set size.
+func procRSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	check(err)
 	for _, l := range strings.Split(string(b), "\n") {
 		if strings.HasPrefix(l, "VmRSS:") {
@@ -241,12 +364,18 @@ func (s *server) rss() int64 {
 }
 
 func (s *server) heap() int64 {
+	st := s.stats()
+	return st["heapInuse"] + st["stackInuse"]
+}
+
+// stats is the server's /stats (after a GC).
+func (s *server) stats() map[string]int64 {
 	resp, err := http.Get("http://" + s.addr + "/stats")
 	check(err)
 	defer resp.Body.Close()
 	var st map[string]int64
 	check(json.NewDecoder(resp.Body).Decode(&st))
-	return st["heapInuse"] + st["stackInuse"]
+	return st
 }
 
 // recorder collects what the subscribers receive.
@@ -338,7 +467,7 @@ func dial(url string, h gws.Event, i int) *gws.Conn {
 }
 
 // connectSubscribers dials n subscribers, group(i) each, 64 at a time.
-func connectSubscribers(s *server, rec *recorder, n int, group func(int) string) []*subscriber {
+func connectSubscribers(s target, rec *recorder, n int, group func(int) string) []*subscriber {
 	subs := make([]*subscriber, n)
 	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
@@ -347,8 +476,8 @@ func connectSubscribers(s *server, rec *recorder, n int, group func(int) string)
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			sub := &subscriber{rec: rec, cent: s.impl == "centrifuge"}
-			sub.conn = dial(s.url(group(i), false), sub, i)
+			sub := &subscriber{rec: rec, cent: s.isCentrifuge()}
+			sub.conn = dial(s.subURL(i, group(i)), sub, i)
 			if sub.cent {
 				_ = sub.conn.WriteString(`{"id":1,"connect":{}}`)
 			}
@@ -367,9 +496,9 @@ type publisher struct {
 	id   int
 }
 
-func newPublisher(s *server, i int) *publisher {
-	p := &publisher{cent: s.impl == "centrifuge"}
-	p.conn = dial(s.url("pub", true), p, 49-i)
+func newPublisher(s target, i int) *publisher {
+	p := &publisher{cent: s.isCentrifuge()}
+	p.conn = dial(s.pubURL(i), p, 49-i)
 	if p.cent {
 		_ = p.conn.WriteString(`{"id":1,"connect":{}}`)
 	}
@@ -405,13 +534,14 @@ type result struct {
 	cpuPer           time.Duration // server CPU per delivery
 	rssPer, heapPer  float64       // idle: bytes per connection
 	note             string
+	detail           string // for the notes under the tables (clusters)
 }
 
 func (r result) summary() string {
 	if r.rssPer > 0 {
-		return fmt.Sprintf("rss %.1f KB/conn, heap %.1f KB/conn", r.rssPer/1024, r.heapPer/1024)
+		return fmt.Sprintf("rss %.1f KB/conn, heap %.1f KB/conn %s", r.rssPer/1024, r.heapPer/1024, r.detail)
 	}
-	return fmt.Sprintf("%.0f/s lost %d p50 %v p99 %v cpu %v/delivery %s", r.perSec, r.lost, r.p50, r.p99, r.cpuPer, r.note)
+	return fmt.Sprintf("%.0f/s lost %d p50 %v p99 %v cpu %v/delivery %s %s", r.perSec, r.lost, r.p50, r.p99, r.cpuPer, r.note, r.detail)
 }
 
 type workload interface {
@@ -421,12 +551,26 @@ type workload interface {
 }
 
 // fanout: one publisher, groups of size subscribers, size-byte messages,
-// inflight messages not yet delivered to everyone at a time.
+// inflight messages not yet delivered to everyone at a time. A cluster
+// fan-out compares ours on one node with ours on clusterNodes nodes, the
+// subscribers spread evenly over them and the publisher on the first (and
+// with ours on one node on NATS).
 type fanout struct {
 	subs, groups, size, inflight, messages, publishers int
+	cluster                                            bool
+}
+
+func (f fanout) impls() []string {
+	if f.cluster {
+		return clusterImpls
+	}
+	return nil
 }
 
 func (f fanout) name() string {
+	if f.cluster {
+		return fmt.Sprintf("cluster fan-out %d subs, %d B, %d in flight", f.subs, f.size, f.inflight)
+	}
 	if f.groups > 1 {
 		return fmt.Sprintf("small groups %d×%d, %d B, %d in flight", f.groups, f.subs/f.groups, f.size, f.inflight)
 	}
@@ -436,7 +580,7 @@ func (f fanout) name() string {
 func (f fanout) kind() string { return "throughput" }
 
 func (f fanout) run(bin, impl string) result {
-	s := startServer(bin, impl)
+	s := startTarget(bin, impl)
 	defer s.stop()
 	rec := &recorder{counts: make([]atomic.Int32, f.messages), expected: make([]int32, f.messages), progress: make(chan struct{}, 1)}
 	per := f.subs / f.groups
@@ -459,7 +603,8 @@ func (f fanout) run(bin, impl string) result {
 	time.Sleep(200 * time.Millisecond) // let the last probes drain
 
 	stopProfile := s.profile(f.name())
-	cpu0 := s.cpu()
+	u0 := measure(s.procs())
+	own0 := procCPU(os.Getpid())
 	start := time.Now()
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := 0; i < f.messages; i++ {
@@ -490,8 +635,13 @@ func (f fanout) run(bin, impl string) result {
 		}
 	}
 	end := time.Unix(0, rec.last.Load())
-	cpu := s.cpu() - cpu0
+	u1 := measure(s.procs())
+	own := procCPU(os.Getpid()) - own0
 	stopProfile()
+	var cpu time.Duration
+	for i := range u1 {
+		cpu += u1[i].cpu - u0[i].cpu
+	}
 	var r result
 	for i := range rec.counts {
 		r.deliveries += int64(rec.counts[i].Load())
@@ -502,6 +652,15 @@ func (f fanout) run(bin, impl string) result {
 	}
 	if r.deliveries > 0 {
 		r.cpuPer = cpu / time.Duration(r.deliveries)
+	}
+	if f.cluster {
+		// How busy the machine was: the load tool shares its cores.
+		el := time.Since(start)
+		r.detail = fmt.Sprintf("%v: server processes %.2f cores, load tool %.2f cores; ", el.Round(10*time.Millisecond),
+			cpu.Seconds()/el.Seconds(), own.Seconds()/el.Seconds()) + usageDetail(s.procs(), u0, u1, r.deliveries)
+		if b := s.brokers(); b != "" {
+			r.detail += "; " + b
+		}
 	}
 	var lat []int64
 	for _, sub := range subs {
@@ -667,8 +826,24 @@ func workloads(full bool) []workload {
 		add(10000, 1024, 1)
 	}
 	ws = append(ws, fanout{subs: 10000, groups: 1000, size: 256, inflight: 32, messages: 20000 * scale, publishers: 4})
+	// The cluster: ours on one node against ours on three, 3,000 subscribers.
+	clusterFanout := func(size, inflight int) {
+		ws = append(ws, fanout{subs: 3000, groups: 1, size: size, inflight: inflight, messages: 400 * scale, publishers: 1, cluster: true})
+	}
+	if full {
+		for _, size := range []int{64, 1024} {
+			for _, inflight := range []int{1, 32} {
+				clusterFanout(size, inflight)
+			}
+		}
+	} else {
+		clusterFanout(1024, 32)
+	}
 	ws = append(ws, churn{5000 * scale}, restSends{20000 * scale})
 	ws = append(ws, idle{10000})
+	if full {
+		ws = append(ws, idleCluster{perNode: 15000})
+	}
 	var l syscall.Rlimit
 	if full && syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Max > 52000 {
 		ws = append(ws, idle{50000}) // needs a hard fd limit above 50,000
@@ -681,6 +856,7 @@ func workloads(full bool) []workload {
 
 type row struct {
 	name, kind string
+	impls      []string
 	results    map[string]result
 }
 
@@ -699,7 +875,7 @@ func printTable(rows []row) {
 			continue
 		}
 		o := r.results["ours"]
-		for _, impl := range impls {
+		for _, impl := range r.impls {
 			x := r.results[impl]
 			fmt.Printf("| %s | %s | %.0f | %d | %v | %v | %v | %s, %s, %s |\n", r.name, impl, x.perSec, x.lost,
 				x.p50.Round(time.Microsecond), x.p99.Round(time.Microsecond), x.cpuPer.Round(10*time.Nanosecond),
@@ -714,7 +890,7 @@ func printTable(rows []row) {
 			continue
 		}
 		o := r.results["ours"]
-		for _, impl := range impls {
+		for _, impl := range r.impls {
 			x := r.results[impl]
 			if x.note != "" {
 				fmt.Printf("| %s | %s | – | – | – | %s |\n", r.name, impl, x.note)
@@ -732,7 +908,7 @@ func printTable(rows []row) {
 			continue
 		}
 		o := r.results["ours"]
-		for _, impl := range impls {
+		for _, impl := range r.impls {
 			x := r.results[impl]
 			if x.note != "" {
 				fmt.Printf("| %s | %s | – | – | %s |\n", r.name, impl, x.note)
@@ -740,5 +916,17 @@ func printTable(rows []row) {
 			}
 			fmt.Printf("| %s | %s | %.1f KB | %.1f KB | %s |\n", r.name, impl, x.rssPer/1024, x.heapPer/1024, ratio(x.rssPer, o.rssPer))
 		}
+	}
+	var notes []string
+	for _, r := range rows {
+		for _, impl := range r.impls {
+			if d := r.results[impl].detail; d != "" {
+				notes = append(notes, fmt.Sprintf("- %s, %s: %s", r.name, impl, d))
+			}
+		}
+	}
+	if len(notes) > 0 {
+		fmt.Println()
+		fmt.Println(strings.Join(notes, "\n"))
 	}
 }
