@@ -108,16 +108,25 @@ type cluster struct {
 	node    string
 	timeout time.Duration
 
-	mu      sync.Mutex
-	peers   map[string]time.Time // live nodes (this one included) → when last heard
-	movedTo map[string]string    // connections handed over to another node → that node
+	mu       sync.Mutex
+	peers    map[string]time.Time // live nodes (this one included) → when last heard
+	movedTo  map[string]string    // connections whose id names this node, held by another
+	arrivals map[string]*arrival  // connections being handed over to this node, by id
+	seen     map[string]uint64    // per node, the last of its published commands applied here
+
+	// imu guards interest: the subjects this node subscribes to, counted,
+	// so that an arriving connection and the registry can want the same
+	// one. Lock order: mu, then the registry's, then imu.
+	imu      sync.Mutex
+	interest map[string]int
 
 	stop    chan struct{}
 	done    chan struct{}
 	replies sync.WaitGroup // answers waiting for a flush
 
 	flushes       flusher
-	sends         atomic.Uint64 // numbers the sends published here
+	pubMu         sync.Mutex    // numbers and publishes a command at once
+	sends         atomic.Uint64 // numbers the commands published here
 	timeouts      atomic.Int64
 	publishErrors atomic.Int64
 }
@@ -133,8 +142,11 @@ func newCluster(s *Service, b Broker) (*cluster, error) {
 		node:    node,
 		timeout: s.cfg.ClusterTimeout,
 		peers:   map[string]time.Time{node: time.Now()},
-		movedTo: make(map[string]string),
-		stop:    make(chan struct{}),
+		movedTo:  make(map[string]string),
+		arrivals: make(map[string]*arrival),
+		seen:     make(map[string]uint64),
+		interest: make(map[string]int),
+		stop:     make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	if err := b.Start(cl.receive); err != nil {
@@ -144,6 +156,7 @@ func newCluster(s *Service, b Broker) (*cluster, error) {
 		if err := b.Subscribe(sub); err != nil {
 			return nil, err
 		}
+		cl.interest[sub] = 1
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), helloWait)
 	defer cancel()
@@ -166,8 +179,9 @@ func (cl *cluster) close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), cl.timeout)
 	_ = cl.b.Flush(ctx)
 	cancel()
+	err := cl.b.Close() // no more deliveries, so no more answers begun
 	cl.replies.Wait()
-	return cl.b.Close()
+	return err
 }
 
 // heartbeat tells the other nodes this one is alive, and forgets those not
@@ -186,11 +200,22 @@ func (cl *cluster) heartbeat() {
 			cl.mu.Lock()
 			for n, at := range cl.peers {
 				if n != cl.node && now.Sub(at) > 3*heartbeatInterval {
-					delete(cl.peers, n)
+					cl.gone(n)
 				}
 			}
 			cl.peers[cl.node] = now
 			cl.mu.Unlock()
+		}
+	}
+}
+
+// gone forgets a node, under mu, and the connections handed over to it:
+// they died with it, and this node answers "not found" for their ids again.
+func (cl *cluster) gone(node string) {
+	delete(cl.peers, node)
+	for id, to := range cl.movedTo {
+		if to == node {
+			delete(cl.movedTo, id)
 		}
 	}
 }
@@ -237,13 +262,19 @@ func (cl *cluster) receive(_ string, data []byte, reply func([]byte)) {
 		}
 	case msgBye:
 		cl.mu.Lock()
-		delete(cl.peers, string(data[1:]))
+		cl.gone(string(data[1:]))
 		cl.mu.Unlock()
 	case msgCommand:
 		var cmd command
 		if err := json.Unmarshal(data[1:], &cmd); err != nil {
 			cl.svc.log.Error("dropping a broker message that is not a command", "err", err)
 			return
+		}
+		if (cmd.Op == opTakeover || cmd.Op == opHandover) && cmd.Node == cl.node {
+			return // its own request, on a connection it takes over
+		}
+		if cl.arriving(&cmd, reply) && targetsConnection(cmd.Op) {
+			return // answered once the connection has arrived
 		}
 		if targetsConnection(cmd.Op) && !cl.answersFor(&cmd) {
 			return // the node that holds it answers
@@ -277,18 +308,58 @@ func targetsConnection(o op) bool {
 	return o == opSendToConnection || o == opCloseConnection || routeOf(o) == routeAsk
 }
 
-// moved records that a connection this node owned was handed over.
-func (cl *cluster) moved(id, node string) {
+// setMoved records where a connection whose id names this node is held:
+// on another node, or nowhere or here (""), when this node answers for it.
+func (cl *cluster) setMoved(id, node string) {
+	if owner, _ := ownerOf(id); owner != cl.node {
+		return
+	}
 	cl.mu.Lock()
-	cl.movedTo[id] = node
+	if node == "" || node == cl.node {
+		delete(cl.movedTo, id)
+	} else {
+		cl.movedTo[id] = node
+	}
 	cl.mu.Unlock()
 }
 
-// forget drops a handed-over connection's forwarding: it ended.
-func (cl *cluster) forget(id string) {
+// arriving records cmd as applied here (its id, for a handover's
+// watermark), and queues it for each connection arriving here that it may
+// concern: by id, or any of its hub's. It reports whether it queued it.
+func (cl *cluster) arriving(cmd *command, reply func([]byte)) bool {
 	cl.mu.Lock()
-	delete(cl.movedTo, id)
-	cl.mu.Unlock()
+	defer cl.mu.Unlock()
+	if node, n, ok := parseCommandID(cmd.ID); ok && n > cl.seen[node] {
+		cl.seen[node] = n
+	}
+	if len(cl.arrivals) == 0 {
+		return false
+	}
+	if targetsConnection(cmd.Op) {
+		a := cl.arrivals[cmd.Target]
+		if a != nil {
+			a.queue = append(a.queue, queuedCommand{cmd, reply})
+		}
+		return a != nil
+	}
+	queued := false
+	for _, a := range cl.arrivals {
+		if a.hub == cmd.Hub {
+			a.queue = append(a.queue, queuedCommand{cmd: cmd})
+			queued = true
+		}
+	}
+	return queued
+}
+
+// parseCommandID splits a command id into its node and number.
+func parseCommandID(id string) (string, uint64, bool) {
+	i := strings.LastIndexByte(id, '.')
+	if i < 0 {
+		return "", 0, false
+	}
+	n, err := strconv.ParseUint(id[i+1:], 36, 64)
+	return id[:i], n, err == nil
 }
 
 // answersFor reports whether this node applies an operation on one
@@ -299,12 +370,7 @@ func (cl *cluster) forget(id string) {
 func (cl *cluster) answersFor(cmd *command) bool {
 	id, holds := cmd.Target, false
 	if h, ok := cl.svc.hubs.Load(cmd.Hub); ok {
-		var c *conn
-		if c, holds = h.conns.Load(id); holds && routeOf(cmd.Op) == routeAsk {
-			c.mu.Lock()
-			holds = c.arrival == nil
-			c.mu.Unlock()
-		}
+		_, holds = h.conns.Load(id)
 	}
 	if owner, _ := ownerOf(id); owner != cl.node || holds {
 		return holds
@@ -317,8 +383,16 @@ func (cl *cluster) answersFor(cmd *command) bool {
 
 // connectionGone tells the node a handed-over connection's id names that
 // the connection ended, so that it answers for the id again.
-func (cl *cluster) connectionGone(c *conn) {
-	_ = cl.b.Publish(connectionSubject(c.id), encodeCommand(&command{Op: opForget, Hub: c.hub.name, Target: c.id}))
+func (cl *cluster) connectionGone(c *conn) { cl.tellOwner(c.hub.name, c.id, "") }
+
+// tellOwner tells the node a connection's id names where the connection
+// is now: on node, or nowhere ("").
+func (cl *cluster) tellOwner(hub, id, node string) {
+	if owner, _ := ownerOf(id); owner == cl.node {
+		cl.setMoved(id, node)
+		return
+	}
+	_ = cl.b.Publish(connectionSubject(id), encodeCommand(&command{Op: opForget, Hub: hub, Target: id, Node: node}))
 }
 
 // joins reports whether an operation may subscribe this node to a subject.
@@ -392,9 +466,6 @@ func (f *flusher) flush(b Broker, timeout time.Duration) error {
 // it (unreachable), cmd is applied to this node's connections only, and
 // publish returns false.
 func (cl *cluster) publish(cmd *command) bool {
-	if cmd.Op >= opSendToAll && cmd.Op <= opSendToConnection {
-		cmd.ID = cl.node + "." + strconv.FormatUint(cl.sends.Add(1), 36)
-	}
 	var subject string
 	switch cmd.Op {
 	case opSendToAll, opCloseAll:
@@ -409,7 +480,13 @@ func (cl *cluster) publish(cmd *command) bool {
 		}
 		subject = connectionSubject(cmd.Target)
 	}
-	if err := cl.b.Publish(subject, encodeCommand(cmd)); err != nil {
+	// Numbered in the order they are published: a node that applied this
+	// node's command n applied every earlier one it was sent (handover.go).
+	cl.pubMu.Lock()
+	cmd.ID = cl.node + "." + strconv.FormatUint(cl.sends.Add(1), 36)
+	err := cl.b.Publish(subject, encodeCommand(cmd))
+	cl.pubMu.Unlock()
+	if err != nil {
 		cl.publishErrors.Add(1)
 		cl.svc.log.Warn("the broker refused a command; applying it to this node's connections only", "op", cmd.Op, "err", err)
 		cl.svc.exec(cmd)
@@ -503,12 +580,24 @@ func (cl *cluster) sync(ctx context.Context) {
 // where the registry creates and deletes a hub, group or user, inside the
 // map's per-key lock, so that changes of one subject are made in order.
 func (cl *cluster) subscribe(subject string) {
+	cl.imu.Lock()
+	defer cl.imu.Unlock()
+	cl.interest[subject]++
+	if cl.interest[subject] > 1 {
+		return
+	}
 	if err := cl.b.Subscribe(subject); err != nil {
 		cl.svc.log.Error("the broker refused a subscription", "subject", subject, "err", err)
 	}
 }
 
 func (cl *cluster) unsubscribe(subject string) {
+	cl.imu.Lock()
+	defer cl.imu.Unlock()
+	if cl.interest[subject]--; cl.interest[subject] > 0 {
+		return
+	}
+	delete(cl.interest, subject)
 	if err := cl.b.Unsubscribe(subject); err != nil {
 		cl.svc.log.Error("the broker refused to unsubscribe", "subject", subject, "err", err)
 	}

@@ -83,10 +83,11 @@ type command struct {
 	Group  string     `json:"g,omitempty"`
 	Groups []string   `json:"gs,omitempty"`
 	Perm   Permission `json:"p,omitempty"`
-	// ID identifies a send in a cluster (its node and a counter), so that a
-	// connection handed from one node to another gets it once.
+	// ID numbers a published command in a cluster: its node and a counter,
+	// so that a connection handed from one node to another gets it once.
 	ID string `json:"i,omitempty"`
-	// Node is the node asking for a handover (handover.go).
+	// Node is the node asking for a handover, or where a handed-over
+	// connection is now (handover.go).
 	Node string `json:"n,omitempty"`
 
 	filter *filter.Filter // Filter, compiled once per node
@@ -188,7 +189,7 @@ func (s *Service) exec(cmd *command) result {
 		return result{Err: errCode(errNotRecoverable)}
 	case opForget:
 		if s.cluster != nil {
-			s.cluster.forget(cmd.Target)
+			s.cluster.setMoved(cmd.Target, cmd.Node)
 		}
 	case opAddUserToGroup:
 		if h == nil {

@@ -60,7 +60,6 @@ type conn struct {
 	groups     map[string]struct{}
 	connState  string    // the event handler's connection state
 	rel        *reliable // nil unless the subprotocol is reliable
-	arrival    *arrival  // while handed over from another node (handover.go)
 
 	initialGroups []string // joined at registration
 	movedFrom     string   // the node that handed the connection over to this one

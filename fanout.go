@@ -103,10 +103,10 @@ func (c *conn) deliver(d *delivery) {
 		d.take(encProtobuf, c.enqueueShared(deadline, d.protobuf(), d.shares[encProtobuf]))
 	case kindJSONReliable:
 		d.json()
-		d.held[encJSON] += c.deliverReliable(d.cmd, deadline, d.shares[encJSON], func(seq uint64) [][]byte { return reliableJSONFrame(d.jsonBody, seq) })
+		d.held[encJSON] += c.deliverReliable(deadline, d.shares[encJSON], func(seq uint64) [][]byte { return reliableJSONFrame(d.jsonBody, seq) })
 	case kindProtobufReliable:
 		d.protobufData()
-		d.held[encProtobufData] += c.deliverReliable(d.cmd, deadline, d.shares[encProtobufData], func(seq uint64) [][]byte { return reliableProtobufFrame(d.pbData, seq) })
+		d.held[encProtobufData] += c.deliverReliable(deadline, d.shares[encProtobufData], func(seq uint64) [][]byte { return reliableProtobufFrame(d.pbData, seq) })
 	}
 }
 

@@ -2,7 +2,9 @@ package pubsub
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -10,28 +12,32 @@ import (
 )
 
 // A reliable client whose transport dropped may recover on any node: the
-// one it reaches (the new node) asks the node its connection id names (the
-// owner) to hand the session over. Nothing is lost or delivered twice:
+// one it reaches (the new node) asks the node that holds its connection (the
+// owner: the node its id names, or the one it was handed over to since) to
+// hand the session over. Nothing is lost or delivered twice:
 //
 //  1. takeover: the owner detaches the connection if it is still attached
-//     and answers with its user and groups; it keeps the session, which
+//     and answers with its user and groups. It keeps the session, which
 //     goes on collecting the connection's messages.
-//  2. The new node registers the connection, arriving: it subscribes to
-//     its user's, groups' and hub's subjects, and holds what they deliver
-//     to it. Once the subscriptions reach the broker (Flush), every later
-//     send reaches the new node.
-//  3. handover: the owner, in its broker order, receives this request after
-//     every send made before the new node's subscriptions took effect. It
-//     answers with the whole session (permissions, state, sequence,
-//     unacknowledged messages with their send ids) and lets the connection
-//     go without a disconnected event; from then on it forwards what is
-//     addressed to the connection's id to the new node. If the groups
-//     changed since step 1, it answers with them instead, and the new node
+//  2. The new node makes the connection arriving: not in its registry yet,
+//     but subscribed to its user's, groups', hub's and id's subjects, and
+//     queueing every command of the hub and every command on the id, in
+//     broker order. Once the subscriptions reach the broker (Flush), every
+//     later command reaches the new node.
+//  3. handover: the owner receives this request, in its broker order, after
+//     every command published before the new node's subscriptions took
+//     effect. It answers with the whole session (permissions, state,
+//     sequence, unacknowledged messages) and the number of the last
+//     command of each node it applied (commands are numbered per node in
+//     publish order, and each node's arrive in that order), and lets the
+//     connection go without a disconnected event. If the groups changed
+//     since step 1, it answers with them instead, and the new node
 //     subscribes and asks again.
-//  4. The new node appends the owner's messages, then those it held that
-//     the owner did not have (by send id), and resumes the session on the
-//     client's transport: the client gets the unacknowledged messages in
-//     sequence, and everything after, once.
+//  4. The new node replays its queue on the session: a command the owner
+//     applied (by its number) is skipped; sends, closes and membership
+//     changes that concern the connection are applied, questions answered.
+//     Then it registers the connection (atomically with the last of the
+//     queue) and resumes the session on the client's transport.
 //
 // If the owner is gone or does not answer, the recovery is refused (1008)
 // and the client starts a new connection, as on any failed recovery.
@@ -46,6 +52,8 @@ type handedSession struct {
 	Seq         uint64           `json:"q,omitempty"`
 	Unacked     []sessionMessage `json:"m,omitempty"`
 	Reason      string           `json:"d,omitempty"`
+	// Seen is, per node, the last of its commands the owner applied.
+	Seen map[string]uint64 `json:"w,omitempty"`
 }
 
 // sessionMessage is an unacknowledged message: its receiver's frame.
@@ -53,13 +61,19 @@ type sessionMessage struct {
 	Seq     uint64 `json:"q"`
 	Frame   []byte `json:"f"`
 	Expires int64  `json:"e,omitempty"`
-	ID      string `json:"i,omitempty"`
 }
 
-// arrival is a connection being handed over to this node: the sends that
-// reached it before the session did.
+// arrival is a connection being handed over to this node: the commands
+// that may concern it, queued in broker order until the session comes.
+// Guarded by cluster.mu.
 type arrival struct {
-	pending []*command
+	hub   string
+	queue []queuedCommand
+}
+
+type queuedCommand struct {
+	cmd   *command
+	reply func([]byte) // a question on the connection, to answer
 }
 
 type permsSnapshot struct {
@@ -103,7 +117,7 @@ func restorePermissions(s *permsSnapshot) (*permissions, error) {
 // prepareHandover is step 1, on the owner.
 func (c *conn) prepareHandover() result {
 	c.mu.Lock()
-	if c.state != stateOpen && c.state != stateDetached || c.arrival != nil {
+	if c.state != stateOpen && c.state != stateDetached {
 		c.mu.Unlock()
 		return result{Err: errCode(errNotRecoverable)}
 	}
@@ -159,7 +173,7 @@ func (c *conn) groupNamesLocked() []string {
 func (c *conn) handOver(node string, groups []string) result {
 	c.mu.Lock()
 	old := c.detachLocked("The client recovered on another node.")
-	if c.state != stateDetached || c.arrival != nil {
+	if c.state != stateDetached {
 		c.mu.Unlock()
 		return result{Err: errCode(errNotRecoverable)}
 	}
@@ -171,17 +185,18 @@ func (c *conn) handOver(node string, groups []string) result {
 		}
 		return result{Retry: append(now, "")} // never empty: "" ends the list
 	}
+	cl := c.svc.cluster
 	r := c.rel
 	sess := &handedSession{
 		User: c.userID, Subprotocol: c.subprotocol, Groups: now, State: c.connState,
-		Perms: c.perms.snapshot(), Seq: r.seq, Reason: r.reason,
+		Perms: c.perms.snapshot(), Seq: r.seq, Reason: r.reason, Seen: cl.watermark(),
 	}
 	for _, m := range r.unacked {
 		var frame []byte
 		for _, p := range m.parts {
 			frame = append(frame, p...)
 		}
-		sess.Unacked = append(sess.Unacked, sessionMessage{Seq: m.seq, Frame: frame, Expires: m.expires, ID: m.id})
+		sess.Unacked = append(sess.Unacked, sessionMessage{Seq: m.seq, Frame: frame, Expires: m.expires})
 	}
 	groupSet := c.groups
 	c.groups = nil
@@ -192,9 +207,20 @@ func (c *conn) handOver(node string, groups []string) result {
 	if old != nil {
 		old.out.abort()
 	}
-	c.svc.cluster.moved(c.id, node)
+	cl.tellOwner(c.hub.name, c.id, node)
 	c.leave(groupSet)
 	return result{Session: sess}
+}
+
+// watermark copies seen: per node, the last of its commands applied here.
+func (cl *cluster) watermark() map[string]uint64 {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	out := make(map[string]uint64, len(cl.seen))
+	for n, v := range cl.seen {
+		out[n] = v
+	}
+	return out
 }
 
 // leave takes a released connection out of the registry without a
@@ -210,8 +236,7 @@ func (c *conn) leave(groups map[string]struct{}) {
 // takeover is steps 1, 2 and 4, on the new node: it returns the connection,
 // registered here and detached, for the recovering transport to resume.
 func (cl *cluster) takeover(ctx context.Context, hub, id string) (*conn, error) {
-	owner, ok := ownerOf(id)
-	if !ok || owner == cl.node {
+	if _, ok := ownerOf(id); !ok {
 		return nil, errNotRecoverable
 	}
 	ctx, cancel := context.WithTimeout(ctx, cl.timeout)
@@ -223,7 +248,7 @@ func (cl *cluster) takeover(ctx context.Context, hub, id string) (*conn, error) 
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errNotRecoverable, err)
 	}
-	sess := r.Session
+	sess, from := r.Session, r.Node
 	if sess == nil {
 		return nil, errNotRecoverable
 	}
@@ -231,98 +256,208 @@ func (cl *cluster) takeover(ctx context.Context, hub, id string) (*conn, error) 
 	if !kind.reliable() {
 		return nil, errNotRecoverable
 	}
-	s := cl.svc
-	cctx, ccancel := context.WithCancel(context.Background())
-	c := &conn{
-		svc:           s,
-		id:            id,
-		userID:        sess.User,
-		subprotocol:   sess.Subprotocol,
-		kind:          kind,
-		perms:         &permissions{},
-		ctx:           cctx,
-		cancel:        ccancel,
-		state:         stateDetached,
-		lastRead:      closedChan, // no read loop of it ever ran here
-		connected:     true,       // the owner raised the connected event
-		rel:           &reliable{},
-		arrival:       &arrival{},
-		initialGroups: sess.Groups,
-		movedFrom:     owner,
+
+	a := &arrival{hub: hub}
+	cl.mu.Lock()
+	if cl.arrivals[id] != nil {
+		cl.mu.Unlock()
+		return nil, errNotRecoverable // another recovery of it is under way here
 	}
-	if err := s.register(c, hub); err != nil {
-		ccancel()
-		return nil, err
+	cl.arrivals[id] = a
+	cl.mu.Unlock()
+	hubKey := subjectKey(hub)
+	subjects := []string{hubSubject(hubKey), connectionSubject(id)}
+	if sess.User != "" {
+		subjects = append(subjects, userSubject(hubKey, sess.User))
 	}
-	cl.subscribe(connectionSubject(id)) // operations on it by id reach it here
+	groups := sess.Groups
+	for _, g := range groups {
+		subjects = append(subjects, groupSubject(hubKey, g))
+	}
+	for _, sub := range subjects {
+		cl.subscribe(sub)
+	}
+	defer func() { // the registry holds its own subscriptions by now
+		for _, sub := range subjects {
+			cl.unsubscribe(sub)
+		}
+	}()
+	sess = nil
 	for range 5 {
 		cl.sync(ctx)
-		r, err = cl.ask(ctx, &command{Op: opHandover, Hub: hub, Target: id, Node: cl.node, Groups: c.groupNames()})
+		r, err = cl.ask(ctx, &command{Op: opHandover, Hub: hub, Target: id, Node: cl.node, Groups: groups})
 		if err == nil {
 			err = r.err()
 		}
 		if err != nil || r.Retry == nil {
+			sess = r.Session
 			break
 		}
-		c.setGroups(r.Retry[:len(r.Retry)-1])
+		groups = r.Retry[:len(r.Retry)-1]
+		for _, g := range groups {
+			sub := groupSubject(hubKey, g)
+			cl.subscribe(sub)
+			subjects = append(subjects, sub)
+		}
 	}
-	if err == nil && r.Session == nil {
+	if err == nil && sess == nil {
 		err = errNotRecoverable // the groups kept changing
 	}
+	var c *conn
 	if err == nil {
-		err = c.arrive(r.Session)
+		c, err = cl.arrive(a, id, from, sess)
 	}
 	if err != nil {
-		c.mu.Lock()
-		c.state, c.arrival = stateReleased, nil
-		groups := c.groups
-		c.groups = nil
-		c.rel.drop(s)
-		c.mu.Unlock()
-		c.leave(groups)
+		cl.mu.Lock()
+		delete(cl.arrivals, id)
+		cl.mu.Unlock()
 		return nil, fmt.Errorf("%w: %w", errNotRecoverable, err)
 	}
 	return c, nil
 }
 
-// setGroups makes an arriving connection's groups those of its owner.
-func (c *conn) setGroups(groups []string) {
-	for _, g := range c.groupNames() {
-		if !slices.Contains(groups, g) {
-			c.leaveGroup(g)
-		}
-	}
-	for _, g := range groups {
-		_ = c.joinGroup(g)
-	}
-}
-
-// arrive is step 4: the session, then what was held that it lacks.
-func (c *conn) arrive(sess *handedSession) error {
+// arrive is step 4: the session, the queue replayed on it, and the
+// connection registered.
+func (cl *cluster) arrive(a *arrival, id, from string, sess *handedSession) (*conn, error) {
 	perms, err := restorePermissions(sess.Perms)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	s := c.svc
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state != stateDetached {
-		return errNotRecoverable
+	s := cl.svc
+	kind, _ := negotiate([]string{sess.Subprotocol}, sess.Subprotocol)
+	cctx, ccancel := context.WithCancel(context.Background())
+	c := &conn{
+		svc:         s,
+		id:          id,
+		userID:      sess.User,
+		subprotocol: sess.Subprotocol,
+		kind:        kind,
+		perms:       perms,
+		ctx:         cctx,
+		cancel:      ccancel,
+		state:       stateDetached,
+		lastRead:    closedChan, // no read loop of it ever ran here
+		connected:   true,       // the first node raised the connected event
+		connState:   sess.State,
+		rel:         &reliable{seq: sess.Seq, reason: sess.Reason},
+		movedFrom:   from,
 	}
-	c.perms, c.connState = perms, sess.State
-	r := c.rel
-	r.seq, r.reason = sess.Seq, sess.Reason
-	had := make(map[string]bool, len(sess.Unacked))
 	for _, m := range sess.Unacked {
-		r.unacked = append(r.unacked, unackedMessage{seq: m.Seq, parts: [][]byte{m.Frame}, size: len(m.Frame), expires: m.Expires, id: m.ID})
-		r.bytes += len(m.Frame)
+		c.rel.unacked = append(c.rel.unacked, unackedMessage{seq: m.Seq, parts: [][]byte{m.Frame}, size: len(m.Frame), expires: m.Expires})
+		c.rel.bytes += len(m.Frame)
 		s.buffered(len(m.Frame))
-		had[m.ID] = true
 	}
-	for _, cmd := range c.arrival.pending {
-		if cmd.ID != "" && had[cmd.ID] {
-			continue
+	groups := make(map[string]struct{}, len(sess.Groups))
+	for _, g := range sess.Groups {
+		groups[g] = struct{}{}
+	}
+	var closed *Disconnect
+	for {
+		cl.mu.Lock()
+		q := a.queue
+		a.queue = nil
+		if len(q) == 0 {
+			// Registered under mu: a command now either was queued above or
+			// finds the connection in the registry.
+			delete(cl.arrivals, id)
+			c.initialGroups = slices.Sorted(maps.Keys(groups))
+			err := s.register(c, a.hub)
+			if err == nil {
+				cl.subscribe(connectionSubject(id)) // the registry's, until it leaves (hub.unregister)
+			}
+			cl.mu.Unlock()
+			if err != nil {
+				ccancel()
+				c.rel.drop(s)
+				return nil, err
+			}
+			break
 		}
+		cl.mu.Unlock()
+		for _, qc := range q {
+			if d := c.replay(qc, sess.Seen, groups); d != nil && closed == nil {
+				closed = d
+			}
+		}
+	}
+	if owner, _ := ownerOf(id); owner == cl.node {
+		cl.setMoved(id, "") // back home: this node answers for it again
+	} else {
+		cl.tellOwner(a.hub, id, cl.node)
+	}
+	c.mu.Lock()
+	c.rel.timer = time.AfterFunc(s.cfg.RecoveryWindow, c.recoveryExpired) // until its transport resumes it
+	c.mu.Unlock()
+	if closed != nil {
+		c.close(*closed)
+		return nil, errNotRecoverable
+	}
+	return c, nil
+}
+
+// replay applies a command queued while c was arriving, unless the owner
+// applied it (seen). c is not registered yet: its groups are in groups.
+// It returns the disconnect of a close that concerns c.
+func (c *conn) replay(qc queuedCommand, seen map[string]uint64, groups map[string]struct{}) *Disconnect {
+	cmd := qc.cmd
+	if node, n, ok := parseCommandID(cmd.ID); ok && n <= seen[node] {
+		return nil // the owner applied it: the session has it
+	}
+	if cmd.Op == opTakeover || cmd.Op == opHandover {
+		return nil // another recovery's: this one won
+	}
+	if err := cmd.compile(); err != nil {
+		return nil
+	}
+	_, inGroup := groups[cmd.Target]
+	concerned := false
+	switch cmd.Op {
+	case opSendToAll, opCloseAll, opAddConnectionsToGroups, opRemoveConnectionsFromGroups:
+		concerned = true
+	case opSendToGroup, opCloseGroup:
+		concerned = inGroup
+	case opSendToUser, opCloseUser, opRemoveUserFromGroup, opRemoveUserFromAllGroups, opAddUserToGroup:
+		concerned = cmd.Target == c.userID && c.userID != ""
+	default:
+		concerned = cmd.Target == c.id
+	}
+	if concerned && (slices.Contains(cmd.Excluded, c.id) || cmd.filter != nil && !cmd.filter.Match(arrivingInfo{c, groups})) {
+		concerned = false
+	}
+	var r result
+	if concerned {
+		r = c.replayOn(cmd, groups)
+	} else if routeOf(cmd.Op) == routeAsk {
+		r = connectionNotFound(cmd.Op)
+	}
+	if qc.reply != nil {
+		r.Node = c.svc.cluster.node
+		answer, _ := json.Marshal(&r)
+		qc.reply(answer)
+	}
+	if concerned && cmd.Op >= opCloseAll && cmd.Op <= opCloseConnection {
+		d := DisconnectClosedByAppServer
+		if cmd.Reason != "" {
+			d.Reason = cmd.Reason
+		}
+		return &d
+	}
+	return nil
+}
+
+// replayOn applies a command that concerns c, arriving.
+func (c *conn) replayOn(cmd *command, groups map[string]struct{}) result {
+	s := c.svc
+	join := func(g string) error {
+		if _, in := groups[g]; !in && len(groups) >= s.cfg.MaxGroupsPerConnection {
+			return ErrTooManyGroups
+		}
+		groups[g] = struct{}{}
+		return nil
+	}
+	switch cmd.Op {
+	case opSendToAll, opSendToGroup, opSendToUser, opSendToConnection:
+		r := c.rel
 		r.seq++
 		var parts [][]byte
 		if c.kind == kindJSONReliable {
@@ -334,11 +469,44 @@ func (c *conn) arrive(sess *handedSession) error {
 		for _, p := range parts {
 			frame = append(frame, p...)
 		}
-		r.unacked = append(r.unacked, unackedMessage{seq: r.seq, parts: [][]byte{frame}, size: len(frame), expires: cmd.ExpiresAt, id: cmd.ID})
+		r.unacked = append(r.unacked, unackedMessage{seq: r.seq, parts: [][]byte{frame}, size: len(frame), expires: cmd.ExpiresAt})
 		r.bytes += len(frame)
 		s.buffered(len(frame))
+	case opAddConnectionToGroup:
+		return result{Err: errCode(join(cmd.Group))}
+	case opAddUserToGroup:
+		return result{Err: errCode(join(cmd.Group))}
+	case opAddConnectionsToGroups:
+		for _, g := range cmd.Groups {
+			_ = join(g)
+		}
+	case opRemoveConnectionFromGroup, opRemoveUserFromGroup:
+		delete(groups, cmd.Group)
+	case opRemoveConnectionsFromGroups:
+		for _, g := range cmd.Groups {
+			delete(groups, g)
+		}
+	case opRemoveConnectionFromAllGroups, opRemoveUserFromAllGroups:
+		clear(groups)
+	case opConnectionExists:
+		return result{Found: true}
+	case opGrantPermission, opRevokePermission, opCheckPermission:
+		return execOnConn(c, cmd)
 	}
-	c.arrival = nil
-	r.timer = time.AfterFunc(s.cfg.RecoveryWindow, c.recoveryExpired) // until its transport resumes it
-	return nil
+	return result{}
+}
+
+// arrivingInfo is what a filter sees of an arriving connection.
+type arrivingInfo struct {
+	c      *conn
+	groups map[string]struct{}
+}
+
+func (i arrivingInfo) ConnectionID() string { return i.c.id }
+func (i arrivingInfo) UserID() string       { return i.c.userID }
+func (i arrivingInfo) Protocol() string     { return i.c.subprotocol }
+func (i arrivingInfo) GroupCount() int      { return len(i.groups) }
+func (i arrivingInfo) InGroup(g string) bool {
+	_, ok := i.groups[g]
+	return ok
 }

@@ -32,13 +32,15 @@ import (
 //
 // Lock order (every lock of the service, outermost first):
 //
+//	cluster.mu (an arriving connection registered: handover.go)
 //	Service.mu (read: registration; write: Shutdown)
 //	  → the xsync bucket locks of Service.hubs and of an index's sets
 //	    (taken by Compute; hold nothing else of ours but set.mu)
 //	conn.mu
 //	  → outbox.mu (of that connection's transports)
 //	  → the index bucket locks and memberSet.mu (joins and leaves)
-//	memberSet.mu, permissions.mu, writers.mu: leaves.
+//	  → cluster.imu (subscriptions, counted; taken inside Compute)
+//	memberSet.mu, permissions.mu, writers.mu, cluster.imu: leaves.
 //
 // No lock is held while calling into another connection, the event
 // handler, or a socket: a fan-out takes a snapshot of a set's members,

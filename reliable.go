@@ -40,7 +40,6 @@ type unackedMessage struct {
 	size    int
 	expires int64
 	share   *sharedBytes // parts[1]'s, the body shared with other receivers; one reference
-	id      string       // the send's id, in a cluster: a handover's tail is told apart by it
 }
 
 // own is the bytes of m that are its receiver's alone.
@@ -94,13 +93,8 @@ func (r *reliable) replay(o *outbox) {
 // connection is between transports. build makes the receiver's frame for a
 // sequence id: a small prefix and, second, the body shared with other
 // receivers, share's. It returns how many references to share it took.
-func (c *conn) deliverReliable(cmd *command, deadline int64, share *sharedBytes, build func(seq uint64) [][]byte) (refs int64) {
+func (c *conn) deliverReliable(deadline int64, share *sharedBytes, build func(seq uint64) [][]byte) (refs int64) {
 	c.mu.Lock()
-	if c.arrival != nil { // arriving from another node: ordered with its tail when it comes
-		c.arrival.pending = append(c.arrival.pending, cmd)
-		c.mu.Unlock()
-		return 0
-	}
 	var after afterUnlock
 	switch c.state {
 	case stateConnecting, stateOpen, stateDetached:
@@ -113,7 +107,7 @@ func (c *conn) deliverReliable(cmd *command, deadline int64, share *sharedBytes,
 			after = c.closeLocked(DisconnectReliableBufferFull, false)
 			break
 		}
-		m := unackedMessage{seq: r.seq, parts: parts, size: size, expires: deadline, share: share, id: cmd.ID}
+		m := unackedMessage{seq: r.seq, parts: parts, size: size, expires: deadline, share: share}
 		r.unacked = append(r.unacked, m)
 		r.bytes += size
 		c.svc.buffered(m.own())

@@ -261,9 +261,10 @@ func jsonString(v any) string {
 // make a node that stops answering.
 type freezable struct {
 	pubsub.Broker
-	mu     sync.Mutex
-	frozen bool
-	held   []func()
+	mu       sync.Mutex
+	frozen   bool
+	held     []func()
+	heldData [][]byte
 }
 
 func (f *freezable) Start(receive func(string, []byte, func([]byte))) error {
@@ -272,6 +273,7 @@ func (f *freezable) Start(receive func(string, []byte, func([]byte))) error {
 		defer f.mu.Unlock()
 		if f.frozen {
 			f.held = append(f.held, func() { receive(subject, data, reply) })
+			f.heldData = append(f.heldData, data)
 			return
 		}
 		receive(subject, data, reply)
@@ -288,5 +290,5 @@ func (f *freezable) thaw() {
 	for _, h := range f.held {
 		h()
 	}
-	f.held, f.frozen = nil, false
+	f.held, f.heldData, f.frozen = nil, nil, false
 }
