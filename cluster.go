@@ -407,7 +407,10 @@ func encodeCommand(cmd *command) []byte {
 
 // run carries cmd to the nodes it concerns. A Go API call returns when its
 // command has reached the broker (flushed): whatever the caller does next,
-// on any node, is ordered after it.
+// on any node, is ordered after it. A send made by an event handler with
+// the context of a client's user event does not wait: the next one, from
+// the same client's next event, is published after it on the same node,
+// as a client's own sendToGroup is.
 func (cl *cluster) run(ctx context.Context, cmd *command) (result, error) {
 	switch routeOf(cmd.Op) {
 	case routeAsk:
@@ -415,8 +418,8 @@ func (cl *cluster) run(ctx context.Context, cmd *command) (result, error) {
 	case routeSurvey:
 		return cl.survey(ctx, cmd)
 	}
-	if !cl.publish(cmd) {
-		return result{}, nil
+	if !cl.publish(cmd) || ctx.Value(clientEventKey{}) != nil {
+		return result{}, nil // a client's event handler: its sends are in order already
 	}
 	if err := cl.flushes.flush(cl.b, cl.timeout); err != nil {
 		cl.publishErrors.Add(1)
