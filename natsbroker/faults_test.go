@@ -186,3 +186,41 @@ func TestNATSRestart(t *testing.T) {
 		return err == nil && len(members) == 2
 	})
 }
+
+// Sends an event handler makes in a client's user events (a chat app's
+// pattern) keep the client's order on every node, although they do not
+// wait for the broker.
+func TestEventHandlerSendsKeepTheClientsOrder(t *testing.T) {
+	ns := startNATS(t, -1)
+	hubs := make(map[string]*pubsub.Hub)
+	var mu sync.Mutex
+	nodes := newCluster(t, ns.ClientURL(), 3, clusterOptions{handler: func(node string) pubsub.EventHandler {
+		return pubsub.EventHandlerFuncs{OnUserEvent: func(ctx context.Context, req *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
+			mu.Lock()
+			h := hubs[node]
+			mu.Unlock()
+			return nil, h.SendToGroup(ctx, "room", pubsub.Message{DataType: req.DataType, Data: req.Data})
+		}}
+	}})
+	mu.Lock()
+	for _, nd := range nodes {
+		hubs[nd.id] = nd.hub
+	}
+	mu.Unlock()
+	var receivers []*client
+	for i, nd := range nodes {
+		receivers = append(receivers, nd.dial(fmt.Sprint("r", i), "room"))
+	}
+	publisher := nodes[0].dial("pub")
+	const n = 300
+	for i := range n {
+		publisher.Send(fmt.Sprintf(`{"type":"event","event":"say","dataType":"text","data":"e%d"}`, i))
+	}
+	for ri, r := range receivers {
+		for i := range n {
+			if d := fmt.Sprint(r.nextMessage(t)["data"]); d != fmt.Sprint("e", i) {
+				t.Fatalf("r%d: message %d is %q", ri, i, d)
+			}
+		}
+	}
+}
