@@ -174,7 +174,9 @@ func TestReliableClientRecoversOnAnotherNode(t *testing.T) {
 	proxy.Drop()
 	for !r.read(func(string) bool { return false }) {
 	}
+	began := time.Now()
 	r.recover(nodes[2])
+	t.Logf("a recovery on another node (handshake, takeover, handover) took %v", time.Since(began))
 	r.read(func(d string) bool { return d == fmt.Sprint("m", n-1) })
 	must(t, <-published)
 	checkSequence(t, r.got, n)

@@ -152,10 +152,13 @@ func ours(mux *http.ServeMux, endpoint string, broker *natsbroker.Broker) *pubsu
 			}
 			return &pubsub.ConnectResponse{Groups: []string{first(req.Query["group"])}}, nil
 		},
-		OnUserEvent: func(_ context.Context, req *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
+		OnUserEvent: func(ctx context.Context, req *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
 			group, payload := split(req.Data)
 			t := time.Now()
-			err := hub.SendToGroup(context.Background(), group, pubsub.Message{DataType: pubsub.DataTypeText, Data: payload})
+			// The event's context, as an application's handler would: in a
+			// cluster, the send is ordered with the client's next without
+			// waiting for a NATS flush.
+			err := hub.SendToGroup(ctx, group, pubsub.Message{DataType: pubsub.DataTypeText, Data: payload})
 			apiSends.Add(1)
 			apiSendNanos.Add(int64(time.Since(t)))
 			return nil, err
