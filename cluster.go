@@ -137,17 +137,17 @@ func newCluster(s *Service, b Broker) (*cluster, error) {
 		return nil, fmt.Errorf("pubsub: broker node id %q: want 1 to 32 of [A-Za-z0-9-]", node)
 	}
 	cl := &cluster{
-		svc:     s,
-		b:       b,
-		node:    node,
-		timeout: s.cfg.ClusterTimeout,
-		peers:   map[string]time.Time{node: time.Now()},
+		svc:      s,
+		b:        b,
+		node:     node,
+		timeout:  s.cfg.ClusterTimeout,
+		peers:    map[string]time.Time{node: time.Now()},
 		movedTo:  make(map[string]string),
 		arrivals: make(map[string]*arrival),
 		seen:     make(map[string]uint64),
 		interest: make(map[string]int),
 		stop:     make(chan struct{}),
-		done:    make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	if err := b.Start(cl.receive); err != nil {
 		return nil, err
