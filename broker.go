@@ -51,11 +51,11 @@ type Broker interface {
 	// Publish sends data to every node that subscribes to subject, this one
 	// included.
 	Publish(subject string, data []byte) error
-	// Request publishes data to subject with a reply address and calls
-	// onReply with each reply, until onReply returns false or ctx ends (then
-	// it returns ctx's error). It returns ErrNoResponders at once when no
-	// node subscribes to subject.
-	Request(ctx context.Context, subject string, data []byte, onReply func([]byte) bool) error
+	// Request publishes data to subject with a reply address, in order with
+	// Publish, and returns; each reply is passed to onReply, from any
+	// goroutine, until stop is called. When no node subscribes to subject,
+	// onReply gets ErrNoResponders.
+	Request(subject string, data []byte, onReply func(reply []byte, err error)) (stop func(), err error)
 	// Flush returns once what this node published and the subscription
 	// changes it made before the call have reached the broker.
 	Flush(ctx context.Context) error

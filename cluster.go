@@ -82,6 +82,12 @@ func connectionSubject(id string) string {
 
 func ownConnectionsSubject(node string) string { return "c." + node + ".*" }
 
+// namedBy reports whether a connection id names this node.
+func (cl *cluster) namedBy(id string) bool {
+	owner, _ := ownerOf(id)
+	return owner == cl.node
+}
+
 // subjectKey makes a name (hub, group, user: any characters) a subject
 // token of fixed size. Two names with one key would only cost a node a
 // message it filters out.
@@ -160,7 +166,7 @@ func newCluster(s *Service, b Broker) (*cluster, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), helloWait)
 	defer cancel()
-	err := b.Request(ctx, nodesSubject, append([]byte{msgHello}, node...), func(reply []byte) bool {
+	err := cl.request(ctx, nodesSubject, append([]byte{msgHello}, node...), nil, func(reply []byte) bool {
 		cl.heard(string(reply))
 		return true
 	})
@@ -407,10 +413,8 @@ func encodeCommand(cmd *command) []byte {
 
 // run carries cmd to the nodes it concerns. A Go API call returns when its
 // command has reached the broker (flushed): whatever the caller does next,
-// on any node, is ordered after it. A send made by an event handler with
-// the context of a client's user event does not wait: the next one, from
-// the same client's next event, is published after it on the same node,
-// as a client's own sendToGroup is.
+// on any node, is ordered after it. A Pipelined send does not wait: the
+// next one from this node is published after it, the same way.
 func (cl *cluster) run(ctx context.Context, cmd *command) (result, error) {
 	switch routeOf(cmd.Op) {
 	case routeAsk:
@@ -418,8 +422,8 @@ func (cl *cluster) run(ctx context.Context, cmd *command) (result, error) {
 	case routeSurvey:
 		return cl.survey(ctx, cmd)
 	}
-	if !cl.publish(cmd) || ctx.Value(clientEventKey{}) != nil {
-		return result{}, nil // a client's event handler: its sends are in order already
+	if !cl.publish(cmd) || cmd.pipelined {
+		return result{}, nil
 	}
 	if err := cl.flushes.flush(cl.b, cl.timeout); err != nil {
 		cl.publishErrors.Add(1)
@@ -508,7 +512,7 @@ func (cl *cluster) ask(ctx context.Context, cmd *command) (result, error) {
 	defer cancel()
 	var r result
 	answered := false
-	err := cl.b.Request(ctx, connectionSubject(cmd.Target), encodeCommand(cmd), func(b []byte) bool {
+	err := cl.request(ctx, connectionSubject(cmd.Target), nil, cmd, func(b []byte) bool {
 		answered = json.Unmarshal(b, &r) == nil
 		return !answered
 	})
@@ -530,6 +534,63 @@ func (cl *cluster) ask(ctx context.Context, cmd *command) (result, error) {
 	return result{}, fmt.Errorf("%w: node %s: %v", ErrNodeUnavailable, node, err)
 }
 
+// request publishes data, or cmd numbered (as publish numbers commands, in
+// the same order), with a reply address, and passes each reply to onReply
+// until it returns false (nil) or ctx ends (ctx's error). It returns
+// ErrNoResponders when no node subscribes to subject.
+func (cl *cluster) request(ctx context.Context, subject string, data []byte, cmd *command, onReply func([]byte) bool) error {
+	var mu sync.Mutex
+	var replies [][]byte
+	var noResponders bool
+	arrived := make(chan struct{}, 1)
+	collect := func(b []byte, err error) {
+		mu.Lock()
+		if err != nil {
+			noResponders = true
+		} else {
+			replies = append(replies, b)
+		}
+		mu.Unlock()
+		select {
+		case arrived <- struct{}{}:
+		default:
+		}
+	}
+	var stop func()
+	var err error
+	if cmd != nil {
+		cl.pubMu.Lock()
+		cmd.ID = cl.node + "." + strconv.FormatUint(cl.sends.Add(1), 36)
+		stop, err = cl.b.Request(subject, encodeCommand(cmd), collect)
+		cl.pubMu.Unlock()
+	} else {
+		stop, err = cl.b.Request(subject, data, collect)
+	}
+	if err != nil {
+		return err
+	}
+	defer stop()
+	for {
+		mu.Lock()
+		got, none := replies, noResponders
+		replies = nil
+		mu.Unlock()
+		for _, b := range got {
+			if !onReply(b) {
+				return nil
+			}
+		}
+		if none {
+			return ErrNoResponders
+		}
+		select {
+		case <-arrived:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // survey has every node perform cmd and merges their answers.
 func (cl *cluster) survey(ctx context.Context, cmd *command) (result, error) {
 	expect := cl.livePeers()
@@ -537,7 +598,7 @@ func (cl *cluster) survey(ctx context.Context, cmd *command) (result, error) {
 	var rs []result
 	ctx, cancel := context.WithTimeout(ctx, cl.timeout)
 	defer cancel()
-	err := cl.b.Request(ctx, nodesSubject, encodeCommand(cmd), func(b []byte) bool {
+	err := cl.request(ctx, nodesSubject, nil, cmd, func(b []byte) bool {
 		var r result
 		if json.Unmarshal(b, &r) != nil {
 			return true

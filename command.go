@@ -90,7 +90,8 @@ type command struct {
 	// connection is now (handover.go).
 	Node string `json:"n,omitempty"`
 
-	filter *filter.Filter // Filter, compiled once per node
+	filter    *filter.Filter // Filter, compiled once per node
+	pipelined bool           // the caller does not wait for the broker (Pipelined)
 }
 
 func (cmd *command) message() Message { return Message{DataType: cmd.DataType, Data: cmd.Data} }

@@ -260,14 +260,9 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 	return "", ""
 }
 
-// clientEventKey marks the context of a client's user event: a send made
-// with it is ordered with the client's other sends, which go the same way,
-// without waiting for the broker (cluster.run).
-type clientEventKey struct{}
-
 // userEvent calls the event handler and keeps the connection state it sets.
 func (c *conn) userEvent(name string, t DataType, data []byte) (*UserEventResponse, error) {
-	resp, err := c.svc.handler.UserEvent(context.WithValue(c.ctx, clientEventKey{}, c.id), &UserEventRequest{
+	resp, err := c.svc.handler.UserEvent(c.ctx, &UserEventRequest{
 		ConnectionContext: c.context(),
 		EventName:         name,
 		DataType:          t,

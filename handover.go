@@ -3,6 +3,7 @@ package pubsub
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -122,6 +123,7 @@ func (c *conn) prepareHandover() result {
 		return result{Err: errCode(errNotRecoverable)}
 	}
 	old := c.detachLocked("The client recovered on another node.")
+	c.rel.preparedAt = time.Now()
 	sess := &handedSession{User: c.userID, Subprotocol: c.subprotocol, Groups: c.groupNamesLocked()}
 	c.mu.Unlock()
 	if old != nil {
@@ -171,10 +173,18 @@ func (c *conn) groupNamesLocked() []string {
 // handOver is step 3, on the owner: node asks for the session, subscribed
 // to groups.
 func (c *conn) handOver(node string, groups []string) result {
+	cl := c.svc.cluster
 	c.mu.Lock()
 	old := c.detachLocked("The client recovered on another node.")
-	if c.state != stateDetached {
+	// The new node waits a ClusterTimeout for each handover answer, from
+	// after the takeover answer: one given later than half of it from the
+	// takeover would reach it in time only if the network took no time, and
+	// a session handed to a node that gave up would be lost.
+	if c.state != stateDetached || c.rel.preparedAt.IsZero() || time.Since(c.rel.preparedAt) > cl.timeout/2 {
 		c.mu.Unlock()
+		if old != nil {
+			old.out.abort()
+		}
 		return result{Err: errCode(errNotRecoverable)}
 	}
 	now := c.groupNamesLocked()
@@ -185,7 +195,6 @@ func (c *conn) handOver(node string, groups []string) result {
 		}
 		return result{Retry: append(now, "")} // never empty: "" ends the list
 	}
-	cl := c.svc.cluster
 	r := c.rel
 	sess := &handedSession{
 		User: c.userID, Subprotocol: c.subprotocol, Groups: now, State: c.connState,
@@ -239,8 +248,7 @@ func (cl *cluster) takeover(ctx context.Context, hub, id string) (*conn, error) 
 	if _, ok := ownerOf(id); !ok {
 		return nil, errNotRecoverable
 	}
-	ctx, cancel := context.WithTimeout(ctx, cl.timeout)
-	defer cancel()
+	// Each ask waits at most a ClusterTimeout of its own (handOver says why).
 	r, err := cl.ask(ctx, &command{Op: opTakeover, Hub: hub, Target: id, Node: cl.node})
 	if err == nil {
 		err = r.err()
@@ -266,7 +274,10 @@ func (cl *cluster) takeover(ctx context.Context, hub, id string) (*conn, error) 
 	cl.arrivals[id] = a
 	cl.mu.Unlock()
 	hubKey := subjectKey(hub)
-	subjects := []string{hubSubject(hubKey), connectionSubject(id)}
+	subjects := []string{hubSubject(hubKey)}
+	if !cl.namedBy(id) { // this node's wildcard takes its own ids
+		subjects = append(subjects, connectionSubject(id))
+	}
 	if sess.User != "" {
 		subjects = append(subjects, userSubject(hubKey, sess.User))
 	}
@@ -305,7 +316,13 @@ func (cl *cluster) takeover(ctx context.Context, hub, id string) (*conn, error) 
 	}
 	var c *conn
 	if err == nil {
-		c, err = cl.arrive(a, id, from, sess)
+		if c, err = cl.arrive(a, id, from, sess); err != nil && !errors.Is(err, errClosedArriving) {
+			// The owner let the session go and it could not be registered
+			// here (shutting down): it ends here, and the handler hears so.
+			cl.tellOwner(hub, id, "")
+			cl.svc.handler.Disconnected(context.Background(), ConnectionContext{Hub: hub, ConnectionID: id,
+				UserID: sess.User, Subprotocol: sess.Subprotocol, ConnectionState: sess.State}, DisconnectNotRecovered.Reason)
+		}
 	}
 	if err != nil {
 		cl.mu.Lock()
@@ -315,6 +332,10 @@ func (cl *cluster) takeover(ctx context.Context, hub, id string) (*conn, error) 
 	}
 	return c, nil
 }
+
+// errClosedArriving: a close reached the connection while it arrived; it
+// was registered and closed, and its disconnected event raised.
+var errClosedArriving = errors.New("pubsub: closed while it was handed over")
 
 // arrive is step 4: the session, the queue replayed on it, and the
 // connection registered.
@@ -362,7 +383,7 @@ func (cl *cluster) arrive(a *arrival, id, from string, sess *handedSession) (*co
 			delete(cl.arrivals, id)
 			c.initialGroups = slices.Sorted(maps.Keys(groups))
 			err := s.register(c, a.hub)
-			if err == nil {
+			if err == nil && !cl.namedBy(id) {
 				cl.subscribe(connectionSubject(id)) // the registry's, until it leaves (hub.unregister)
 			}
 			cl.mu.Unlock()
@@ -390,7 +411,7 @@ func (cl *cluster) arrive(a *arrival, id, from string, sess *handedSession) (*co
 	c.mu.Unlock()
 	if closed != nil {
 		c.close(*closed)
-		return nil, errNotRecoverable
+		return nil, errClosedArriving
 	}
 	return c, nil
 }

@@ -71,7 +71,7 @@ func (h *hubState) unregister(c *conn, groups map[string]struct{}) {
 		h.users.remove(c.userID, c)
 	}
 	h.conns.Delete(c.id)
-	if c.movedFrom != "" {
+	if c.movedFrom != "" && !c.svc.cluster.namedBy(c.id) {
 		c.svc.cluster.unsubscribe(connectionSubject(c.id))
 	}
 	c.svc.pruneHub(h)
@@ -104,9 +104,10 @@ func anyLive(conns []*conn) bool {
 type SendOption func(*sendOptions)
 
 type sendOptions struct {
-	excluded []string
-	filter   string
-	ttl      time.Duration
+	excluded  []string
+	filter    string
+	ttl       time.Duration
+	pipelined bool
 }
 
 // Excluding leaves the given connections out of a send.
@@ -128,6 +129,18 @@ func WithTTL(ttl time.Duration) SendOption {
 	return func(o *sendOptions) { o.ttl = ttl }
 }
 
+// Pipelined lets a send return as soon as it is on its way, in a cluster:
+// without it, a send returns once its command has reached the broker, so
+// that whatever the caller does next, on any node, is ordered after it.
+// Pipelined sends made from one node stay in the order they were made
+// (they go the same way), as a client's own sends do; what the caller does
+// next elsewhere (a call on another node) may overtake them. For an event
+// handler that sends on behalf of a client, one send per event. Without a
+// Broker it changes nothing.
+func Pipelined() SendOption {
+	return func(o *sendOptions) { o.pipelined = true }
+}
+
 func (h *Hub) send(ctx context.Context, o op, target string, msg Message, opts []SendOption) error {
 	if err := msg.validate(); err != nil {
 		return err
@@ -136,7 +149,7 @@ func (h *Hub) send(ctx context.Context, o op, target string, msg Message, opts [
 	for _, f := range opts {
 		f(&so)
 	}
-	cmd := &command{Op: o, Hub: h.name, Target: target, DataType: msg.DataType, Data: msg.Data, Excluded: so.excluded, Filter: so.filter}
+	cmd := &command{Op: o, Hub: h.name, Target: target, DataType: msg.DataType, Data: msg.Data, Excluded: so.excluded, Filter: so.filter, pipelined: so.pipelined}
 	if so.ttl > 0 {
 		cmd.ExpiresAt = time.Now().Add(so.ttl).UnixNano()
 	}

@@ -30,6 +30,9 @@ type reliable struct {
 	bytes   int
 	reason  string // why the last transport dropped
 	timer   *time.Timer
+	// preparedAt is when another node asked to take the connection over
+	// (handover.go); zero: none did.
+	preparedAt time.Time
 }
 
 // unackedMessage is a data message as its receiver's frame: the parts that

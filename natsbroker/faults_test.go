@@ -187,9 +187,9 @@ func TestNATSRestart(t *testing.T) {
 	})
 }
 
-// Sends an event handler makes in a client's user events (a chat app's
-// pattern) keep the client's order on every node, although they do not
-// wait for the broker.
+// Pipelined sends an event handler makes in a client's user events (a
+// chat app's pattern) keep the client's order on every node, although they
+// do not wait for the broker.
 func TestEventHandlerSendsKeepTheClientsOrder(t *testing.T) {
 	ns := startNATS(t, -1)
 	hubs := make(map[string]*pubsub.Hub)
@@ -199,7 +199,7 @@ func TestEventHandlerSendsKeepTheClientsOrder(t *testing.T) {
 			mu.Lock()
 			h := hubs[node]
 			mu.Unlock()
-			return nil, h.SendToGroup(ctx, "room", pubsub.Message{DataType: req.DataType, Data: req.Data})
+			return nil, h.SendToGroup(ctx, "room", pubsub.Message{DataType: req.DataType, Data: req.Data}, pubsub.Pipelined())
 		}}
 	}})
 	mu.Lock()

@@ -289,14 +289,14 @@ func TestTheFirstNodeDoesNotGuessOnATimeout(t *testing.T) {
 // has handed the session over, and the new node has not taken it yet.
 type slowHandoverReply struct{ pubsub.Broker }
 
-func (s slowHandoverReply) Request(ctx context.Context, subject string, data []byte, onReply func([]byte) bool) error {
+func (s slowHandoverReply) Request(subject string, data []byte, onReply func([]byte, error)) (func(), error) {
 	if strings.HasPrefix(string(data), `c{"o":25,`) { // opHandover
-		return s.Broker.Request(ctx, subject, data, func(b []byte) bool {
-			time.Sleep(500 * time.Millisecond)
-			return onReply(b)
+		return s.Broker.Request(subject, data, func(b []byte, err error) {
+			time.Sleep(500 * time.Millisecond) // a slow network, injected: not a wait for anything
+			onReply(b, err)
 		})
 	}
-	return s.Broker.Request(ctx, subject, data, onReply)
+	return s.Broker.Request(subject, data, onReply)
 }
 
 // An operation on a connection asked between the owner's handover and the

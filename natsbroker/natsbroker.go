@@ -249,34 +249,26 @@ func (b *Broker) Publish(subject string, data []byte) error {
 
 // Request implements pubsub.Broker, with an inbox of its own per request
 // so that a survey can collect one reply from every node.
-func (b *Broker) Request(ctx context.Context, subject string, data []byte, onReply func([]byte) bool) error {
+func (b *Broker) Request(subject string, data []byte, onReply func([]byte, error)) (stop func(), err error) {
 	inbox := b.nc.NewInbox()
-	sub, err := b.nc.SubscribeSync(inbox)
+	sub, err := b.nc.Subscribe(inbox, func(m *nats.Msg) {
+		if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
+			onReply(nil, pubsub.ErrNoResponders)
+			return
+		}
+		onReply(m.Data, nil)
+	})
 	if err != nil {
 		b.errs.Add(1)
-		return err
+		return nil, err
 	}
-	defer sub.Unsubscribe()
 	if err := b.nc.PublishMsg(&nats.Msg{Subject: b.prefix + subject, Reply: inbox, Data: data}); err != nil {
+		_ = sub.Unsubscribe()
 		b.errs.Add(1)
-		return err
+		return nil, err
 	}
 	b.published.Add(1)
-	for {
-		m, err := sub.NextMsgWithContext(ctx)
-		if errors.Is(err, nats.ErrNoResponders) {
-			return pubsub.ErrNoResponders
-		}
-		if err != nil {
-			return err
-		}
-		if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
-			return pubsub.ErrNoResponders
-		}
-		if !onReply(m.Data) {
-			return nil
-		}
-	}
+	return func() { _ = sub.Unsubscribe() }, nil
 }
 
 // Flush implements pubsub.Broker.

@@ -155,10 +155,9 @@ func ours(mux *http.ServeMux, endpoint string, broker *natsbroker.Broker) *pubsu
 		OnUserEvent: func(ctx context.Context, req *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
 			group, payload := split(req.Data)
 			t := time.Now()
-			// The event's context, as an application's handler would: in a
-			// cluster, the send is ordered with the client's next without
-			// waiting for a NATS flush.
-			err := hub.SendToGroup(ctx, group, pubsub.Message{DataType: pubsub.DataTypeText, Data: payload})
+			// Pipelined: in a cluster, the send is ordered with the
+			// client's next without waiting for a NATS flush.
+			err := hub.SendToGroup(ctx, group, pubsub.Message{DataType: pubsub.DataTypeText, Data: payload}, pubsub.Pipelined())
 			apiSends.Add(1)
 			apiSendNanos.Add(int64(time.Since(t)))
 			return nil, err
