@@ -174,6 +174,9 @@ func (c *conn) groupNamesLocked() []string {
 // to groups.
 func (c *conn) handOver(node string, groups []string) result {
 	cl := c.svc.cluster
+	// Before c.mu (cluster.mu is taken first, lifecycle.go); seen changes only
+	// on the broker's goroutine, which is this one.
+	seen := cl.watermark()
 	c.mu.Lock()
 	old := c.detachLocked("The client recovered on another node.")
 	// The new node waits a ClusterTimeout for each handover answer, from
@@ -198,7 +201,7 @@ func (c *conn) handOver(node string, groups []string) result {
 	r := c.rel
 	sess := &handedSession{
 		User: c.userID, Subprotocol: c.subprotocol, Groups: now, State: c.connState,
-		Perms: c.perms.snapshot(), Seq: r.seq, Reason: r.reason, Seen: cl.watermark(),
+		Perms: c.perms.snapshot(), Seq: r.seq, Reason: r.reason, Seen: seen,
 	}
 	for _, m := range r.unacked {
 		var frame []byte
