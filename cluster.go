@@ -238,8 +238,23 @@ func (cl *cluster) heard(node string) {
 		return
 	}
 	cl.mu.Lock()
+	_, known := cl.peers[node]
 	cl.peers[node] = time.Now()
 	cl.mu.Unlock()
+	if !known && node != cl.node {
+		cl.reannounce(node)
+	}
+}
+
+// reannounce tells a node heard from again (new, or back after its
+// heartbeats stopped: it forgot this one's) which of its connections this
+// node holds, since they were handed over here.
+func (cl *cluster) reannounce(node string) {
+	cl.svc.eachConn(func(c *conn) {
+		if owner, _ := ownerOf(c.id); owner == node && c.movedFrom != "" {
+			cl.tellOwner(c.hub.name, c.id, cl.node)
+		}
+	})
 }
 
 // livePeers returns the nodes heard from lately, this one included.
@@ -425,7 +440,10 @@ func (cl *cluster) run(ctx context.Context, cmd *command) (result, error) {
 	if !cl.publish(cmd) || cmd.pipelined {
 		return result{}, nil
 	}
-	if err := cl.flushes.flush(cl.b, cl.timeout); err != nil {
+	if err := cl.flush(ctx); err != nil {
+		if ctx.Err() != nil {
+			return result{}, ctx.Err() // published; the caller stopped waiting
+		}
 		cl.publishErrors.Add(1)
 	}
 	return result{}, nil
@@ -433,40 +451,61 @@ func (cl *cluster) run(ctx context.Context, cmd *command) (result, error) {
 
 // flusher shares broker flushes among concurrent callers: a caller needs a
 // flush that began after its publish, and one flush serves every caller
-// that published before it began.
+// that published before it began. Flushes run on a goroutine of their own
+// (counted in cluster.replies), so that a caller whose context ends stops
+// waiting.
 type flusher struct {
 	mu      sync.Mutex
-	cond    sync.Cond
-	started uint64 // flushes begun
-	done    uint64 // the last flush to end
-	running bool
-	err     error // the last flush's
+	running *flushRun // the flush under way
+	next    *flushRun // the one to begin when it ends
 }
 
-func (f *flusher) flush(b Broker, timeout time.Duration) error {
+type flushRun struct {
+	done chan struct{}
+	err  error
+}
+
+func (cl *cluster) flush(ctx context.Context) error {
+	f := &cl.flushes
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.cond.L == nil {
-		f.cond.L = &f.mu
-	}
-	need := f.started + 1 // the next flush to begin: one under way began before this call
-	for f.done < need {
-		if f.running {
-			f.cond.Wait()
-			continue
+	var run *flushRun
+	if f.running == nil {
+		run = &flushRun{done: make(chan struct{})}
+		f.running = run
+		cl.startFlush(run)
+	} else {
+		if f.next == nil {
+			f.next = &flushRun{done: make(chan struct{})}
 		}
-		f.running = true
-		f.started++
-		gen := f.started
-		f.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		err := b.Flush(ctx)
-		cancel()
-		f.mu.Lock()
-		f.running, f.done, f.err = false, gen, err
-		f.cond.Broadcast()
+		run = f.next // the one under way began before this caller's publish
 	}
-	return f.err
+	f.mu.Unlock()
+	select {
+	case <-run.done:
+		return run.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// startFlush runs a flush, then the next one if callers wait for it; under
+// flushes.mu.
+func (cl *cluster) startFlush(run *flushRun) {
+	cl.replies.Add(1)
+	go func() {
+		defer cl.replies.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), cl.timeout)
+		run.err = cl.b.Flush(ctx)
+		cancel()
+		f := &cl.flushes
+		f.mu.Lock()
+		close(run.done)
+		f.running, f.next = f.next, nil
+		if f.running != nil {
+			cl.startFlush(f.running)
+		}
+		f.mu.Unlock()
+	}()
 }
 
 // publish sends cmd to the subject of its target. When the broker refuses
@@ -508,6 +547,7 @@ func (cl *cluster) ask(ctx context.Context, cmd *command) (result, error) {
 	if !ok {
 		return connectionNotFound(cmd.Op), nil // no node's connection
 	}
+	caller := ctx
 	ctx, cancel := context.WithTimeout(ctx, cl.timeout)
 	defer cancel()
 	var r result
@@ -524,6 +564,9 @@ func (cl *cluster) ask(ctx context.Context, cmd *command) (result, error) {
 	case !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) && cl.answersFor(cmd):
 		cl.publishErrors.Add(1)
 		return cl.svc.exec(cmd), nil // the broker is away; this node answers for the connection
+	}
+	if caller.Err() != nil {
+		return result{}, caller.Err() // the caller gave up: not the cluster's failure
 	}
 	cl.timeouts.Add(1)
 	cl.mu.Lock()
@@ -596,6 +639,7 @@ func (cl *cluster) survey(ctx context.Context, cmd *command) (result, error) {
 	expect := cl.livePeers()
 	waiting := len(expect)
 	var rs []result
+	caller := ctx
 	ctx, cancel := context.WithTimeout(ctx, cl.timeout)
 	defer cancel()
 	err := cl.request(ctx, nodesSubject, nil, cmd, func(b []byte) bool {
@@ -616,6 +660,9 @@ func (cl *cluster) survey(ctx context.Context, cmd *command) (result, error) {
 		if local := []result{cl.svc.exec(cmd)}; decided(cmd.Op, local) {
 			return merge(cmd.Op, local), nil
 		}
+	}
+	if waiting > 0 && !decided(cmd.Op, rs) && caller.Err() != nil {
+		return result{}, caller.Err()
 	}
 	if waiting > 0 && !decided(cmd.Op, rs) {
 		var missing []string

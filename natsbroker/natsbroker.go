@@ -39,7 +39,10 @@ type Options struct {
 	// Conn, when set, is used instead of a connection of the broker's own,
 	// and is not closed by it. Give it nats.ReconnectBufSize(-1), or sends
 	// made while NATS is away are held until it is back instead of reaching
-	// this node's connections at once, and nats.MaxReconnects(-1).
+	// this node's connections at once, nats.MaxReconnects(-1), a short
+	// nats.PingInterval, and an error handler of its own: the broker's
+	// logging of dropped messages is on its own connection only (Stats
+	// counts them either way).
 	Conn *nats.Conn
 	// Prefix is the first token of every subject of the service. Default
 	// DefaultPrefix.
@@ -76,7 +79,7 @@ type Broker struct {
 	stop    chan struct{}
 	done    chan struct{}
 
-	published, received, dropped, errs atomic.Int64
+	published, received, errs atomic.Int64
 }
 
 var _ pubsub.Broker = (*Broker)(nil)
@@ -128,6 +131,11 @@ func New(opts Options) (*Broker, error) {
 			nats.ReconnectWait(250*time.Millisecond),
 			nats.ReconnectBufSize(-1), // while NATS is away, a send reaches this node's connections at once
 			nats.RetryOnFailedConnect(true),
+			// A NATS that hangs without closing the connection is noticed
+			// within about 3 s (nats.go's default is minutes), after which
+			// this node serves its own connections as when NATS is away.
+			nats.PingInterval(time.Second),
+			nats.MaxPingsOutstanding(3),
 			nats.ErrorHandler(b.asyncError),
 			nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
 				if nc.IsClosed() {
@@ -164,9 +172,7 @@ func randomID() string {
 // messages for this node.
 func (b *Broker) asyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
 	if errors.Is(err, nats.ErrSlowConsumer) {
-		n, _ := sub.Dropped()
-		b.dropped.Store(int64(n))
-		b.log.Error("NATS dropped messages for this node: its queue is full", "node", b.node)
+		b.log.Error("NATS dropped messages for this node: its queue is full", "node", b.node, "subject", sub.Subject)
 		return
 	}
 	b.errs.Add(1)
@@ -308,12 +314,20 @@ func (b *Broker) Close() error {
 func (b *Broker) Connected() bool { return b.nc.IsConnected() }
 
 // Stats returns the broker's counters: messages published and received,
-// messages NATS dropped for this node, and errors.
+// messages dropped for this node because its queue was full (over its
+// current subscriptions), and errors.
 func (b *Broker) Stats() Stats {
-	return Stats{
+	st := Stats{
 		Published: b.published.Load(),
 		Received:  b.received.Load(),
-		Dropped:   b.dropped.Load(),
 		Errors:    b.errs.Load(),
 	}
+	b.mu.Lock()
+	for _, sub := range b.subs {
+		if n, err := sub.Dropped(); err == nil {
+			st.Dropped += int64(n)
+		}
+	}
+	b.mu.Unlock()
+	return st
 }

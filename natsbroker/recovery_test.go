@@ -91,14 +91,21 @@ func (r *reliableClient) read(done func(data string) bool) (transportEnded bool)
 	}
 }
 
-// events records the connected and disconnected events of every node.
+// events records the connected and disconnected events of every node, and
+// the connection state each disconnected event carries; every connection
+// is given the state "kept" at its connect.
 type events struct {
-	mu  sync.Mutex
-	log []string
+	mu     sync.Mutex
+	log    []string
+	states map[string]string
 }
 
 func (e *events) handler(node string) pubsub.EventHandler {
 	return pubsub.EventHandlerFuncs{
+		OnConnect: func(context.Context, *pubsub.ConnectRequest) (*pubsub.ConnectResponse, error) {
+			kept := "kept"
+			return &pubsub.ConnectResponse{ConnectionState: &kept}, nil
+		},
 		OnConnected: func(_ context.Context, c pubsub.ConnectionContext) {
 			e.mu.Lock()
 			e.log = append(e.log, "connected "+c.ConnectionID+" on "+node)
@@ -107,6 +114,10 @@ func (e *events) handler(node string) pubsub.EventHandler {
 		OnDisconnected: func(_ context.Context, c pubsub.ConnectionContext, _ string) {
 			e.mu.Lock()
 			e.log = append(e.log, "disconnected "+c.ConnectionID+" on "+node)
+			if e.states == nil {
+				e.states = make(map[string]string)
+			}
+			e.states[c.ConnectionID] = c.ConnectionState
 			e.mu.Unlock()
 		},
 	}
@@ -210,6 +221,12 @@ func TestReliableClientRecoversOnAnotherNode(t *testing.T) {
 	eventually(t, "the disconnected event", func() bool { return len(ev.of(r.id)) == 2 })
 	if got := ev.of(r.id); got[0] != "connected "+r.id+" on node0" || got[1] != "disconnected "+r.id+" on node2" {
 		t.Fatalf("events: %v", got)
+	}
+	ev.mu.Lock()
+	state := ev.states[r.id]
+	ev.mu.Unlock()
+	if state != "kept" {
+		t.Fatalf("the connection state node2 raised the disconnected event with: %q, want the one set at connect", state)
 	}
 }
 
