@@ -2,8 +2,8 @@ package natsbroker_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -250,9 +250,34 @@ func TestRESTOnAnyNode(t *testing.T) {
 	check(n0, http.MethodPut, "/groups/room/connections/"+s.bob1.id, "", 200)
 	check(n1, http.MethodPost, "/groups/room/:send", `"via rest"`, 202)
 	s.expect(t, "rest group", map[*client][]string{s.alice0: {`via rest`}, s.bob1: {`via rest`}, s.bob2: {`via rest`}, s.carol2: {`via rest`}})
-	page := check(n2, http.MethodGet, "/groups/room/connections?maxpagesize=2", "", 200)
-	if !strings.Contains(page, "nextLink") {
-		t.Fatalf("a page of 2 of 4 members has no nextLink: %s", page)
+	// Pages over the whole cluster: 2 and 2 of the 4 members, on three nodes.
+	var listed []string
+	path := "/groups/room/connections?maxpagesize=2"
+	for pages := 0; path != ""; pages++ {
+		var page struct {
+			Value []struct {
+				ConnectionID string `json:"connectionId"`
+			} `json:"value"`
+			NextLink string `json:"nextLink"`
+		}
+		must(t, json.Unmarshal([]byte(check(s.random(), http.MethodGet, path, "", 200)), &page))
+		for _, v := range page.Value {
+			listed = append(listed, v.ConnectionID)
+		}
+		path = ""
+		if page.NextLink != "" {
+			_, rest, _ := strings.Cut(page.NextLink, "/api/hubs/chat")
+			path = strings.Replace(rest, "api-version=2024-01-01&", "", 1)
+		}
+		if pages > 4 {
+			t.Fatalf("more pages than members: %v", listed)
+		}
+	}
+	slices.Sort(listed)
+	wantListed := []string{s.alice0.id, s.bob1.id, s.bob2.id, s.carol2.id}
+	slices.Sort(wantListed)
+	if !slices.Equal(listed, wantListed) {
+		t.Fatalf("the pages listed %v, want %v", listed, wantListed)
 	}
 	check(n1, http.MethodPut, "/permissions/sendToGroup/connections/"+s.alice0.id+"?targetName=lobby", "", 200)
 	check(n2, http.MethodHead, "/permissions/sendToGroup/connections/"+s.alice0.id+"?targetName=lobby", "", 200)
@@ -267,7 +292,6 @@ func TestRESTOnAnyNode(t *testing.T) {
 	s.expect(t, "rest all", w)
 	check(n1, http.MethodDelete, "/connections/"+s.alice0.id, "", 204)
 	s.alice0.ExpectClose()
-	_ = fmt.Sprint
 }
 
 // The rest of the REST operations, each made on a node other than the one
@@ -314,4 +338,21 @@ func TestEveryRESTOperationAcrossNodes(t *testing.T) {
 	}
 	check(n2, http.MethodHead, "/connections/"+s.dave0.id, "", 200)
 	check(n1, http.MethodHead, "/users/bob", "", 404)
+}
+
+// Closes by group and by user, with exclusions, reach every node.
+func TestClosesWithExclusionsAcrossNodes(t *testing.T) {
+	ns := startNATS(t, -1)
+	s := newSpread(t, newCluster(t, ns.ClientURL(), 3, clusterOptions{}))
+	ctx := context.Background()
+	must(t, s.nodes[1].hub.CloseGroupConnections(ctx, "room", "room closed", s.bob2.id))
+	for _, c := range []*client{s.alice0, s.carol2} {
+		if info, _ := c.ExpectClose(); info.Code != 1000 {
+			t.Fatalf("%s@%s closed with %v", c.user, c.node.id, info)
+		}
+	}
+	must(t, s.nodes[0].hub.CloseUserConnections(ctx, "bob", "bob closed", s.bob1.id))
+	s.bob2.ExpectClose()
+	s.all = []*client{s.alice1, s.bob1, s.dave0}
+	s.expect(t, "after the closes", nil) // the others are open and get the marker
 }

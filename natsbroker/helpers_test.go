@@ -247,9 +247,6 @@ func eventually(t testing.TB, what string, cond func() bool) {
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
-// waitABit yields to the goroutines a polling loop waits for.
-func waitABit() { time.Sleep(time.Millisecond) }
-
 func text(s string) pubsub.Message { return pubsub.TextMessage(s) }
 
 func jsonString(v any) string {
