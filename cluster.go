@@ -185,6 +185,9 @@ func (cl *cluster) close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), cl.timeout)
 	_ = cl.b.Flush(ctx)
 	cancel()
+	cl.flushes.mu.Lock()
+	cl.flushes.closed = true // a flush under way may chain on; none begins
+	cl.flushes.mu.Unlock()
 	err := cl.b.Close() // no more deliveries, so no more answers begun
 	cl.replies.Wait()
 	return err
@@ -242,7 +245,10 @@ func (cl *cluster) heard(node string) {
 	cl.peers[node] = time.Now()
 	cl.mu.Unlock()
 	if !known && node != cl.node {
+		// Either side may have forgotten the other (its deliveries stalled,
+		// or its timer fired first): each tells the other what it holds.
 		cl.reannounce(node)
+		_ = cl.b.Publish(nodesSubject, append([]byte{msgHello}, cl.node...))
 	}
 }
 
@@ -251,9 +257,16 @@ func (cl *cluster) heard(node string) {
 // node holds, since they were handed over here.
 func (cl *cluster) reannounce(node string) {
 	cl.svc.eachConn(func(c *conn) {
-		if owner, _ := ownerOf(c.id); owner == node && c.movedFrom != "" {
-			cl.tellOwner(c.hub.name, c.id, cl.node)
+		if owner, _ := ownerOf(c.id); owner != node || c.movedFrom == "" {
+			return
 		}
+		// Under c.mu, so that it is not told after the connection's release
+		// said it is gone.
+		c.mu.Lock()
+		if c.state != stateReleased {
+			_ = cl.b.Publish(connectionSubject(c.id), encodeCommand(&command{Op: opForget, Hub: c.hub.name, Target: c.id, Node: cl.node}))
+		}
+		c.mu.Unlock()
 	})
 }
 
@@ -277,7 +290,11 @@ func (cl *cluster) receive(_ string, data []byte, reply func([]byte)) {
 	case msgHeartbeat:
 		cl.heard(string(data[1:]))
 	case msgHello:
-		cl.heard(string(data[1:]))
+		sender := string(data[1:])
+		cl.heard(sender)
+		if sender != cl.node && nodeIDPattern.MatchString(sender) {
+			cl.reannounce(sender) // it may have forgotten this node's holdings
+		}
 		if reply != nil {
 			reply([]byte(cl.node))
 		}
@@ -458,6 +475,7 @@ type flusher struct {
 	mu      sync.Mutex
 	running *flushRun // the flush under way
 	next    *flushRun // the one to begin when it ends
+	closed  bool      // the cluster closed: no more flushes
 }
 
 type flushRun struct {
@@ -468,6 +486,10 @@ type flushRun struct {
 func (cl *cluster) flush(ctx context.Context) error {
 	f := &cl.flushes
 	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return ErrServiceClosed
+	}
 	var run *flushRun
 	if f.running == nil {
 		run = &flushRun{done: make(chan struct{})}

@@ -351,6 +351,8 @@ func TestClosesWithExclusionsAcrossNodes(t *testing.T) {
 			t.Fatalf("%s@%s closed with %v", c.user, c.node.id, info)
 		}
 	}
+	s.all = []*client{s.alice1, s.bob1, s.bob2, s.dave0}
+	s.expect(t, "after the group close", nil) // bob2, excluded, is open: it gets the marker
 	must(t, s.nodes[0].hub.CloseUserConnections(ctx, "bob", "bob closed", s.bob1.id))
 	s.bob2.ExpectClose()
 	s.all = []*client{s.alice1, s.bob1, s.dave0}

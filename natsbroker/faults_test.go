@@ -240,6 +240,13 @@ func TestNATSRestartMidStream(t *testing.T) {
 
 	stop := make(chan struct{})
 	published := make(chan int, 1)
+	var stopOnce sync.Once
+	var last int
+	stopPublisher := func() int {
+		stopOnce.Do(func() { close(stop); last = <-published })
+		return last
+	}
+	t.Cleanup(func() { stopPublisher() }) // before the nodes stop, also on a failure
 	go func() {
 		i := 0
 		defer func() { published <- i }()
@@ -273,8 +280,7 @@ func TestNATSRestartMidStream(t *testing.T) {
 	startNATS(t, port)
 	eventually(t, "the nodes reconnect", func() bool { return connected(nodes[0]) && connected(nodes[1]) })
 	read(b, &gotB, 50) // node1's member gets the stream again
-	close(stop)
-	last := <-published
+	last = stopPublisher()
 	// Drain the rest: every message up to the last published, of those each got.
 	for len(gotA) == 0 || gotA[len(gotA)-1] < last-1 {
 		read(a, &gotA, 1)

@@ -64,3 +64,44 @@ func TestASilentNATSIsNoticed(t *testing.T) {
 		t.Error("a send on node0 did not reach node0's own connection once the silent NATS was noticed")
 	}
 }
+
+// The id's node (node0) forgets node1 (its deliveries stall for more than
+// three heartbeats) while node1 never stops hearing node0: when node0 hears
+// node1 again it says hello, and node1 tells it again where the handed-over
+// connection is. (A review's test: before the hello, 4 to 10 of 20 answers
+// were wrong, for good.)
+func TestOneSidedForgetIsRepaired(t *testing.T) {
+	ns := startNATS(t, -1)
+	var owner *freezable
+	nodes := newCluster(t, ns.ClientURL(), 2, clusterOptions{
+		cfg: pubsub.Config{RecoveryWindow: 10 * time.Second, ClusterTimeout: 500 * time.Millisecond},
+		wrap: func(i int, b pubsub.Broker) pubsub.Broker {
+			if i == 0 {
+				owner = &freezable{Broker: b}
+				return owner
+			}
+			return b
+		},
+	})
+	r := dialReliable(t, nodes[0].url(pubsub.TokenOptions{UserID: "rel", Groups: []string{"room"}}))
+	r.handOver(nodes[1], nodes[0], "m0")
+	owner.freeze()
+	eventually(t, "node0 forgot node1", func() bool { return nodes[0].svc.Stats().Nodes == 1 })
+	if nodes[1].svc.Stats().Nodes != 2 {
+		t.Fatal("node1 forgot node0 too: not the one-sided case")
+	}
+	owner.thaw()
+	eventually(t, "peers known", func() bool {
+		return nodes[0].svc.Stats().Nodes == 2 && nodes[1].svc.Stats().Nodes == 2
+	})
+	eventually(t, "node0 answers for the handed-over connection right, 20 times in a row", func() bool {
+		for range 20 {
+			if ok, err := nodes[0].hub.ConnectionExists(context.Background(), r.id); err != nil || !ok {
+				return false
+			}
+		}
+		return true
+	})
+	r.close()
+	eventually(t, "the connection is gone", func() bool { return nodes[1].svc.Stats().Connections == 0 })
+}
