@@ -24,10 +24,12 @@ import (
 //     made.
 //   - Flush is an ordering barrier: whatever any node publishes after Flush
 //     returned is delivered after what this node published, and after its
-//     subscriptions took effect, before the call.
+//     subscriptions took effect, before the call. (NATS keeps this with
+//     the nodes on one server; see docs/scale-out.md.)
 //
-// Subjects are tokens of [A-Za-z0-9_-] separated by dots; a broker may add
-// a prefix of its own. The natsbroker package is the implementation on NATS.
+// Subjects are tokens of [A-Za-z0-9_-] separated by dots; the last token of
+// a subscription may be "*", which matches any one token (a node's own
+// connection ids). A broker may add a prefix of its own. The natsbroker package is the implementation on NATS.
 // Redis pub/sub would need: SUBSCRIBE and UNSUBSCRIBE on one connection
 // read by one goroutine (it delivers in order on that connection), PUBLISH
 // on another (it is synchronous, so Flush has nothing left to wait for, but
