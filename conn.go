@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -178,14 +179,27 @@ func (c *conn) handleRequest(req protocol.Request) {
 	case protocol.SequenceAck:
 		c.ackSequence(req.SequenceID) // a no-op unless the subprotocol is reliable
 		return
+	case protocol.CancelInvocation:
+		// An invoke is answered on the read loop before the next frame is
+		// read, as events are: by the time a cancel is read, its invocation
+		// was answered and nothing waits to be stopped.
+		return
 	}
 	if !c.rate.allow() {
 		c.rateLimited()
+		if req.Type == protocol.Invoke {
+			c.sendInvokeError(req.InvocationID, protocol.AckTooManyRequests, fmt.Sprintf("The client sends more than %d messages per second.", c.svc.cfg.MaxMessagesPerSecond))
+			return
+		}
 		if !req.HasAckID {
 			c.close(DisconnectRateLimited)
 			return
 		}
 		c.sendAck(req.AckID, protocol.AckTooManyRequests, fmt.Sprintf("The client sends more than %d messages per second.", c.svc.cfg.MaxMessagesPerSecond))
+		return
+	}
+	if req.Type == protocol.Invoke {
+		c.invoke(req) // answered by its invokeResponse; an ackId is ignored
 		return
 	}
 	if req.HasAckID && c.acks.done(req.AckID) {
@@ -258,6 +272,37 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 		}
 	}
 	return "", ""
+}
+
+// invoke performs an invoke request: the user event of that name, whose
+// reply becomes the invokeResponse. A failure fails this invocation only.
+// The response is not a message: it carries no sequence id on a reliable
+// connection and is not replayed after a recovery (the client fails its
+// pending invocations when the transport drops).
+func (c *conn) invoke(req protocol.Request) {
+	if !strings.EqualFold(req.Target, "event") {
+		c.sendInvokeError(req.InvocationID, protocol.AckBadRequest, fmt.Sprintf("Unsupported invocation target '%s'.", req.Target))
+		return
+	}
+	resp, err := c.userEvent(req.Event, req.DataType, req.Data)
+	if err != nil {
+		msg := err.Error()
+		if errors.Is(err, ErrNoEventHandler) {
+			msg = fmt.Sprintf("No event handler for event '%s'.", req.Event)
+		}
+		c.sendInvokeError(req.InvocationID, protocol.AckInternalServerError, msg)
+		return
+	}
+	var t DataType
+	var data []byte
+	if resp != nil && len(resp.Data) > 0 {
+		t, data = resp.DataType, resp.Data
+	}
+	c.send(jsonFrame(protocol.AppendInvokeResponse(wsframe.Begin(96+len(req.InvocationID)+len(data)*2), req.InvocationID, t, data)))
+}
+
+func (c *conn) sendInvokeError(invocationID, errName, errMessage string) {
+	c.send(jsonFrame(protocol.AppendInvokeError(wsframe.Begin(96+len(invocationID)+len(errMessage)), invocationID, errName, errMessage)))
 }
 
 // userEvent calls the event handler and keeps the connection state it sets.

@@ -227,6 +227,11 @@ func fuzzSeeds() [][]byte {
 		),
 		text(`{"type":"sendToGroup","group":"g","dataType":"binary","data":"AAEC"}`),
 		text(`{"type":"event","event":"e","dataType":"text","data":"\ud800"}`),
+		frames(
+			text(`{"type":"invoke","invocationId":"1","target":"event","event":"e","dataType":"json","data":{"a":1}}`),
+			text(`{"type":"cancelInvocation","invocationId":"1"}`),
+			text(`{"type":"invoke","invocationId":"2","target":"other","event":"e"}`),
+		),
 		// Protobuf requests.
 		pbFrame(&pb.UpstreamMessage{Message: &pb.UpstreamMessage_JoinGroupMessage_{JoinGroupMessage: &pb.UpstreamMessage_JoinGroupMessage{Group: "g", AckId: u64(1)}}}),
 		frames(

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"reflect"
@@ -163,5 +164,63 @@ func TestOfficialJSClientRecovers(t *testing.T) {
 	rec.mu.Unlock()
 	if connected != 1 {
 		t.Fatalf("%d connected events upstream, want 1", connected)
+	}
+}
+
+// TestOfficialJSClientInvoke drives the official client's invokeEvent, over
+// both JSON protocols, against an in-process event handler: a reply of each
+// data type, a failed invocation surfacing as the SDK's InvocationError with
+// the error's name, and the connection still working afterwards.
+func TestOfficialJSClientInvoke(t *testing.T) {
+	dir := wstest.Interop(t, "interop")
+	for _, kind := range []string{"json", "reliable"} {
+		t.Run(kind, func(t *testing.T) {
+			e := newEnv(t, pubsub.Config{EventHandler: pubsub.EventHandlerFuncs{
+				OnUserEvent: func(_ context.Context, req *pubsub.UserEventRequest) (*pubsub.UserEventResponse, error) {
+					switch req.EventName {
+					case "add":
+						var in struct{ A, B int }
+						if err := json.Unmarshal(req.Data, &in); err != nil {
+							return nil, err
+						}
+						return &pubsub.UserEventResponse{DataType: pubsub.DataTypeJSON, Data: []byte(`{"sum":` + strconv.Itoa(in.A+in.B) + `}`)}, nil
+					case "echo":
+						return &pubsub.UserEventResponse{DataType: pubsub.DataTypeText, Data: req.Data}, nil
+					case "fail":
+						return nil, errors.New("no such luck")
+					}
+					return nil, nil
+				},
+			}})
+			ctx, cancel := context.WithTimeout(context.Background(), 2*waitFor)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "node", "client-invoke.mjs", e.url(pubsub.TokenOptions{UserID: "alice"}), kind)
+			cmd.Dir = dir
+			cmd.Stderr = os.Stderr
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("node: %v\n%s", err, out)
+			}
+			steps := map[string]any{}
+			for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+				var m map[string]any
+				if err := json.Unmarshal([]byte(line), &m); err != nil {
+					t.Fatalf("node printed %q", line)
+				}
+				step := m["step"].(string)
+				delete(m, "step")
+				steps[step] = m
+			}
+			want := map[string]any{
+				"json":   map[string]any{"dataType": "json", "data": map[string]any{"sum": 3.0}},
+				"text":   map[string]any{"dataType": "text", "data": "hello"},
+				"failed": map[string]any{"name": "InvocationError", "errorDetail": map[string]any{"name": "InternalServerError", "message": "no such luck"}},
+				"after":  map[string]any{"dataType": "text", "data": "again"},
+				"done":   map[string]any{},
+			}
+			if !reflect.DeepEqual(steps, want) {
+				t.Fatalf("steps %v\nwant  %v", steps, want)
+			}
+		})
 	}
 }

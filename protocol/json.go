@@ -29,6 +29,11 @@ const (
 	Event
 	Ping
 	SequenceAck
+	// Invoke is an invocation of an upstream event that waits for its
+	// invokeResponse (the JS SDK's invokeEvent); JSON subprotocols only.
+	Invoke
+	// CancelInvocation tells the service the client stopped waiting.
+	CancelInvocation
 )
 
 // String returns the wire name of the request type.
@@ -46,6 +51,10 @@ func (t RequestType) String() string {
 		return "ping"
 	case SequenceAck:
 		return "sequenceAck"
+	case Invoke:
+		return "invoke"
+	case CancelInvocation:
+		return "cancelInvocation"
 	}
 	return "RequestType(" + strconv.Itoa(int(t)) + ")"
 }
@@ -57,13 +66,19 @@ type Request struct {
 	AckID    uint64
 	HasAckID bool
 	Group    string // joinGroup, leaveGroup, sendToGroup
-	Event    string // event
+	Event    string // event, invoke
 	NoEcho   bool   // sendToGroup
 	DataType DataType
 	// Data is the decoded payload: the UTF-8 text, the JSON text of a JSON
 	// value, or the raw bytes of a binary or protobuf payload.
 	Data       []byte
 	SequenceID uint64 // sequenceAck
+	// InvocationID is the client's id of an invoke or cancelInvocation.
+	InvocationID string
+	// Target is an invoke's target as sent ("event" when absent); the
+	// decoder does not judge it, so that an unknown target fails that
+	// invocation only.
+	Target string
 }
 
 // jsonRequest mirrors the JSON request schema. RawMessage fields are checked
@@ -77,6 +92,9 @@ type jsonRequest struct {
 	DataType   *string         `json:"dataType"`
 	Data       json.RawMessage `json:"data"`
 	SequenceID json.RawMessage `json:"sequenceId"`
+	// invoke, cancelInvocation
+	InvocationID *string `json:"invocationId"`
+	Target       *string `json:"target"`
 }
 
 func invalid(format string, args ...any) error {
@@ -115,6 +133,13 @@ func DecodeJSONRequest(frame []byte) (Request, error) {
 			return Request{}, invalid("sequenceAck needs a sequenceId")
 		}
 		return Request{Type: SequenceAck, SequenceID: id}, nil
+	case strings.EqualFold(raw.Type, "invoke"):
+		return decodeInvoke(&raw)
+	case strings.EqualFold(raw.Type, "cancelInvocation"):
+		if raw.InvocationID == nil || *raw.InvocationID == "" {
+			return Request{}, invalid("cancelInvocation needs an invocationId")
+		}
+		return Request{Type: CancelInvocation, InvocationID: *raw.InvocationID}, nil
 	case raw.Type == "":
 		return Request{}, invalid("missing type")
 	default:
@@ -149,6 +174,38 @@ func DecodeJSONRequest(frame []byte) (Request, error) {
 		if req.DataType, err = ParseDataType(*raw.DataType); err != nil {
 			return Request{}, err
 		}
+	}
+	if req.Data, err = decodeData(req.DataType, raw.Data); err != nil {
+		return Request{}, err
+	}
+	return req, nil
+}
+
+// decodeInvoke decodes an invoke request: a non-empty invocationId, an
+// event name as for event requests, and an optional payload (the JS SDK
+// sends dataType and data only when it has data; without data the payload is
+// empty text, whatever the dataType). An ackId, if any, is ignored: the invokeResponse is the answer.
+func decodeInvoke(raw *jsonRequest) (Request, error) {
+	if raw.InvocationID == nil || *raw.InvocationID == "" {
+		return Request{}, invalid("invoke needs an invocationId")
+	}
+	req := Request{Type: Invoke, InvocationID: *raw.InvocationID, Target: "event"}
+	if raw.Target != nil {
+		req.Target = *raw.Target
+	}
+	if raw.Event == nil || !ValidEventName(*raw.Event) {
+		return Request{}, invalid("event name must match ^[a-z][a-z0-9_.-]{0,127}$")
+	}
+	req.Event = *raw.Event
+	var err error
+	if raw.DataType != nil {
+		if req.DataType, err = ParseDataType(*raw.DataType); err != nil {
+			return Request{}, err
+		}
+	}
+	if len(raw.Data) == 0 || string(raw.Data) == "null" {
+		req.DataType, req.Data = Text, []byte{}
+		return req, nil
 	}
 	if req.Data, err = decodeData(req.DataType, raw.Data); err != nil {
 		return Request{}, err
@@ -224,6 +281,29 @@ func AppendAck(dst []byte, ackID uint64, errName, errMessage string) []byte {
 	if errName == "" {
 		return append(dst, `,"success":true}`...)
 	}
+	dst = append(dst, `,"success":false,"error":{"name":`...)
+	dst = AppendString(dst, errName)
+	dst = append(dst, `,"message":`...)
+	dst = AppendString(dst, errMessage)
+	return append(dst, "}}"...)
+}
+
+// AppendInvokeResponse appends a successful invokeResponse; dataType and
+// data are omitted when data is nil (the handler replied nothing).
+func AppendInvokeResponse(dst []byte, invocationID string, t DataType, data []byte) []byte {
+	dst = append(dst, `{"type":"invokeResponse","invocationId":`...)
+	dst = AppendString(dst, invocationID)
+	dst = append(dst, `,"success":true`...)
+	if data == nil {
+		return append(dst, '}')
+	}
+	return appendPayload(dst, t, data)
+}
+
+// AppendInvokeError appends a failed invokeResponse.
+func AppendInvokeError(dst []byte, invocationID, errName, errMessage string) []byte {
+	dst = append(dst, `{"type":"invokeResponse","invocationId":`...)
+	dst = AppendString(dst, invocationID)
 	dst = append(dst, `,"success":false,"error":{"name":`...)
 	dst = AppendString(dst, errName)
 	dst = append(dst, `,"message":`...)

@@ -24,6 +24,11 @@ func TestDecodeJSONRequest(t *testing.T) {
 		{`{"type":"ping"}`, Request{Type: Ping}},
 		{`{"type":"sequenceAck","sequenceId":5}`, Request{Type: SequenceAck, SequenceID: 5}},
 		{`{"type":"joinGroup","group":"g","ackId":null,"extra":[1]}`, Request{Type: JoinGroup, Group: "g"}},
+		{`{"type":"invoke","invocationId":"1","target":"event","event":"add","dataType":"json","data":{"a" : 1}}`, Request{Type: Invoke, InvocationID: "1", Target: "event", Event: "add", DataType: JSON, Data: []byte(`{"a":1}`)}},
+		{`{"type":"invoke","invocationId":"x","target":"event","event":"e","dataType":"binary","data":"AAE="}`, Request{Type: Invoke, InvocationID: "x", Target: "event", Event: "e", DataType: Binary, Data: []byte{0, 1}}},
+		{`{"type":"invoke","invocationId":"2","event":"e"}`, Request{Type: Invoke, InvocationID: "2", Target: "event", Event: "e", DataType: Text, Data: []byte{}}},
+		{`{"type":"Invoke","invocationId":"3","target":"group","event":"e","dataType":"text","data":null,"ackId":9}`, Request{Type: Invoke, InvocationID: "3", Target: "group", Event: "e", DataType: Text, Data: []byte{}}},
+		{`{"type":"cancelInvocation","invocationId":"7"}`, Request{Type: CancelInvocation, InvocationID: "7"}},
 	}
 	for _, tc := range cases {
 		got, err := DecodeJSONRequest([]byte(tc.frame))
@@ -33,7 +38,8 @@ func TestDecodeJSONRequest(t *testing.T) {
 		}
 		if got.Type != tc.want.Type || got.Group != tc.want.Group || got.Event != tc.want.Event ||
 			got.AckID != tc.want.AckID || got.HasAckID != tc.want.HasAckID || got.NoEcho != tc.want.NoEcho ||
-			got.DataType != tc.want.DataType || string(got.Data) != string(tc.want.Data) || got.SequenceID != tc.want.SequenceID {
+			got.DataType != tc.want.DataType || string(got.Data) != string(tc.want.Data) || got.SequenceID != tc.want.SequenceID ||
+			got.InvocationID != tc.want.InvocationID || got.Target != tc.want.Target {
 			t.Errorf("%s:\n got %+v\nwant %+v", tc.frame, got, tc.want)
 		}
 	}
@@ -51,6 +57,10 @@ func TestDecodeJSONRequestInvalid(t *testing.T) {
 		`{"type":"sendToGroup","group":"g","dataType":"binary","data":"%%%"}`, `{"type":"sendToGroup","group":"g","dataType":"avro","data":""}`,
 		`{"type":"event","data":1}`, `{"type":"event","event":"_x","data":1}`, `{"type":"event","event":"` + strings.Repeat("e", 129) + `","data":1}`,
 		`{"type":"sequenceAck"}`, `{"type":"sequenceAck","sequenceId":-2}`,
+		`{"type":"invoke","event":"e"}`, `{"type":"invoke","invocationId":"","event":"e"}`, `{"type":"invoke","invocationId":1,"event":"e"}`,
+		`{"type":"invoke","invocationId":"1"}`, `{"type":"invoke","invocationId":"1","event":"_e"}`, `{"type":"invoke","invocationId":"1","event":"e","target":1}`,
+		`{"type":"invoke","invocationId":"1","event":"e","dataType":"text","data":1}`, `{"type":"invoke","invocationId":"1","event":"e","dataType":"avro"}`,
+		`{"type":"cancelInvocation"}`, `{"type":"cancelInvocation","invocationId":""}`,
 	} {
 		if _, err := DecodeJSONRequest([]byte(frame)); !errors.Is(err, ErrInvalidMessage) {
 			t.Errorf("%.80s: err %v, want ErrInvalidMessage", frame, err)
@@ -70,6 +80,9 @@ func TestAppendFrames(t *testing.T) {
 		{string(AppendConnected(nil, "u", "c1", "tok")), `{"type":"system","event":"connected","userId":"u","connectionId":"c1","reconnectionToken":"tok"}`},
 		{string(AppendDisconnected(nil, "bye")), `{"type":"system","event":"disconnected","message":"bye"}`},
 		{string(AppendPong(nil)), `{"type":"pong"}`},
+		{string(AppendInvokeResponse(nil, "1", JSON, []byte(`{"a":1}`))), `{"type":"invokeResponse","invocationId":"1","success":true,"dataType":"json","data":{"a":1}}`},
+		{string(AppendInvokeResponse(nil, `"q"`, Text, nil)), `{"type":"invokeResponse","invocationId":"\"q\"","success":true}`},
+		{string(AppendInvokeError(nil, "2", AckInternalServerError, "no")), `{"type":"invokeResponse","invocationId":"2","success":false,"error":{"name":"InternalServerError","message":"no"}}`},
 	}
 	for _, tc := range cases {
 		if tc.got != tc.want {
@@ -92,6 +105,10 @@ func FuzzDecodeJSONRequest(f *testing.F) {
 		`{"type":"sendToGroup","group":"g","data":{"a":[1,2,{"b":null}]}}`,
 		`{"type":"event","event":"e","dataType":"json","data":"x"}`,
 		`{"type":"ping"}`, `{"type":"sequenceAck","sequenceId":3}`, `{"type":`,
+		`{"type":"invoke","invocationId":"1","target":"event","event":"e","dataType":"json","data":{"a":1}}`,
+		`{"type":"invoke","invocationId":"2","target":"event","event":"e"}`,
+		`{"type":"invoke","invocationId":"3","event":"e","dataType":"json"}`,
+		`{"type":"cancelInvocation","invocationId":"1"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -100,11 +117,16 @@ func FuzzDecodeJSONRequest(f *testing.F) {
 		if !checkDecoded(t, req, err) {
 			return
 		}
-		if req.Type != SendToGroup && req.Type != Event {
+		if req.Type != SendToGroup && req.Type != Event && req.Type != Invoke {
 			return
 		}
 		if req.DataType == JSON && !json.Valid(req.Data) {
 			t.Fatalf("accepted invalid JSON data %q", req.Data)
+		}
+		if req.Type == Invoke {
+			if resp := AppendInvokeResponse(nil, req.InvocationID, req.DataType, req.Data); !json.Valid(resp) {
+				t.Fatalf("invokeResponse is not JSON: %s", resp)
+			}
 		}
 		out := AppendGroupMessage(nil, req.Group, "user", req.DataType, req.Data)
 		var m struct {
@@ -176,6 +198,14 @@ func checkDecoded(t *testing.T, req Request, err error) bool {
 	case Event:
 		if !ValidEventName(req.Event) {
 			t.Fatalf("accepted event %q", req.Event)
+		}
+	case Invoke:
+		if !ValidEventName(req.Event) || req.InvocationID == "" || req.Data == nil {
+			t.Fatalf("accepted invoke %+v", req)
+		}
+	case CancelInvocation:
+		if req.InvocationID == "" {
+			t.Fatalf("accepted cancelInvocation without an invocationId")
 		}
 	}
 	return true
