@@ -202,6 +202,10 @@ func (c *conn) handleRequest(req protocol.Request) {
 		c.invoke(req) // answered by its invokeResponse; an ackId is ignored
 		return
 	}
+	if req.Type == protocol.Unsupported {
+		c.unsupported(req)
+		return
+	}
 	if req.HasAckID && c.acks.done(req.AckID) {
 		c.sendAck(req.AckID, protocol.AckDuplicate, fmt.Sprintf("Message with ack-id: %d has been processed", req.AckID))
 		return
@@ -272,6 +276,32 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 		}
 	}
 	return "", ""
+}
+
+// unsupported answers a well-formed request of a type this service does not
+// implement, and keeps the connection: a JSON group streaming frame is
+// answered by streamClosed (BadRequest for a stream start, StreamNotFound
+// for data or end, no stream being open), a request with an ackId by an ack
+// BadRequest (not remembered: a retry is refused again, not a Duplicate),
+// and anything else, which the protocol gives no way to answer, is dropped.
+func (c *conn) unsupported(req protocol.Request) {
+	msg := fmt.Sprintf("The request type '%s' is not supported.", req.Unsupported)
+	answered := req.HasAckID
+	if req.StreamID != "" && !c.kind.protobuf() {
+		name := protocol.StreamNotFound
+		streamMsg := fmt.Sprintf("The stream '%s' is not open: group streaming is not supported.", req.StreamID)
+		if strings.EqualFold(req.Unsupported, "sendToGroup") {
+			name, streamMsg = protocol.AckBadRequest, "Group streaming is not supported."
+		}
+		c.send(jsonFrame(protocol.AppendStreamClosed(wsframe.Begin(96+len(req.StreamID)+len(streamMsg)), req.StreamID, name, streamMsg)))
+		answered = true
+	}
+	if req.HasAckID {
+		c.sendAck(req.AckID, protocol.AckBadRequest, msg)
+	}
+	if !answered {
+		c.svc.log.Debug("unsupported request dropped", "hub", c.hub.name, "connectionId", c.id, "type", req.Unsupported)
+	}
 }
 
 // invoke performs an invoke request: the user event of that name, whose

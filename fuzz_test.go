@@ -226,6 +226,15 @@ func fuzzSeeds() [][]byte {
 			text(`{"type":"joinGroup","group":"g","ackId":1}`), // a duplicate ackId
 		),
 		text(`{"type":"sendToGroup","group":"g","dataType":"binary","data":"AAEC"}`),
+		// Unsupported requests: answered, the connection kept.
+		frames(
+			text(`{"type":"sendToGroup","group":"g","stream":{"streamId":"s"}}`),
+			text(`{"type":"streamData","streamId":"s","streamSequenceId":1,"dataType":"text","data":"x"}`),
+			text(`{"type":"streamEnd","streamId":"s"}`),
+			text(`{"type":"setGroupState","group":"g","state":{"a":"b"},"ackId":5}`),
+			text(`{"type":"dance"}`),
+		),
+		wstest.ClientFrame(true, 0x2, []byte{0x82, 0x01, 0x05, 0x0a, 0x01, 'g', 0x10, 0x07}),
 		text(`{"type":"event","event":"e","dataType":"text","data":"\ud800"}`),
 		frames(
 			text(`{"type":"invoke","invocationId":"1","target":"event","event":"e","dataType":"json","data":{"a":1}}`),

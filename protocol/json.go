@@ -34,6 +34,11 @@ const (
 	Invoke
 	// CancelInvocation tells the service the client stopped waiting.
 	CancelInvocation
+	// Unsupported is a well-formed request of a type this service does not
+	// implement (Request.Unsupported names it): group streaming frames,
+	// group state, or a type name it does not know. It is answered with an
+	// error when the protocol has a frame for one, and the connection stays.
+	Unsupported
 )
 
 // String returns the wire name of the request type.
@@ -55,6 +60,8 @@ func (t RequestType) String() string {
 		return "invoke"
 	case CancelInvocation:
 		return "cancelInvocation"
+	case Unsupported:
+		return "unsupported"
 	}
 	return "RequestType(" + strconv.Itoa(int(t)) + ")"
 }
@@ -79,6 +86,12 @@ type Request struct {
 	// decoder does not judge it, so that an unknown target fails that
 	// invocation only.
 	Target string
+	// Unsupported is the wire type of an Unsupported request, as sent.
+	Unsupported string
+	// StreamID is the stream of an Unsupported group streaming frame (a
+	// stream start, streamData or streamEnd), which is answered with
+	// streamClosed on JSON subprotocols.
+	StreamID string
 }
 
 // jsonRequest mirrors the JSON request schema. RawMessage fields are checked
@@ -95,6 +108,9 @@ type jsonRequest struct {
 	// invoke, cancelInvocation
 	InvocationID *string `json:"invocationId"`
 	Target       *string `json:"target"`
+	// group streaming (unsupported)
+	Stream   json.RawMessage `json:"stream"`
+	StreamID json.RawMessage `json:"streamId"`
 }
 
 func invalid(format string, args ...any) error {
@@ -119,6 +135,15 @@ func DecodeJSONRequest(frame []byte) (Request, error) {
 	case strings.EqualFold(raw.Type, "leaveGroup"):
 		req.Type = LeaveGroup
 	case strings.EqualFold(raw.Type, "sendToGroup"):
+		if len(raw.Stream) > 0 && string(raw.Stream) != "null" {
+			var start struct {
+				StreamID json.RawMessage `json:"streamId"`
+			}
+			if err := json.Unmarshal(raw.Stream, &start); err != nil {
+				return Request{}, invalid("stream must be an object")
+			}
+			return unsupportedStream(req, raw.Type, start.StreamID)
+		}
 		req.Type = SendToGroup
 	case strings.EqualFold(raw.Type, "event"):
 		req.Type = Event
@@ -140,10 +165,16 @@ func DecodeJSONRequest(frame []byte) (Request, error) {
 			return Request{}, invalid("cancelInvocation needs an invocationId")
 		}
 		return Request{Type: CancelInvocation, InvocationID: *raw.InvocationID}, nil
+	case strings.EqualFold(raw.Type, "streamData"), strings.EqualFold(raw.Type, "streamEnd"):
+		return unsupportedStream(req, raw.Type, raw.StreamID)
 	case raw.Type == "":
 		return Request{}, invalid("missing type")
 	default:
-		return Request{}, invalid("unknown type %q", raw.Type)
+		// A well-formed request of a type this service does not know
+		// (group state, or one newer than this service) keeps its ackId, so
+		// that it can be refused without closing the connection.
+		req.Type, req.Unsupported = Unsupported, raw.Type
+		return req, nil
 	}
 
 	if req.Type == Event {
@@ -213,6 +244,18 @@ func decodeInvoke(raw *jsonRequest) (Request, error) {
 	return req, nil
 }
 
+// unsupportedStream decodes a group streaming frame, which this service
+// does not support, far enough to answer it: its streamId must be a
+// non-empty string.
+func unsupportedStream(req Request, typ string, rawID json.RawMessage) (Request, error) {
+	var id string
+	if err := json.Unmarshal(rawID, &id); err != nil || id == "" {
+		return Request{}, invalid("streamId must be a non-empty string")
+	}
+	req.Type, req.Unsupported, req.StreamID = Unsupported, typ, id
+	return req, nil
+}
+
 // decodeUint reads an optional JSON unsigned integer (ackId, sequenceId).
 // null counts as absent; strings, negatives, fractions and exponents do not
 // count as integers.
@@ -274,6 +317,10 @@ const (
 	AckTooManyRequests     = "TooManyRequests"
 )
 
+// StreamNotFound is the streamClosed error name for a stream that is not
+// open (spec §6.1).
+const StreamNotFound = "StreamNotFound"
+
 // AppendAck appends an ack frame. An empty errName means success.
 func AppendAck(dst []byte, ackID uint64, errName, errMessage string) []byte {
 	dst = append(dst, `{"type":"ack","ackId":`...)
@@ -305,6 +352,17 @@ func AppendInvokeError(dst []byte, invocationID, errName, errMessage string) []b
 	dst = append(dst, `{"type":"invokeResponse","invocationId":`...)
 	dst = AppendString(dst, invocationID)
 	dst = append(dst, `,"success":false,"error":{"name":`...)
+	dst = AppendString(dst, errName)
+	dst = append(dst, `,"message":`...)
+	dst = AppendString(dst, errMessage)
+	return append(dst, "}}"...)
+}
+
+// AppendStreamClosed appends a streamClosed frame with an error.
+func AppendStreamClosed(dst []byte, streamID, errName, errMessage string) []byte {
+	dst = append(dst, `{"type":"streamClosed","streamId":`...)
+	dst = AppendString(dst, streamID)
+	dst = append(dst, `,"error":{"name":`...)
 	dst = AppendString(dst, errName)
 	dst = append(dst, `,"message":`...)
 	dst = AppendString(dst, errMessage)

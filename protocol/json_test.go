@@ -47,7 +47,7 @@ func TestDecodeJSONRequest(t *testing.T) {
 
 func TestDecodeJSONRequestInvalid(t *testing.T) {
 	for _, frame := range []string{
-		``, `null`, `[]`, `"x"`, `{`, `{"type":1}`, `{}`, `{"type":"nope"}`,
+		``, `null`, `[]`, `"x"`, `{`, `{"type":1}`, `{}`,
 		`{"type":"joinGroup"}`, `{"type":"joinGroup","group":""}`, `{"type":"joinGroup","group":" \t"}`,
 		`{"type":"joinGroup","group":"` + strings.Repeat("g", 1025) + `"}`,
 		`{"type":"joinGroup","group":"g","ackId":-1}`, `{"type":"joinGroup","group":"g","ackId":"1"}`,
@@ -109,6 +109,11 @@ func FuzzDecodeJSONRequest(f *testing.F) {
 		`{"type":"invoke","invocationId":"2","target":"event","event":"e"}`,
 		`{"type":"invoke","invocationId":"3","event":"e","dataType":"json"}`,
 		`{"type":"cancelInvocation","invocationId":"1"}`,
+		`{"type":"sendToGroup","group":"g","stream":{"streamId":"s","idleTimeoutMs":1000}}`,
+		`{"type":"streamData","streamId":"s","streamSequenceId":1,"dataType":"text","data":"x"}`,
+		`{"type":"streamEnd","streamId":"s","error":{"message":"m"}}`,
+		`{"type":"setGroupState","group":"g","state":{"a":"b"},"ackId":1}`,
+		`{"type":"dance","ackId":2}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -206,6 +211,10 @@ func checkDecoded(t *testing.T, req Request, err error) bool {
 	case CancelInvocation:
 		if req.InvocationID == "" {
 			t.Fatalf("accepted cancelInvocation without an invocationId")
+		}
+	case Unsupported:
+		if req.Unsupported == "" {
+			t.Fatalf("accepted an unsupported request without a type %+v", req)
 		}
 	}
 	return true

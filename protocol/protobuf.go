@@ -1,6 +1,8 @@
 package protocol
 
 import (
+	"strconv"
+
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -30,22 +32,25 @@ func DecodeProtobufRequest(frame []byte) (Request, error) {
 		setAck(msg.LeaveGroupMessage.AckId)
 	case *pb.UpstreamMessage_SendToGroupMessage_:
 		s := msg.SendToGroupMessage
+		setAck(s.AckId)
 		if s.GetStream() != nil {
-			return Request{}, invalid("streaming is not supported")
+			// Protobuf has no streamClosed frame: refused by an ack, if any.
+			req.Type, req.Unsupported, req.StreamID = Unsupported, "sendToGroup stream", s.GetStream().GetStreamId()
+			return req, nil
 		}
 		req.Type, req.Group, req.NoEcho = SendToGroup, s.GetGroup(), s.GetNoEcho()
-		setAck(s.AckId)
 		var err error
 		if req.DataType, req.Data, err = decodeMessageData(s.GetData()); err != nil {
 			return Request{}, err
 		}
 	case *pb.UpstreamMessage_EventMessage_:
 		e := msg.EventMessage
+		setAck(e.AckId)
 		if e.GetStream() != nil {
-			return Request{}, invalid("streaming is not supported")
+			req.Type, req.Unsupported, req.StreamID = Unsupported, "event stream", e.GetStream().GetStreamId()
+			return req, nil
 		}
 		req.Type, req.Event = Event, e.GetEvent()
-		setAck(e.AckId)
 		if !ValidEventName(req.Event) {
 			return Request{}, invalid("event name must match ^[a-z][a-z0-9_.-]{0,127}$")
 		}
@@ -59,10 +64,62 @@ func DecodeProtobufRequest(frame []byte) (Request, error) {
 	case *pb.UpstreamMessage_PingMessage_:
 		return Request{Type: Ping}, nil
 	default:
-		return Request{}, invalid("unknown or empty upstream message")
+		return decodeUnknownUpstream(m.ProtoReflect().GetUnknown())
 	}
 	if !ValidGroupName(req.Group) {
 		return Request{}, invalid("group name must be 1 to 1024 characters and not all whitespace")
+	}
+	return req, nil
+}
+
+// Upstream oneof fields this service knows of but does not support (spec
+// Appendix A.1, from the JS SDK's test vectors): group state subscriptions,
+// whose ack_id is field 2.
+var unsupportedUpstream = map[protowire.Number]string{
+	16: "subscribeGroupState",
+	17: "unsubscribeGroupState",
+}
+
+// decodeUnknownUpstream decodes an UpstreamMessage that set none of the
+// fields this service reads. One length-delimited field (a oneof member of
+// a newer proto) is a well-formed request of an unsupported type; its ack_id
+// is known only for the fields of unsupportedUpstream. Anything else (no
+// field, a scalar, several fields) is not a request: an invalid message.
+func decodeUnknownUpstream(b []byte) (Request, error) {
+	num, typ, n := protowire.ConsumeTag(b)
+	if n < 0 || typ != protowire.BytesType {
+		return Request{}, invalid("unknown or empty upstream message")
+	}
+	body, m := protowire.ConsumeBytes(b[n:])
+	if m < 0 || n+m != len(b) {
+		return Request{}, invalid("unknown or empty upstream message")
+	}
+	req := Request{Type: Unsupported, Unsupported: "field " + strconv.Itoa(int(num))}
+	name, known := unsupportedUpstream[num]
+	if !known {
+		return req, nil
+	}
+	req.Unsupported = name
+	for len(body) > 0 {
+		f, t, n := protowire.ConsumeTag(body)
+		if n < 0 {
+			return Request{}, invalid("%s: %v", name, protowire.ParseError(n))
+		}
+		body = body[n:]
+		if f == 2 && t == protowire.VarintType {
+			v, n := protowire.ConsumeVarint(body)
+			if n < 0 {
+				return Request{}, invalid("%s: %v", name, protowire.ParseError(n))
+			}
+			req.AckID, req.HasAckID = v, true
+			body = body[n:]
+			continue
+		}
+		n = protowire.ConsumeFieldValue(f, t, body)
+		if n < 0 {
+			return Request{}, invalid("%s: %v", name, protowire.ParseError(n))
+		}
+		body = body[n:]
 	}
 	return req, nil
 }

@@ -61,7 +61,6 @@ func TestDecodeProtobufRequest(t *testing.T) {
 		{Message: &pb.UpstreamMessage_SendToGroupMessage_{SendToGroupMessage: &pb.UpstreamMessage_SendToGroupMessage{Group: "g"}}},
 		{Message: &pb.UpstreamMessage_EventMessage_{EventMessage: &pb.UpstreamMessage_EventMessage{Event: "9", Data: &pb.MessageData{Data: &pb.MessageData_TextData{TextData: "x"}}}}},
 		{Message: &pb.UpstreamMessage_SendToGroupMessage_{SendToGroupMessage: &pb.UpstreamMessage_SendToGroupMessage{Group: "g", Data: &pb.MessageData{Data: &pb.MessageData_JsonData{JsonData: "{"}}}}},
-		{Message: &pb.UpstreamMessage_SendToGroupMessage_{SendToGroupMessage: &pb.UpstreamMessage_SendToGroupMessage{Group: "g", Stream: &pb.UpstreamMessage_StreamStartInfo{StreamId: "s"}}}},
 	} {
 		b, _ := proto.Marshal(bad)
 		if _, err := DecodeProtobufRequest(b); !errors.Is(err, ErrInvalidMessage) {
@@ -79,10 +78,12 @@ func FuzzDecodeProtobufRequest(f *testing.F) {
 		{Message: &pb.UpstreamMessage_EventMessage_{EventMessage: &pb.UpstreamMessage_EventMessage{Event: "e", Data: &pb.MessageData{Data: &pb.MessageData_JsonData{JsonData: "[1]"}}}}},
 		{Message: &pb.UpstreamMessage_SequenceAckMessage_{SequenceAckMessage: &pb.UpstreamMessage_SequenceAckMessage{SequenceId: 3}}},
 		{Message: &pb.UpstreamMessage_PingMessage_{PingMessage: &pb.UpstreamMessage_PingMessage{}}},
+		{Message: &pb.UpstreamMessage_SendToGroupMessage_{SendToGroupMessage: &pb.UpstreamMessage_SendToGroupMessage{Group: "g", AckId: u64(1), Stream: &pb.UpstreamMessage_StreamStartInfo{StreamId: "s"}}}},
 	} {
 		b, _ := proto.Marshal(m)
 		f.Add(b)
 	}
+	f.Add([]byte{0x82, 0x01, 0x05, 0x0a, 0x01, 'g', 0x10, 0x07}) // subscribeGroupState{group:"g", ack_id:7}
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		req, err := DecodeProtobufRequest(frame)
 		checkDecoded(t, req, err)
