@@ -1,6 +1,7 @@
 package pubsub
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -204,11 +205,7 @@ func (c *conn) handOver(node string, groups []string) result {
 		Perms: c.perms.snapshot(), Seq: r.seq, Reason: r.reason, Seen: seen,
 	}
 	for _, m := range r.unacked {
-		var frame []byte
-		for _, p := range m.parts {
-			frame = append(frame, p...)
-		}
-		sess.Unacked = append(sess.Unacked, sessionMessage{Seq: m.seq, Frame: frame, Expires: m.expires})
+		sess.Unacked = append(sess.Unacked, sessionMessage{Seq: m.seq, Frame: bytes.Join(m.parts, nil), Expires: m.expires})
 	}
 	groupSet := c.groups
 	c.groups = nil
@@ -489,10 +486,7 @@ func (c *conn) replayOn(cmd *command, groups map[string]struct{}) result {
 		} else {
 			parts = reliableProtobufFrame(appendProtobufData(cmd), r.seq)
 		}
-		var frame []byte
-		for _, p := range parts {
-			frame = append(frame, p...)
-		}
+		frame := bytes.Join(parts, nil)
 		r.unacked = append(r.unacked, unackedMessage{seq: r.seq, parts: [][]byte{frame}, size: len(frame), expires: cmd.ExpiresAt})
 		r.bytes += len(frame)
 		s.buffered(len(frame))
