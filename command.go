@@ -71,6 +71,8 @@ type command struct {
 	Data     []byte   `json:"b,omitempty"`
 	// FromUserID is the publisher of a client's sendToGroup.
 	FromUserID string `json:"f,omitempty"`
+	// Metadata is the publisher's metadata of a client's sendToGroup.
+	Metadata map[string]string `json:"m,omitempty"`
 	// Reason is the reason of a close.
 	Reason string `json:"r,omitempty"`
 	// Filter is an OData filter (rest-api.md §6) that recipients must match.

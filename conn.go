@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/embedwps/pubsub/internal/wsframe"
 	"github.com/embedwps/pubsub/protocol"
@@ -131,7 +132,7 @@ func (c *conn) handleFrame(binary bool, payload []byte) {
 		if binary {
 			t = DataTypeBinary
 		}
-		resp, err := c.userEvent("message", t, bytes.Clone(payload))
+		resp, err := c.userEvent("message", t, bytes.Clone(payload), nil)
 		if err != nil {
 			c.svc.log.Warn("message event failed; closing the simple client",
 				"hub", c.hub.name, "connectionId", c.id, "err", err)
@@ -245,6 +246,9 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 		if !c.perms.allows(PermissionSendToGroup, req.Group) {
 			return protocol.AckForbidden, fmt.Sprintf("The client does not have permission to send to group '%s'.", req.Group)
 		}
+		if req.TTLSeconds > maxTTLSeconds {
+			return protocol.AckBadRequest, fmt.Sprintf("ttlSeconds must be between 0 and %d.", maxTTLSeconds)
+		}
 		cmd := &command{
 			Op:         opSendToGroup,
 			Hub:        c.hub.name,
@@ -252,6 +256,10 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 			DataType:   req.DataType,
 			Data:       req.Data,
 			FromUserID: c.userID,
+			Metadata:   req.Metadata,
+		}
+		if req.TTLSeconds > 0 {
+			cmd.ExpiresAt = time.Now().Add(time.Duration(req.TTLSeconds) * time.Second).UnixNano()
 		}
 		if req.NoEcho {
 			cmd.Excluded = []string{c.id}
@@ -260,7 +268,7 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 			return protocol.AckInternalServerError, err.Error()
 		}
 	case protocol.Event:
-		resp, err := c.userEvent(req.Event, req.DataType, req.Data)
+		resp, err := c.userEvent(req.Event, req.DataType, req.Data, req.Metadata)
 		if err != nil {
 			if errors.Is(err, ErrNoEventHandler) {
 				return protocol.AckInternalServerError, fmt.Sprintf("No event handler for event '%s'.", req.Event)
@@ -277,6 +285,9 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 	}
 	return "", ""
 }
+
+// maxTTLSeconds bounds a client's ttlSeconds (spec §6.1).
+const maxTTLSeconds = 300
 
 // unsupported answers a well-formed request of a type this service does not
 // implement, and keeps the connection: a JSON group streaming frame is
@@ -314,7 +325,7 @@ func (c *conn) invoke(req protocol.Request) {
 		c.sendInvokeError(req.InvocationID, protocol.AckBadRequest, fmt.Sprintf("Unsupported invocation target '%s'.", req.Target))
 		return
 	}
-	resp, err := c.userEvent(req.Event, req.DataType, req.Data)
+	resp, err := c.userEvent(req.Event, req.DataType, req.Data, nil)
 	if err != nil {
 		msg := err.Error()
 		if errors.Is(err, ErrNoEventHandler) {
@@ -336,12 +347,13 @@ func (c *conn) sendInvokeError(invocationID, errName, errMessage string) {
 }
 
 // userEvent calls the event handler and keeps the connection state it sets.
-func (c *conn) userEvent(name string, t DataType, data []byte) (*UserEventResponse, error) {
+func (c *conn) userEvent(name string, t DataType, data []byte, metadata map[string]string) (*UserEventResponse, error) {
 	resp, err := c.svc.handler.UserEvent(c.ctx, &UserEventRequest{
 		ConnectionContext: c.context(),
 		EventName:         name,
 		DataType:          t,
 		Data:              data,
+		Metadata:          metadata,
 	})
 	if err != nil {
 		return nil, err

@@ -125,6 +125,10 @@ type UserEventRequest struct {
 	EventName string
 	DataType  DataType
 	Data      []byte
+	// Metadata is the metadata the client sent with its event (nil when
+	// none); the CloudEvents upstream forwards it as
+	// x-webpubsub-metadata-{key} headers.
+	Metadata map[string]string
 }
 
 // UserEventResponse is the reply to a user event. Empty Data sends nothing.

@@ -142,7 +142,7 @@ func (d *delivery) json() []byte {
 func appendJSONBody(cmd *command) []byte {
 	buf := wsframe.Begin(len(cmd.Data)*4/3 + 96 + len(cmd.Target))
 	if cmd.Op == opSendToGroup {
-		return protocol.AppendGroupMessage(buf, cmd.Target, cmd.FromUserID, cmd.DataType, cmd.Data)
+		return protocol.AppendGroupMessageWithMetadata(buf, cmd.Target, cmd.FromUserID, cmd.Metadata, cmd.DataType, cmd.Data)
 	}
 	return protocol.AppendServerMessage(buf, cmd.DataType, cmd.Data)
 }
@@ -154,7 +154,11 @@ func appendProtobufData(cmd *command) []byte {
 	if cmd.Op == opSendToGroup {
 		from, group = "group", cmd.Target
 	}
-	return protocol.AppendProtobufDataMessage(make([]byte, 0, len(cmd.Data)+len(group)+24), from, group, cmd.DataType, cmd.Data)
+	buf := protocol.AppendProtobufDataMessage(make([]byte, 0, len(cmd.Data)+len(group)+24), from, group, cmd.DataType, cmd.Data)
+	if len(cmd.Metadata) > 0 {
+		buf = protocol.AppendProtobufMetadata(buf, cmd.Metadata)
+	}
+	return buf
 }
 
 func (d *delivery) protobufData() []byte {

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -86,6 +87,12 @@ type Request struct {
 	// decoder does not judge it, so that an unknown target fails that
 	// invocation only.
 	Target string
+	// Metadata is the metadata of a sendToGroup or event (nil when none).
+	Metadata map[string]string
+	// TTLSeconds is a sendToGroup's ttlSeconds (0: never expires); the
+	// decoder does not bound it, so that an out-of-range value fails that
+	// request only.
+	TTLSeconds uint64
 	// Unsupported is the wire type of an Unsupported request, as sent.
 	Unsupported string
 	// StreamID is the stream of an Unsupported group streaming frame (a
@@ -106,8 +113,10 @@ type jsonRequest struct {
 	Data       json.RawMessage `json:"data"`
 	SequenceID json.RawMessage `json:"sequenceId"`
 	// invoke, cancelInvocation
-	InvocationID *string `json:"invocationId"`
-	Target       *string `json:"target"`
+	InvocationID *string         `json:"invocationId"`
+	Target       *string         `json:"target"`
+	Metadata     json.RawMessage `json:"metadata"`
+	TTLSeconds   json.RawMessage `json:"ttlSeconds"`
 	// group streaming (unsupported)
 	Stream   json.RawMessage `json:"stream"`
 	StreamID json.RawMessage `json:"streamId"`
@@ -192,6 +201,20 @@ func DecodeJSONRequest(frame []byte) (Request, error) {
 		return req, nil
 	}
 
+	if req.Metadata, err = decodeMetadata(raw.Metadata); err != nil {
+		return Request{}, err
+	}
+	if req.Type == SendToGroup {
+		if req.TTLSeconds, _, err = decodeUint(raw.TTLSeconds, "ttlSeconds"); err != nil {
+			return Request{}, err
+		}
+		// A sendToGroup with metadata and no data is empty text (spec §6.1).
+		if req.Metadata != nil && raw.DataType == nil && (len(raw.Data) == 0 || string(raw.Data) == "null") {
+			raw.Data = json.RawMessage(`""`)
+			t := "text"
+			raw.DataType = &t
+		}
+	}
 	if req.Type == SendToGroup && len(raw.NoEcho) > 0 {
 		switch string(raw.NoEcho) {
 		case "true":
@@ -254,6 +277,99 @@ func unsupportedStream(req Request, typ string, rawID json.RawMessage) (Request,
 	}
 	req.Type, req.Unsupported, req.StreamID = Unsupported, typ, id
 	return req, nil
+}
+
+// Metadata limits of spec §6.1.
+const (
+	maxMetadataKey   = 256
+	maxMetadataValue = 1024
+	maxMetadataTotal = 8 << 10
+)
+
+// ValidMetadataKey reports whether k is a metadata key of spec §6.1: an
+// HTTP token (^[!#$%&'*+\-.^_`|~0-9a-z]+$, case-insensitive) of at most 256
+// characters.
+func ValidMetadataKey(k string) bool {
+	if k == "" || len(k) > maxMetadataKey {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// ValidateMetadata checks metadata against spec §6.1: valid keys (no two
+// equal case-insensitively, as they would be one header upstream), printable
+// ASCII values of at most 1024 characters, at most 8 KiB in all.
+func ValidateMetadata(md map[string]string) error {
+	total := 0
+	seen := make(map[string]bool, len(md))
+	for k, v := range md {
+		if !ValidMetadataKey(k) {
+			return invalid("metadata key %q must match ^[!#$%%&'*+\\-.^_`|~0-9a-z]+$ and have at most 256 characters", k)
+		}
+		lk := strings.ToLower(k)
+		if seen[lk] {
+			return invalid("duplicate metadata key %q", k)
+		}
+		seen[lk] = true
+		if len(v) > maxMetadataValue {
+			return invalid("metadata value of %q is longer than 1024 characters", k)
+		}
+		for i := 0; i < len(v); i++ {
+			if v[i] < 0x20 || v[i] > 0x7e {
+				return invalid("metadata value of %q must be printable ASCII", k)
+			}
+		}
+		total += len(k) + len(v)
+	}
+	if total > maxMetadataTotal {
+		return invalid("metadata is larger than 8 KiB")
+	}
+	return nil
+}
+
+// decodeMetadata reads an optional metadata object of strings, refusing
+// duplicate keys, which a map would silently merge.
+func decodeMetadata(raw json.RawMessage) (map[string]string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, invalid("metadata must be an object of strings")
+	}
+	md := map[string]string{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, invalid("metadata: %v", err)
+		}
+		k, _ := tok.(string)
+		tok, err = dec.Token()
+		v, ok := tok.(string)
+		if err != nil || !ok {
+			return nil, invalid("metadata values must be strings")
+		}
+		if _, dup := md[k]; dup {
+			return nil, invalid("duplicate metadata key %q", k)
+		}
+		md[k] = v
+	}
+	if err := ValidateMetadata(md); err != nil {
+		return nil, err
+	}
+	if len(md) == 0 {
+		return nil, nil
+	}
+	return md, nil
 }
 
 // decodeUint reads an optional JSON unsigned integer (ackId, sequenceId).
@@ -372,13 +488,40 @@ func AppendStreamClosed(dst []byte, streamID, errName, errMessage string) []byte
 // AppendGroupMessage appends a message from a group. fromUserID is omitted
 // when empty (published by the server or by an anonymous connection).
 func AppendGroupMessage(dst []byte, group, fromUserID string, t DataType, data []byte) []byte {
+	return AppendGroupMessageWithMetadata(dst, group, fromUserID, nil, t, data)
+}
+
+// AppendGroupMessageWithMetadata appends a message from a group with the
+// publisher's metadata (omitted when empty), keys in sorted order.
+func AppendGroupMessageWithMetadata(dst []byte, group, fromUserID string, metadata map[string]string, t DataType, data []byte) []byte {
 	dst = append(dst, `{"type":"message","from":"group","group":`...)
 	dst = AppendString(dst, group)
 	if fromUserID != "" {
 		dst = append(dst, `,"fromUserId":`...)
 		dst = AppendString(dst, fromUserID)
 	}
+	if len(metadata) > 0 {
+		dst = append(dst, `,"metadata":{`...)
+		for i, k := range sortedKeys(metadata) {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = AppendString(dst, k)
+			dst = append(dst, ':')
+			dst = AppendString(dst, metadata[k])
+		}
+		dst = append(dst, '}')
+	}
 	return appendPayload(dst, t, data)
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 // AppendServerMessage appends a message from the server.

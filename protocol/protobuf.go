@@ -38,9 +38,14 @@ func DecodeProtobufRequest(frame []byte) (Request, error) {
 			req.Type, req.Unsupported, req.StreamID = Unsupported, "sendToGroup stream", s.GetStream().GetStreamId()
 			return req, nil
 		}
-		req.Type, req.Group, req.NoEcho = SendToGroup, s.GetGroup(), s.GetNoEcho()
+		req.Type, req.Group, req.NoEcho, req.TTLSeconds = SendToGroup, s.GetGroup(), s.GetNoEcho(), uint64(s.GetTtlSeconds())
 		var err error
-		if req.DataType, req.Data, err = decodeMessageData(s.GetData()); err != nil {
+		if req.Metadata, err = protobufMetadata(s.GetMetadata()); err != nil {
+			return Request{}, err
+		}
+		if req.Metadata != nil && s.GetData().GetData() == nil {
+			req.DataType, req.Data = Text, []byte{} // metadata only: empty text
+		} else if req.DataType, req.Data, err = decodeMessageData(s.GetData()); err != nil {
 			return Request{}, err
 		}
 	case *pb.UpstreamMessage_EventMessage_:
@@ -55,6 +60,9 @@ func DecodeProtobufRequest(frame []byte) (Request, error) {
 			return Request{}, invalid("event name must match ^[a-z][a-z0-9_.-]{0,127}$")
 		}
 		var err error
+		if req.Metadata, err = protobufMetadata(e.GetMetadata()); err != nil {
+			return Request{}, err
+		}
 		if req.DataType, req.Data, err = decodeMessageData(e.GetData()); err != nil {
 			return Request{}, err
 		}
@@ -70,6 +78,31 @@ func DecodeProtobufRequest(frame []byte) (Request, error) {
 		return Request{}, invalid("group name must be 1 to 1024 characters and not all whitespace")
 	}
 	return req, nil
+}
+
+func protobufMetadata(md map[string]string) (map[string]string, error) {
+	if len(md) == 0 {
+		return nil, nil
+	}
+	if err := ValidateMetadata(md); err != nil {
+		return nil, err
+	}
+	return md, nil
+}
+
+// AppendProtobufMetadata appends DataMessage's metadata map entries, keys
+// sorted; like the sequence id, they may follow the other fields.
+func AppendProtobufMetadata(dst []byte, md map[string]string) []byte {
+	for _, k := range sortedKeys(md) {
+		v := md[k]
+		dst = protowire.AppendTag(dst, dataMetadata, protowire.BytesType)
+		dst = protowire.AppendVarint(dst, uint64(protowire.SizeTag(1)+protowire.SizeBytes(len(k))+protowire.SizeTag(2)+protowire.SizeBytes(len(v))))
+		dst = protowire.AppendTag(dst, 1, protowire.BytesType)
+		dst = protowire.AppendString(dst, k)
+		dst = protowire.AppendTag(dst, 2, protowire.BytesType)
+		dst = protowire.AppendString(dst, v)
+	}
+	return dst
 }
 
 // Upstream oneof fields this service knows of but does not support (spec
@@ -158,6 +191,7 @@ const (
 	dataGroup    = 2
 	dataData     = 3
 	dataSequence = 4
+	dataMetadata = 5
 )
 
 // AppendProtobufDataMessage appends a DataMessage without its sequence id:

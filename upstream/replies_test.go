@@ -83,3 +83,30 @@ func TestEndlessReplyIsBoundedByTheTimeout(t *testing.T) {
 		t.Fatal("an endless reply is still being read")
 	}
 }
+
+// A client's event metadata goes upstream as x-webpubsub-metadata-{key}
+// headers (client-protocol §6.1).
+func TestUserEventMetadataHeaders(t *testing.T) {
+	got := make(chan http.Header, 1)
+	up := newUpstream(t, func(r recorded, w http.ResponseWriter) {
+		if r.method == http.MethodPost {
+			select {
+			case got <- r.header:
+			default:
+			}
+		}
+	})
+	h := newHandler(t, all(up.srv.URL), upstream.Options{})
+	_, err := h.UserEvent(context.Background(), &pubsub.UserEventRequest{
+		ConnectionContext: pubsub.ConnectionContext{Hub: "chat", ConnectionID: "c1"},
+		EventName:         "e", DataType: pubsub.DataTypeText, Data: []byte("x"),
+		Metadata: map[string]string{"Trace-Id": "abc", "k": "v 1"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hd := <-got
+	if hd.Get("x-webpubsub-metadata-trace-id") != "abc" || hd.Get("X-Webpubsub-Metadata-K") != "v 1" {
+		t.Fatalf("headers %v", hd)
+	}
+}

@@ -217,6 +217,9 @@ type event struct {
 	contentType string
 	body        []byte
 	maxReply    int64 // the largest reply body read
+	// metadata is a user event's client metadata, sent as
+	// x-webpubsub-metadata-{key} headers (spec client-protocol §6.1).
+	metadata map[string]string
 }
 
 // The largest reply bodies read: a connect reply (the emulator's limit); a
@@ -274,6 +277,9 @@ func (h *Handler) call(ctx context.Context, t *target, ev event) (*http.Response
 	}
 	if ev.conn.ConnectionState != "" {
 		hd["ce-connectionState"] = []string{ev.conn.ConnectionState}
+	}
+	for k, v := range ev.metadata {
+		hd["x-webpubsub-metadata-"+strings.ToLower(k)] = []string{v}
 	}
 	resp, err := h.opts.Client.Do(req)
 	if err != nil {
@@ -493,6 +499,7 @@ func (h *Handler) UserEvent(ctx context.Context, req *pubsub.UserEventRequest) (
 	resp, body, err := h.call(ctx, t, event{
 		ceType: "azure.webpubsub.user." + req.EventName, name: req.EventName, id: h.eventID(req.ConnectionContext),
 		conn: req.ConnectionContext, contentType: contentTypes[req.DataType], body: req.Data, maxReply: maxUserReply,
+		metadata: req.Metadata,
 	})
 	if resp != nil && resp.StatusCode/100 != 2 {
 		h.log.Warn("user event answered an error", "hub", req.Hub, "event", req.EventName, "status", resp.StatusCode)
