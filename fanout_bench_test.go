@@ -1,6 +1,7 @@
 package pubsub
 
 import (
+	"context"
 	"io"
 	"net"
 	"slices"
@@ -19,18 +20,23 @@ import (
 //
 //	go test -run XXX -bench Fanout -benchmem .
 func BenchmarkFanoutPerReceiver(b *testing.B) {
+	svc, err := New(Config{AccessKey: "bench-access-key-0123456789abcdef"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { svc.Shutdown(context.Background()) })
 	for _, size := range []int{64, 1024, 16 << 10} {
 		payload := strings.Repeat("x", size)
 		cmd := &command{Op: opSendToGroup, Target: "room", FromUserID: "user1", DataType: DataTypeText, Data: []byte(payload)}
 		b.Run("json/shared/"+strconv.Itoa(size), func(b *testing.B) {
-			d := &delivery{cmd: cmd}
+			d := &delivery{svc: svc, cmd: cmd}
 			b.ReportAllocs()
 			for b.Loop() {
 				_ = d.json()
 			}
 		})
 		b.Run("json/reliable-patch/"+strconv.Itoa(size), func(b *testing.B) {
-			d := &delivery{cmd: cmd}
+			d := &delivery{svc: svc, cmd: cmd}
 			d.json()
 			b.ReportAllocs()
 			seq := uint64(0)
@@ -53,7 +59,7 @@ func BenchmarkFanoutPerReceiver(b *testing.B) {
 			}
 		})
 		b.Run("protobuf/reliable-patch/"+strconv.Itoa(size), func(b *testing.B) {
-			d := &delivery{cmd: cmd}
+			d := &delivery{svc: svc, cmd: cmd}
 			d.protobufData()
 			b.ReportAllocs()
 			seq := uint64(0)

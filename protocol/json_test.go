@@ -3,6 +3,7 @@ package protocol
 import (
 	"encoding/json"
 	"errors"
+	"maps"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -114,6 +115,9 @@ func FuzzDecodeJSONRequest(f *testing.F) {
 		`{"type":"streamEnd","streamId":"s","error":{"message":"m"}}`,
 		`{"type":"setGroupState","group":"g","state":{"a":"b"},"ackId":1}`,
 		`{"type":"dance","ackId":2}`,
+		`{"type":"sendToGroup","group":"g","metadata":{"k":"v","X-Y":"1 2"},"ttlSeconds":30,"dataType":"text","data":"m"}`,
+		`{"type":"sendToGroup","group":"g","metadata":{"a":"b"}}`,
+		`{"type":"event","event":"e","metadata":{"k":"v"},"dataType":"text","data":"x"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -133,16 +137,20 @@ func FuzzDecodeJSONRequest(f *testing.F) {
 				t.Fatalf("invokeResponse is not JSON: %s", resp)
 			}
 		}
-		out := AppendGroupMessage(nil, req.Group, "user", req.DataType, req.Data)
+		out := AppendGroupMessageWithMetadata(nil, req.Group, "user", req.Metadata, req.DataType, req.Data)
 		var m struct {
-			Group string          `json:"group"`
-			Data  json.RawMessage `json:"data"`
+			Group    string            `json:"group"`
+			Metadata map[string]string `json:"metadata"`
+			Data     json.RawMessage   `json:"data"`
 		}
 		if err := json.Unmarshal(out, &m); err != nil {
 			t.Fatalf("encoded frame is not JSON: %v\n%s", err, out)
 		}
 		if utf8.ValidString(req.Group) && m.Group != req.Group {
 			t.Fatalf("group %q came back as %q", req.Group, m.Group)
+		}
+		if !maps.Equal(m.Metadata, req.Metadata) {
+			t.Fatalf("metadata %v came back as %v", req.Metadata, m.Metadata)
 		}
 		back, err := decodeData(req.DataType, m.Data)
 		if err != nil {
@@ -194,6 +202,9 @@ func checkDecoded(t *testing.T, req Request, err error) bool {
 			t.Fatalf("error does not wrap ErrInvalidMessage: %v", err)
 		}
 		return false
+	}
+	if err := ValidateMetadata(req.Metadata); err != nil {
+		t.Fatalf("accepted metadata %v: %v", req.Metadata, err)
 	}
 	switch req.Type {
 	case JoinGroup, LeaveGroup, SendToGroup:

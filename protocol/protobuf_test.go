@@ -12,6 +12,7 @@ import (
 )
 
 func u64(v uint64) *uint64 { return &v }
+func u32(v uint32) *uint32 { return &v }
 
 // The hand-written data message encoding, patched with a sequence id, must
 // read back with the generated types as the message it means.
@@ -79,6 +80,8 @@ func FuzzDecodeProtobufRequest(f *testing.F) {
 		{Message: &pb.UpstreamMessage_SequenceAckMessage_{SequenceAckMessage: &pb.UpstreamMessage_SequenceAckMessage{SequenceId: 3}}},
 		{Message: &pb.UpstreamMessage_PingMessage_{PingMessage: &pb.UpstreamMessage_PingMessage{}}},
 		{Message: &pb.UpstreamMessage_SendToGroupMessage_{SendToGroupMessage: &pb.UpstreamMessage_SendToGroupMessage{Group: "g", AckId: u64(1), Stream: &pb.UpstreamMessage_StreamStartInfo{StreamId: "s"}}}},
+		{Message: &pb.UpstreamMessage_SendToGroupMessage_{SendToGroupMessage: &pb.UpstreamMessage_SendToGroupMessage{Group: "g", TtlSeconds: u32(30), Metadata: map[string]string{"k": "v"}}}},
+		{Message: &pb.UpstreamMessage_EventMessage_{EventMessage: &pb.UpstreamMessage_EventMessage{Event: "e", Metadata: map[string]string{"k": "v"}, Data: &pb.MessageData{Data: &pb.MessageData_TextData{TextData: "x"}}}}},
 	} {
 		b, _ := proto.Marshal(m)
 		f.Add(b)
