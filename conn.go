@@ -47,6 +47,7 @@ type conn struct {
 	subprotocol string
 	kind        clientKind
 	perms       *permissions
+	rawPublish  *rawPublish // a simple client's webpubsub_mode=sendToGroup (rawpub.go)
 
 	// ctx is cancelled when the service ends the session (or it is
 	// released), aborting its user events.
@@ -126,6 +127,10 @@ func (c *conn) handleFrame(binary bool, payload []byte) {
 		if !c.rate.allow() {
 			c.rateLimited()
 			c.close(DisconnectRateLimited) // a simple client has no ack to refuse with
+			return
+		}
+		if c.rawPublish != nil {
+			c.publishRaw(binary, payload)
 			return
 		}
 		t := DataTypeText

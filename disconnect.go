@@ -14,7 +14,7 @@ const (
 	CloseGoingAway       uint16 = 1001
 	CloseUnsupportedData uint16 = 1003 // a binary frame on a JSON subprotocol
 	CloseInvalidPayload  uint16 = 1007 // a malformed subprotocol message
-	ClosePolicyViolation uint16 = 1008 // slow client, unrecoverable session
+	ClosePolicyViolation uint16 = 1008 // slow client, unrecoverable session, a revoked raw publisher
 	CloseMessageTooBig   uint16 = 1009
 	CloseInternalError   uint16 = 1011 // a simple client's message event failed; a recovered panic
 	CloseTryAgainLater   uint16 = 1013 // the service's inbound budget is exhausted
@@ -58,4 +58,8 @@ var (
 	// DisconnectRateLimited closes a client over Config.MaxMessagesPerSecond
 	// that has no ack to be refused with.
 	DisconnectRateLimited = Disconnect{ClosePolicyViolation, "RateLimited: the client sends messages faster than the service's rate limit."}
+	// DisconnectRawSendForbidden closes a webpubsub_mode=sendToGroup client
+	// that sent a frame after its send permission was revoked: it has no ack
+	// to be refused with.
+	DisconnectRawSendForbidden = Disconnect{ClosePolicyViolation, "Forbidden: the client does not have permission to send to its group."}
 )

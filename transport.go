@@ -85,6 +85,14 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 	}
 
 	offered := offeredSubprotocols(r.Header)
+	// webpubsub_mode is a simple client's: checked before the connect event
+	// unless the client offers a PubSub subprotocol, for which it means
+	// nothing (rawpub.go).
+	raw, rawErr := parseRawPublish(q)
+	if rawErr != nil && !offersPredefined(offered) {
+		http.Error(w, rawErr.Error(), http.StatusBadRequest)
+		return
+	}
 	connID := s.newConnectionID()
 	userID, roles, groups, state := id.userID, id.roles, id.groups, ""
 	chosen := ""
@@ -163,6 +171,16 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 	}
 
 	kind, chosen := negotiate(offered, chosen)
+	switch {
+	case kind != kindSimple:
+		raw = nil
+	case rawErr != nil: // a connect handler chose a custom subprotocol
+		refuse(http.StatusBadRequest, rawErr.Error())
+		return
+	case raw != nil && !perms.allows(PermissionSendToGroup, raw.group):
+		refuse(http.StatusForbidden, raw.forbidden())
+		return
+	}
 	if chosen != "" {
 		r.Header.Set("Sec-WebSocket-Protocol", chosen)
 	} else {
@@ -176,6 +194,7 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 		subprotocol:   chosen,
 		kind:          kind,
 		perms:         perms,
+		rawPublish:    raw,
 		ctx:           ctx,
 		cancel:        cancel,
 		connState:     state,
@@ -328,6 +347,16 @@ func negotiate(offered []string, chosen string) (clientKind, string) {
 		return predefinedKinds[p], chosen
 	}
 	return kindSimple, chosen // none, or a custom subprotocol
+}
+
+// offersPredefined reports whether the client offered a PubSub subprotocol.
+func offersPredefined(offered []string) bool {
+	for _, o := range offered {
+		if _, ok := predefined(o); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // clientHubName reads the hub from /client/hubs/{hub} or /client/?hub={hub}.

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net/http"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/internal/wstest"
 )
 
 // spread connects users over the nodes: alice on 0 and 1, bob on 1 and 2,
@@ -119,6 +121,29 @@ func TestClientSendToGroupReachesEveryNode(t *testing.T) {
 	s.carol2.Send(`{"type":"sendToGroup","group":"room","dataType":"text","data":"quiet","noEcho":true,"ackId":2}`)
 	s.carol2.ExpectAck(2, "")
 	s.expect(t, "noEcho", map[*client][]string{s.alice0: {"quiet"}, s.bob2: {"quiet"}})
+}
+
+// A raw publisher's frames (webpubsub_mode=sendToGroup) go the way a JSON
+// client's sendToGroup goes: to the group's members on every node, text as
+// text and binary as binary, with its fromUserId, once each.
+func TestRawPublisherReachesEveryNode(t *testing.T) {
+	ns := startNATS(t, -1)
+	s := newSpread(t, newCluster(t, ns.ClientURL(), 3, clusterOptions{}))
+	u := s.nodes[1].url(pubsub.TokenOptions{UserID: "raw", Roles: []string{"webpubsub.sendToGroup.room"}})
+	pub := wstest.Dial(t, u+"&webpubsub_mode=sendToGroup&group=room", nil)
+	pub.Send("raw hello")
+	pub.SendBinary([]byte{1, 2})
+	for _, c := range []*client{s.alice0, s.bob2, s.carol2} {
+		for _, want := range []map[string]any{
+			{"type": "message", "from": "group", "group": "room", "fromUserId": "raw", "dataType": "text", "data": "raw hello"},
+			{"type": "message", "from": "group", "group": "room", "fromUserId": "raw", "dataType": "binary", "data": "AQI="},
+		} {
+			if m := c.nextMessage(t); !reflect.DeepEqual(m, want) {
+				t.Fatalf("%s@%s got %v, want %v", c.user, c.node.id, m, want)
+			}
+		}
+	}
+	s.expect(t, "raw", nil)
 }
 
 // Membership operations, questions and permissions on connections,

@@ -247,6 +247,14 @@ func (c *Client) ExpectClose() (CloseInfo, []Frame) {
 // the status, for the refusals that happen before any upgrade.
 func HandshakeStatus(t testing.TB, rawURL string, header http.Header) int {
 	t.Helper()
+	status, _ := HandshakeResponse(t, rawURL, header)
+	return status
+}
+
+// HandshakeResponse is HandshakeStatus with the response's body (none
+// after a 101).
+func HandshakeResponse(t testing.TB, rawURL string, header http.Header) (status int, body string) {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, strings.Replace(rawURL, "ws", "http", 1), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -264,8 +272,15 @@ func HandshakeStatus(t testing.TB, rawURL string, header http.Header) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	return resp.StatusCode
+	defer resp.Body.Close() // after a 101, the WebSocket
+	if resp.StatusCode < 200 {
+		return resp.StatusCode, ""
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
 }
 
 // RawClient is a WebSocket client made by hand over TCP, so that a test can
