@@ -31,6 +31,7 @@ const handler = new WebPubSubEventHandler("chat", {
     });
   },
   handleUserEvent(req, res) {
+    // Events and invocations (the client's invokeEvent) alike.
     const states = req.context.states;
     switch (req.context.eventName) {
       case "message": // simple clients

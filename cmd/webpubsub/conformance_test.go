@@ -306,10 +306,17 @@ func TestServerSDKConformance(t *testing.T) {
 	}
 }
 
-// TestExpressUpstreamConformance: an application server built with the
-// official @azure/web-pubsub-express handler is the upstream of
-// cmd/webpubsub -config; real WebSocket clients check each of its effects.
-func TestExpressUpstreamConformance(t *testing.T) {
+// expressUpstream is cmd/webpubsub -config with an application server built
+// with the official @azure/web-pubsub-express handler
+// (interop/upstream-express.mjs) as the upstream of hub "chat".
+type expressUpstream struct {
+	dir       string                           // the interop folder
+	nextLine  func(step string) map[string]any // the handler's next line, which must be step
+	clientURL func(user string) string         // a client URL for user
+}
+
+func startExpressUpstream(t *testing.T) *expressUpstream {
+	t.Helper()
 	dir := wstest.Interop(t, "../../interop")
 	node := exec.Command("node", "upstream-express.mjs")
 	node.Dir = dir
@@ -360,6 +367,15 @@ func TestExpressUpstreamConformance(t *testing.T) {
 		}
 		return u
 	}
+	return &expressUpstream{dir: dir, nextLine: nextLine, clientURL: clientURL}
+}
+
+// TestExpressUpstreamConformance: an application server built with the
+// official @azure/web-pubsub-express handler is the upstream of
+// cmd/webpubsub -config; real WebSocket clients check each of its effects.
+func TestExpressUpstreamConformance(t *testing.T) {
+	up := startExpressUpstream(t)
+	nextLine, clientURL := up.nextLine, up.clientURL
 
 	// The handler authorises and rejects connects.
 	if got := wstest.HandshakeStatus(t, clientURL("intruder"), nil); got != 401 {
@@ -423,6 +439,74 @@ func TestExpressUpstreamConformance(t *testing.T) {
 	// disconnected reaches the handler with the connection id.
 	c.Conn.WriteClose(1000, []byte("leaving"))
 	if d := nextLine("disconnected"); d["connectionId"] != id || d["reason"] != "leaving" {
+		t.Fatalf("disconnected event %v", d)
+	}
+}
+
+// TestExpressUpstreamInvoke: the official client's invokeEvent, against
+// cmd/webpubsub whose upstream is an @azure/web-pubsub-express handler,
+// gets that handler's reply (text, json, binary, with the connection state
+// it keeps across invocations); a handler that answers res.fail fails that
+// invocation only: the connection stays, and the next invocation works.
+func TestExpressUpstreamInvoke(t *testing.T) {
+	up := startExpressUpstream(t)
+	invocations := `[
+		{"event": "echo", "data": "hi", "dataType": "text"},
+		{"event": "json", "data": {"a": 1}, "dataType": "json"},
+		{"event": "binary", "data": [1, 2], "dataType": "binary"},
+		{"event": "fail", "data": "x", "dataType": "text"},
+		{"event": "echo", "data": "again", "dataType": "text"}
+	]`
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "client-invocations.mjs", up.clientURL("carol"), invocations)
+	cmd.Dir = up.dir
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node: %v\n%s", err, out)
+	}
+	var lines []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("node printed %q", line)
+		}
+		lines = append(lines, m)
+	}
+	if len(lines) != 7 || lines[0]["step"] != "connected" || lines[6]["step"] != "done" {
+		t.Fatalf("node printed %v", lines)
+	}
+	id := lines[0]["connectionId"]
+	if conn := up.nextLine("connected"); conn["connectionId"] != id || conn["userId"] != "node-carol" {
+		t.Fatalf("connected event %v, client connected as %v", conn, id)
+	}
+
+	result := func(dataType string, data any) map[string]any {
+		return map[string]any{"result": map[string]any{"dataType": dataType, "data": data}}
+	}
+	want := []map[string]any{
+		result("text", "hello carol, echo 1: hi"),
+		result("json", map[string]any{"got": map[string]any{"a": 1.0}, "type": "json"}),
+		result("binary", []any{9.0, 8.0, 7.0}),
+		{"error": map[string]any{"name": "InvocationError", "errorDetail": map[string]any{
+			"name": "InternalServerError", "message": "the fail event handler answered 500"}}},
+		result("text", "hello carol, echo 2: again"), // the state set by the first
+	}
+	for i, w := range want {
+		got := lines[1+i]
+		delete(got, "step")
+		delete(got, "i")
+		if !reflect.DeepEqual(got, w) {
+			t.Errorf("invocation %d: %v\nwant %v", i, got, w)
+		}
+	}
+	done := lines[6]
+	if conns, _ := done["connections"].([]any); len(conns) != 1 || conns[0] != id {
+		t.Fatalf("the client saw connections %v, want one", done["connections"])
+	}
+	// The connection's only disconnected event is the client's stop().
+	if d := up.nextLine("disconnected"); d["connectionId"] != id {
 		t.Fatalf("disconnected event %v", d)
 	}
 }
