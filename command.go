@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/embedwps/pubsub/filter"
+	"github.com/embedwps/pubsub/protocol"
 )
 
 // op is a hub operation. Every call of the Go API (and so of REST) and every
@@ -73,6 +74,9 @@ type command struct {
 	FromUserID string `json:"f,omitempty"`
 	// Metadata is the publisher's metadata of a client's sendToGroup.
 	Metadata map[string]string `json:"m,omitempty"`
+	// Stream makes a client's sendToGroup a fragment of its stream
+	// (stream.go).
+	Stream *protocol.StreamInfo `json:"st,omitempty"`
 	// Reason is the reason of a close.
 	Reason string `json:"r,omitempty"`
 	// Filter is an OData filter (rest-api.md §6) that recipients must match.

@@ -67,6 +67,9 @@ type conn struct {
 	initialGroups []string // joined at registration
 	movedFrom     string   // the node that handed the connection over to this one
 
+	// streams are the group streams this connection publishes (stream.go).
+	streams streamSet
+
 	// Touched by the read loop only (read loops of successive transports
 	// run one after another).
 	acks ackLog
@@ -184,6 +187,9 @@ func (c *conn) handleRequest(req protocol.Request) {
 		return
 	case protocol.SequenceAck:
 		c.ackSequence(req.SequenceID) // a no-op unless the subprotocol is reliable
+		return
+	case protocol.StreamStart, protocol.StreamData, protocol.StreamEnd:
+		c.handleStream(req) // answered by stream frames; rate-limited there
 		return
 	case protocol.CancelInvocation:
 		// An invoke is answered on the read loop before the next frame is

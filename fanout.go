@@ -93,6 +93,9 @@ func (d *delivery) settle() {
 
 // deliver queues d for c in c's encoding.
 func (c *conn) deliver(d *delivery) {
+	if !d.cmd.reaches(c.kind) {
+		return
+	}
 	deadline := d.cmd.ExpiresAt
 	switch c.kind {
 	case kindSimple:
@@ -108,6 +111,13 @@ func (c *conn) deliver(d *delivery) {
 		d.protobufData()
 		d.held[encProtobufData] += c.deliverReliable(deadline, d.shares[encProtobufData], func(seq uint64) [][]byte { return reliableProtobufFrame(d.pbData, seq) })
 	}
+}
+
+// reaches reports whether a send is for clients of kind k: a stream's
+// terminal fragment is for JSON clients only. The other kinds have no way
+// to tell a stream apart, and get its data fragments as group messages.
+func (cmd *command) reaches(k clientKind) bool {
+	return cmd.Stream == nil || !cmd.Stream.End || k == kindJSON || k == kindJSONReliable
 }
 
 // take counts a reference to an encoding, if one was taken.
@@ -141,6 +151,9 @@ func (d *delivery) json() []byte {
 // after room for a frame header.
 func appendJSONBody(cmd *command) []byte {
 	buf := wsframe.Begin(len(cmd.Data)*4/3 + 96 + len(cmd.Target))
+	if cmd.Stream != nil {
+		return protocol.AppendGroupStreamMessage(buf, cmd.Target, cmd.FromUserID, cmd.Stream, cmd.DataType, cmd.Data)
+	}
 	if cmd.Op == opSendToGroup {
 		return protocol.AppendGroupMessageWithMetadata(buf, cmd.Target, cmd.FromUserID, cmd.Metadata, cmd.DataType, cmd.Data)
 	}

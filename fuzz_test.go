@@ -91,7 +91,7 @@ func newFuzzEnv(tb testing.TB) *fuzzEnv {
 		if err := svc.Shutdown(ctx); err != nil {
 			tb.Errorf("Shutdown: %v", err)
 		}
-		if st := svc.Stats(); st.Connections != 0 || st.InboundBytes != 0 || st.BufferedBytes != 0 || st.Panics != 0 {
+		if st := svc.Stats(); st.Connections != 0 || st.InboundBytes != 0 || st.BufferedBytes != 0 || st.Panics != 0 || st.Streams != 0 {
 			tb.Errorf("after Shutdown: %+v", st)
 		}
 		srv.Close()
@@ -140,11 +140,11 @@ func (fz *fuzzEnv) run(t *testing.T, data []byte, closeAfter bool) {
 		t.Fatal("the sentinel was not served")
 	}
 	// The fuzzed connections are released (a reliable one after its short
-	// recovery window) with whatever they held.
+	// recovery window) with whatever they held, their streams included.
 	deadline := time.Now().Add(fuzzEndWithin)
 	for {
 		st := fz.svc.Stats()
-		if st.Connections == 1 && st.InboundBytes == 0 {
+		if st.Connections == 1 && st.InboundBytes == 0 && st.Streams == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -226,6 +226,15 @@ func fuzzSeeds() [][]byte {
 			text(`{"type":"joinGroup","group":"g","ackId":1}`), // a duplicate ackId
 		),
 		text(`{"type":"sendToGroup","group":"g","dataType":"binary","data":"AAEC"}`),
+		// Group streams: one ended, one left open for the disconnect to end.
+		frames(
+			text(`{"type":"sendToGroup","group":"g","stream":{"streamId":"a","idleTimeoutMs":100}}`),
+			text(`{"type":"streamData","streamId":"a","streamSequenceId":1,"dataType":"text","data":"x"}`),
+			text(`{"type":"streamData","streamId":"a","streamSequenceId":3,"dataType":"text","data":"x"}`),
+			text(`{"type":"streamData","streamId":"a"}`),
+			text(`{"type":"sendToGroup","group":"g","stream":{"streamId":"b"}}`),
+			text(`{"type":"streamEnd","streamId":"a","error":{"message":"m"}}`),
+		),
 		// Unsupported requests: answered, the connection kept.
 		frames(
 			text(`{"type":"sendToGroup","group":"g","stream":{"streamId":"s"}}`),

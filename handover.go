@@ -56,6 +56,8 @@ type handedSession struct {
 	Reason      string           `json:"d,omitempty"`
 	// Seen is, per node, the last of its commands the owner applied.
 	Seen map[string]uint64 `json:"w,omitempty"`
+	// Streams are the group streams the connection has open (stream.go).
+	Streams []handedStream `json:"t,omitempty"`
 }
 
 // sessionMessage is an unacknowledged message: its receiver's frame.
@@ -216,6 +218,7 @@ func (c *conn) handOver(node string, groups []string) result {
 	if old != nil {
 		old.out.abort()
 	}
+	sess.Streams = c.handStreams() // after c.mu: a stream's lock comes first
 	cl.tellOwner(c.hub.name, c.id, node)
 	c.leave(groupSet)
 	return result{Session: sess}
@@ -406,6 +409,7 @@ func (cl *cluster) arrive(a *arrival, id, from string, sess *handedSession) (*co
 	} else {
 		cl.tellOwner(a.hub, id, cl.node)
 	}
+	c.adoptStreams(sess.Streams)
 	c.mu.Lock()
 	c.rel.timer = time.AfterFunc(s.cfg.RecoveryWindow, c.recoveryExpired) // until its transport resumes it
 	c.mu.Unlock()
@@ -478,6 +482,9 @@ func (c *conn) replayOn(cmd *command, groups map[string]struct{}) result {
 	}
 	switch cmd.Op {
 	case opSendToAll, opSendToGroup, opSendToUser, opSendToConnection:
+		if !cmd.reaches(c.kind) {
+			break
+		}
 		r := c.rel
 		r.seq++
 		var parts [][]byte

@@ -36,6 +36,8 @@ type hubState struct {
 	groups index
 	users  index
 	live   int // registered connections; changed only inside Service.hubs' Compute
+	// streams counts the open group streams of this node per group.
+	streams groupStreams
 }
 
 func newHubState(name string, cl *cluster) *hubState {

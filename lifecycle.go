@@ -256,6 +256,7 @@ func (c *conn) release(clientReason string) {
 	c.mu.Unlock()
 	s := c.svc
 	c.cancel()
+	c.endStreams()
 	c.hub.unregister(c, groups)
 	s.connections.Add(-1)
 	if c.movedFrom != "" {

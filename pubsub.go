@@ -152,6 +152,12 @@ type Config struct {
 	// it has no ackId (or the client is a simple client), the client is
 	// closed with 1008. Default 0: no limit.
 	MaxMessagesPerSecond int
+	// MaxStreamsPerConnection bounds the group streams one connection has
+	// open, MaxStreamsPerGroup those open to one group (on this node). A
+	// stream start past either is answered with streamClosed BadRequest.
+	// Defaults 100 and 1,000.
+	MaxStreamsPerConnection int
+	MaxStreamsPerGroup      int
 }
 
 // Stats are counters of a Service.
@@ -192,6 +198,8 @@ type Stats struct {
 	// (it was unreachable); a refused send reached this node's connections
 	// only.
 	BrokerErrors int64
+	// Streams is the number of group streams open on this node now.
+	Streams int64
 }
 
 // Service is one Azure Web PubSub service: its hubs, their connections, and
@@ -235,6 +243,7 @@ type Service struct {
 	messageTimeouts          atomic.Int64
 	rateLimited              atomic.Int64
 	panics                   atomic.Int64
+	openStreams              atomic.Int64 // group streams open (stream.go)
 }
 
 // New returns a Service. Without a Broker it starts no goroutine until the
@@ -265,6 +274,8 @@ func New(cfg Config) (*Service, error) {
 	setDefault(&cfg.MaxInboundBytes, DefaultMaxInboundBytes)
 	setDefault(&cfg.MaxBufferedBytes, DefaultMaxBufferedBytes)
 	setDefault(&cfg.ClusterTimeout, DefaultClusterTimeout)
+	setDefault(&cfg.MaxStreamsPerConnection, DefaultMaxStreamsPerConnection)
+	setDefault(&cfg.MaxStreamsPerGroup, DefaultMaxStreamsPerGroup)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -328,6 +339,7 @@ func (s *Service) Stats() Stats {
 		RateLimited:              s.rateLimited.Load(),
 		Panics:                   s.panics.Load(),
 		Nodes:                    1,
+		Streams:                  s.openStreams.Load(),
 	}
 	if s.cluster != nil {
 		st.ClusterTimeouts = s.cluster.timeouts.Load()

@@ -12,8 +12,8 @@ import (
 
 // TestUnsupportedRequestsKeepTheConnection: well-formed requests of a type
 // the service does not implement are answered where the protocol has a
-// frame for it (streamClosed, an ack), dropped otherwise, and the
-// connection stays up.
+// frame for it (an ack), dropped otherwise, and the connection stays up.
+// (Group streaming: stream_test.go.)
 func TestUnsupportedRequestsKeepTheConnection(t *testing.T) {
 	for _, sub := range []string{"json.webpubsub.azure.v1", "json.reliable.webpubsub.azure.v1"} {
 		t.Run(sub, func(t *testing.T) {
@@ -26,20 +26,6 @@ func TestUnsupportedRequestsKeepTheConnection(t *testing.T) {
 					t.Fatalf("got  %s\nwant %s", f.Data, want)
 				}
 			}
-
-			// Group streaming, as the JS SDK's openGroupStream sends it.
-			c.Send(`{"type":"sendToGroup","group":"room","noEcho":false,"stream":{"streamId":"s1","idleTimeoutMs":300000}}`)
-			expect(`{"type":"streamClosed","streamId":"s1","error":{"name":"BadRequest","message":"Group streaming is not supported."}}`)
-			c.Send(`{"type":"streamData","streamId":"s1","streamSequenceId":1,"dataType":"text","data":"chunk"}`)
-			expect(`{"type":"streamClosed","streamId":"s1","error":{"name":"StreamNotFound","message":"The stream 's1' is not open: group streaming is not supported."}}`)
-			c.Send(`{"type":"streamData","streamId":"s1"}`)
-			expect(`{"type":"streamClosed","streamId":"s1","error":{"name":"StreamNotFound","message":"The stream 's1' is not open: group streaming is not supported."}}`)
-			c.Send(`{"type":"StreamEnd","streamId":"s1","error":{"message":"bye"}}`)
-			expect(`{"type":"streamClosed","streamId":"s1","error":{"name":"StreamNotFound","message":"The stream 's1' is not open: group streaming is not supported."}}`)
-			// A stream start with an ackId is answered both ways.
-			c.Send(`{"type":"sendToGroup","group":"room","ackId":1,"stream":{"streamId":"s2"}}`)
-			expect(`{"type":"streamClosed","streamId":"s2","error":{"name":"BadRequest","message":"Group streaming is not supported."}}`)
-			expect(`{"type":"ack","ackId":1,"success":false,"error":{"name":"BadRequest","message":"The request type 'sendToGroup' is not supported."}}`)
 
 			// Group state and unknown types, with an ackId: an ack error,
 			// not remembered (a retry is refused again, not a Duplicate).

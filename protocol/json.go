@@ -36,10 +36,15 @@ const (
 	// CancelInvocation tells the service the client stopped waiting.
 	CancelInvocation
 	// Unsupported is a well-formed request of a type this service does not
-	// implement (Request.Unsupported names it): group streaming frames,
+	// implement (Request.Unsupported names it): protobuf stream starts,
 	// group state, or a type name it does not know. It is answered with an
 	// error when the protocol has a frame for one, and the connection stays.
 	Unsupported
+	// StreamStart, StreamData and StreamEnd are group streaming frames
+	// (spec §6.1, JSON subprotocols only; stream.go).
+	StreamStart
+	StreamData
+	StreamEnd
 )
 
 // String returns the wire name of the request type.
@@ -63,6 +68,12 @@ func (t RequestType) String() string {
 		return "cancelInvocation"
 	case Unsupported:
 		return "unsupported"
+	case StreamStart:
+		return "sendToGroup stream"
+	case StreamData:
+		return "streamData"
+	case StreamEnd:
+		return "streamEnd"
 	}
 	return "RequestType(" + strconv.Itoa(int(t)) + ")"
 }
@@ -95,10 +106,11 @@ type Request struct {
 	TTLSeconds uint64
 	// Unsupported is the wire type of an Unsupported request, as sent.
 	Unsupported string
-	// StreamID is the stream of an Unsupported group streaming frame (a
-	// stream start, streamData or streamEnd), which is answered with
-	// streamClosed on JSON subprotocols.
+	// StreamID is the stream of a group streaming frame (a stream start,
+	// streamData or streamEnd), or of an Unsupported protobuf stream start.
 	StreamID string
+	// Stream holds the rest of a group streaming frame.
+	Stream StreamRequest
 }
 
 // jsonRequest mirrors the JSON request schema. RawMessage fields are checked
@@ -117,9 +129,11 @@ type jsonRequest struct {
 	Target       *string         `json:"target"`
 	Metadata     json.RawMessage `json:"metadata"`
 	TTLSeconds   json.RawMessage `json:"ttlSeconds"`
-	// group streaming (unsupported)
-	Stream   json.RawMessage `json:"stream"`
-	StreamID json.RawMessage `json:"streamId"`
+	// group streaming
+	Stream           json.RawMessage `json:"stream"`
+	StreamID         json.RawMessage `json:"streamId"`
+	StreamSequenceID json.RawMessage `json:"streamSequenceId"`
+	Error            json.RawMessage `json:"error"`
 }
 
 func invalid(format string, args ...any) error {
@@ -145,13 +159,7 @@ func DecodeJSONRequest(frame []byte) (Request, error) {
 		req.Type = LeaveGroup
 	case strings.EqualFold(raw.Type, "sendToGroup"):
 		if len(raw.Stream) > 0 && string(raw.Stream) != "null" {
-			var start struct {
-				StreamID json.RawMessage `json:"streamId"`
-			}
-			if err := json.Unmarshal(raw.Stream, &start); err != nil {
-				return Request{}, invalid("stream must be an object")
-			}
-			return unsupportedStream(req, raw.Type, start.StreamID)
+			return decodeStreamStart(req, &raw)
 		}
 		req.Type = SendToGroup
 	case strings.EqualFold(raw.Type, "event"):
@@ -174,8 +182,10 @@ func DecodeJSONRequest(frame []byte) (Request, error) {
 			return Request{}, invalid("cancelInvocation needs an invocationId")
 		}
 		return Request{Type: CancelInvocation, InvocationID: *raw.InvocationID}, nil
-	case strings.EqualFold(raw.Type, "streamData"), strings.EqualFold(raw.Type, "streamEnd"):
-		return unsupportedStream(req, raw.Type, raw.StreamID)
+	case strings.EqualFold(raw.Type, "streamData"):
+		return decodeStreamData(req, &raw)
+	case strings.EqualFold(raw.Type, "streamEnd"):
+		return decodeStreamEnd(req, &raw)
 	case raw.Type == "":
 		return Request{}, invalid("missing type")
 	default:
@@ -264,18 +274,6 @@ func decodeInvoke(raw *jsonRequest) (Request, error) {
 	if req.Data, err = decodeData(req.DataType, raw.Data); err != nil {
 		return Request{}, err
 	}
-	return req, nil
-}
-
-// unsupportedStream decodes a group streaming frame, which this service
-// does not support, far enough to answer it: its streamId must be a
-// non-empty string.
-func unsupportedStream(req Request, typ string, rawID json.RawMessage) (Request, error) {
-	var id string
-	if err := json.Unmarshal(rawID, &id); err != nil || id == "" {
-		return Request{}, invalid("streamId must be a non-empty string")
-	}
-	req.Type, req.Unsupported, req.StreamID = Unsupported, typ, id
 	return req, nil
 }
 
@@ -433,10 +431,6 @@ const (
 	AckTooManyRequests     = "TooManyRequests"
 )
 
-// StreamNotFound is the streamClosed error name for a stream that is not
-// open (spec §6.1).
-const StreamNotFound = "StreamNotFound"
-
 // AppendAck appends an ack frame. An empty errName means success.
 func AppendAck(dst []byte, ackID uint64, errName, errMessage string) []byte {
 	dst = append(dst, `{"type":"ack","ackId":`...)
@@ -468,17 +462,6 @@ func AppendInvokeError(dst []byte, invocationID, errName, errMessage string) []b
 	dst = append(dst, `{"type":"invokeResponse","invocationId":`...)
 	dst = AppendString(dst, invocationID)
 	dst = append(dst, `,"success":false,"error":{"name":`...)
-	dst = AppendString(dst, errName)
-	dst = append(dst, `,"message":`...)
-	dst = AppendString(dst, errMessage)
-	return append(dst, "}}"...)
-}
-
-// AppendStreamClosed appends a streamClosed frame with an error.
-func AppendStreamClosed(dst []byte, streamID, errName, errMessage string) []byte {
-	dst = append(dst, `{"type":"streamClosed","streamId":`...)
-	dst = AppendString(dst, streamID)
-	dst = append(dst, `,"error":{"name":`...)
 	dst = AppendString(dst, errName)
 	dst = append(dst, `,"message":`...)
 	dst = AppendString(dst, errMessage)

@@ -223,6 +223,40 @@ func checkDecoded(t *testing.T, req Request, err error) bool {
 		if req.InvocationID == "" {
 			t.Fatalf("accepted cancelInvocation without an invocationId")
 		}
+	case StreamStart, StreamData, StreamEnd:
+		if req.StreamID == "" {
+			t.Fatalf("accepted a stream frame without a streamId %+v", req)
+		}
+		if req.Stream.Problem != "" {
+			break
+		}
+		if req.Type == StreamStart && !ValidGroupName(req.Group) {
+			t.Fatalf("accepted stream start to group %q", req.Group)
+		}
+		if req.Type == StreamData && req.Stream.KeepAlive == (req.Stream.SequenceID != 0) {
+			t.Fatalf("streamData is a keepalive exactly when it has no sequence id: %+v", req)
+		}
+		if req.Type == StreamData && req.DataType == JSON && !req.Stream.KeepAlive && !json.Valid(req.Data) {
+			t.Fatalf("accepted invalid JSON data %q", req.Data)
+		}
+		if req.Stream.Error != nil && req.Stream.Error.Name != StreamUserError {
+			t.Fatalf("a client's stream error is a UserError: %+v", req.Stream.Error)
+		}
+		out := AppendGroupStreamMessage(nil, "g", "u", &StreamInfo{ID: req.StreamID, Sequence: req.Stream.SequenceID, End: req.Type == StreamEnd, Error: req.Stream.Error}, req.DataType, req.Data)
+		var m struct {
+			Stream struct {
+				StreamID string `json:"streamId"`
+				Error    *struct {
+					Message string `json:"message"`
+				} `json:"error"`
+			} `json:"stream"`
+		}
+		if err := json.Unmarshal(out, &m); err != nil {
+			t.Fatalf("encoded fragment is not JSON: %v\n%s", err, out)
+		}
+		if utf8.ValidString(req.StreamID) && m.Stream.StreamID != req.StreamID {
+			t.Fatalf("streamId %q came back as %q", req.StreamID, m.Stream.StreamID)
+		}
 	case Unsupported:
 		if req.Unsupported == "" {
 			t.Fatalf("accepted an unsupported request without a type %+v", req)
