@@ -105,3 +105,33 @@ func TestGroupStreamFollowsItsPublisherToAnotherNode(t *testing.T) {
 	// Shutdown, right after, would take the connection for one to drain.
 	eventually(t, "the publisher is gone", func() bool { return nodes[1].svc.Stats().Connections == 1 })
 }
+
+// Review: a publisher's node shutting down ends its streams for receivers
+// on other nodes too (with Cancelled), as a disconnect does: Shutdown marks
+// the service closed before it closes its connections, and a terminal
+// fragment published after that must still reach the cluster.
+func TestGroupStreamEndsOnOtherNodesWhenItsPublishersNodeShutsDown(t *testing.T) {
+	ns := startNATS(t, -1)
+	nodes := newCluster(t, ns.ClientURL(), 2, clusterOptions{})
+	recv := nodes[1].dial("bob", "room")
+	pub := nodes[0].dial("alice")
+
+	pub.Send(`{"type":"sendToGroup","group":"room","stream":{"streamId":"s"}}`)
+	if m := pub.NextJSON(); m["type"] != "streamAck" || m["expectedSequenceId"] != 1.0 {
+		t.Fatalf("publisher got %v", m)
+	}
+	pub.Send(`{"type":"streamData","streamId":"s","streamSequenceId":1,"dataType":"text","data":"a"}`)
+	if m := recv.nextMessage(t); m["data"] != "a" {
+		t.Fatalf("receiver got %v", m)
+	}
+	nodes[0].shutdown()
+	m, ok := recv.tryMessage(waitFor)
+	if !ok {
+		t.Fatalf("the receiver on node1 got no terminal fragment within %v after node0 (the publisher's) shut down; Stats().Streams on node0 = %d", waitFor, nodes[0].svc.Stats().Streams)
+	}
+	st, _ := m["stream"].(map[string]any)
+	e, _ := st["error"].(map[string]any)
+	if st["streamId"] != "s" || st["endOfStream"] != true || e["name"] != "Cancelled" {
+		t.Fatalf("after the publisher's node shut down, got %v", m)
+	}
+}
