@@ -309,7 +309,15 @@ func (c *conn) finishStream(s *outStream, e *protocol.StreamError) {
 	c.hub.streams.remove(s.group)
 	c.svc.openStreams.Add(-1)
 	end := &protocol.StreamInfo{ID: s.id, Sequence: s.next, End: true, Error: e}
-	_ = c.svc.publishFromClient(c.streamCommand(s, end, DataTypeText, []byte{})) // fails only when the service is closed
+	// Published even while the service shuts down (publishFromClient
+	// refuses then): receivers on other nodes would never see the end.
+	// Shutdown closes the broker only after every connection is released.
+	cmd := c.streamCommand(s, end, DataTypeText, []byte{})
+	if c.svc.cluster != nil {
+		c.svc.cluster.publish(cmd)
+	} else {
+		c.svc.exec(cmd)
+	}
 }
 
 // streamIdle runs on s's timer: it ends an idle stream, or waits again for
