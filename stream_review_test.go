@@ -23,7 +23,20 @@ func TestReviewGroupStreamRevokedPermissionIsNotKeptAliveByKeepalives(t *testing
 		t.Fatal(err)
 	}
 	e.pub.Send(`{"type":"streamData","streamId":"s"}`)
-	e.barrier(e.pub, e.pubID) // the keepalive was handled: a streamClosed would come before it
+	// A ping is answered on the read loop after the keepalive was handled.
+	e.pub.Send(`{"type":"ping"}`)
+	var before []string
+	for {
+		f := string(e.pub.Next().Data)
+		if f == `{"type":"pong"}` {
+			break
+		}
+		before = append(before, f)
+	}
+	want := `{"type":"streamClosed","streamId":"s","error":{"name":"Forbidden","message":"The publisher lost its permission to send to the group."}}`
+	if len(before) != 1 || before[0] != want {
+		t.Errorf("before the pong the publisher got %q, want %s", before, want)
+	}
 	if n := e.svc.Stats().Streams; n != 0 {
 		t.Fatalf("Stats().Streams = %d: the stream of a publisher without the permission is kept open by its keepalives", n)
 	}
