@@ -119,10 +119,17 @@ func (c *conn) handleStream(req protocol.Request) {
 			c.endStream(s, &protocol.StreamError{Name: protocol.StreamCancelled, Message: req.Stream.Problem}, protocol.AckBadRequest)
 			return
 		}
-		s.last.Store(time.Now().UnixNano())
-		if !req.Stream.KeepAlive {
-			c.streamData(s, req, rateLimited)
+		if req.Stream.KeepAlive {
+			if !c.perms.allows(PermissionSendToGroup, s.group) {
+				c.endStream(s, &protocol.StreamError{Name: protocol.AckForbidden, Message: "The publisher lost its permission to send to the group."},
+					protocol.AckForbidden)
+				return
+			}
+			s.last.Store(time.Now().UnixNano())
+			return
 		}
+		s.last.Store(time.Now().UnixNano())
+		c.streamData(s, req, rateLimited)
 	case protocol.StreamEnd:
 		s := c.lookupStream(req.StreamID)
 		if s == nil {
