@@ -50,14 +50,17 @@ type outStream struct {
 	// its idle timer.
 	last atomic.Int64
 
-	mu    sync.Mutex
-	next  uint64 // the sequence id expected next
+	mu   sync.Mutex
+	next uint64 // the sequence id expected next
+	// gap: a fragment was refused (streamNack) and next was not published
+	// since; an end then would hide the hole from receivers.
+	gap   bool
 	ended bool
 	timer *time.Timer
 }
 
-// streamSet is a connection's open streams. mu is a leaf: it guards the map
-// only, and no other lock is taken while it is held.
+// streamSet is a connection's open streams. mu guards the map; only
+// groupStreams.mu, a leaf, is taken while it is held.
 type streamSet struct {
 	mu     sync.Mutex
 	open   map[string]*outStream
@@ -140,6 +143,14 @@ func (c *conn) handleStream(req protocol.Request) {
 			c.endStream(s, &protocol.StreamError{Name: protocol.StreamCancelled, Message: req.Stream.Problem}, protocol.AckBadRequest)
 			return
 		}
+		s.mu.Lock()
+		gap, next := s.gap, s.next
+		s.mu.Unlock()
+		if gap && req.Stream.Error == nil {
+			msg := fmt.Sprintf("The stream ended with fragment %d missing.", next)
+			c.endStream(s, &protocol.StreamError{Name: protocol.StreamCancelled, Message: msg}, protocol.AckBadRequest)
+			return
+		}
 		c.endStream(s, req.Stream.Error, "")
 	}
 }
@@ -198,8 +209,8 @@ func (c *conn) startStream(req protocol.Request) {
 		c.streams.open = make(map[string]*outStream)
 	}
 	c.streams.open[s.id] = s
+	c.svc.openStreams.Add(1) // counted before it can be found, as in the group's count
 	c.streams.mu.Unlock()
-	c.svc.openStreams.Add(1)
 	s.mu.Lock()
 	if !s.ended { // the session may have ended it already
 		s.timer = time.AfterFunc(idle, func() { c.streamIdle(s) })
@@ -232,14 +243,18 @@ func (c *conn) streamData(s *outStream, req protocol.Request, rateLimited bool) 
 	seq, next := req.Stream.SequenceID, s.next
 	switch {
 	case rateLimited:
+		// Ended, not nacked: the official client does not send a nacked
+		// fragment again, and its stream would go on with a hole.
 		s.mu.Unlock()
-		c.sendStreamNack(s.id, next, streamTransientError, fmt.Sprintf("The client sends more than %d messages per second.", c.svc.cfg.MaxMessagesPerSecond))
+		msg := fmt.Sprintf("The publisher sent more than %d messages per second.", c.svc.cfg.MaxMessagesPerSecond)
+		c.endStream(s, &protocol.StreamError{Name: protocol.StreamCancelled, Message: msg}, protocol.AckTooManyRequests)
 		return
 	case seq < next:
 		s.mu.Unlock()
 		c.sendStreamAck(s.id, next)
 		return
 	case seq > next:
+		s.gap = true
 		s.mu.Unlock()
 		c.sendStreamNack(s.id, next, protocol.StreamInvalidSequenceID, fmt.Sprintf("Expected streamSequenceId %d, got %d.", next, seq))
 		return
@@ -247,6 +262,9 @@ func (c *conn) streamData(s *outStream, req protocol.Request, rateLimited bool) 
 	err := c.svc.publishFromClient(c.streamCommand(s, &protocol.StreamInfo{ID: s.id, Sequence: seq}, req.DataType, req.Data))
 	if err == nil {
 		s.next++
+		s.gap = false // every fragment below next was published
+	} else {
+		s.gap = true
 	}
 	next = s.next
 	s.mu.Unlock()
@@ -415,17 +433,21 @@ func (c *conn) adoptStreams(hs []handedStream) {
 		}
 		s.last.Store(time.Now().UnixNano())
 		c.streams.mu.Lock()
-		if c.streams.closed {
-			c.streams.mu.Unlock()
-			return
-		}
-		if c.streams.open == nil {
-			c.streams.open = make(map[string]*outStream)
-		}
-		c.streams.open[s.id] = s
-		c.streams.mu.Unlock()
+		// Counted before it can be found: whoever ends it uncounts it.
 		c.hub.streams.add(s.group, math.MaxInt)
 		c.svc.openStreams.Add(1)
+		closed := c.streams.closed
+		if !closed {
+			if c.streams.open == nil {
+				c.streams.open = make(map[string]*outStream)
+			}
+			c.streams.open[s.id] = s
+		}
+		c.streams.mu.Unlock()
+		if closed { // the session ended as it arrived: receivers are told
+			c.finishStream(s, &protocol.StreamError{Name: protocol.StreamCancelled, Message: "The publisher disconnected."})
+			continue
+		}
 		s.mu.Lock()
 		if !s.ended {
 			s.timer = time.AfterFunc(s.idle, func() { c.streamIdle(s) })

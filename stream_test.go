@@ -321,21 +321,42 @@ func TestGroupStreamsInParallel(t *testing.T) {
 	e.barrier(e.recv, e.recvID)
 }
 
-// TestGroupStreamRateLimit: a fragment over the message rate is refused with
-// streamNack TransientError, and may be sent again.
+// TestGroupStreamRateLimit: a fragment over the message rate ends the
+// stream (the official client would not send a refused fragment again):
+// streamClosed TooManyRequests to the publisher, Cancelled to receivers.
+// Keepalives and ends are not counted.
 func TestGroupStreamRateLimit(t *testing.T) {
-	e := newStreamEnv(t, pubsub.Config{MaxMessagesPerSecond: 2})
+	e := newStreamEnv(t, pubsub.Config{MaxMessagesPerSecond: 3})
+	e.pub.Send(startStream("s", ""))
+	expect(t, e.pub, streamAck("s", 1))
+	e.pub.Send(`{"type":"streamData","streamId":"s"}`)
+	e.pub.Send(streamData("s", 1, "a"))
+	expect(t, e.pub, streamAck("s", 2))
+	e.pub.Send(startStream("t", ""))
+	expect(t, e.pub, streamAck("t", 1))
+	e.pub.Send(`{"type":"streamEnd","streamId":"t"}`)
+	expect(t, e.pub, `{"type":"streamClosed","streamId":"t"}`)
+	e.pub.Send(streamData("s", 2, "b"))
+	expect(t, e.pub, `{"type":"streamClosed","streamId":"s","error":{"name":"TooManyRequests","message":"The publisher sent more than 3 messages per second."}}`)
+	expect(t, e.recv, fragment("s", 1, "a"))
+	expect(t, e.recv, endFragment("t", 1, ""))
+	expect(t, e.recv, endFragment("s", 2, `{"name":"Cancelled","message":"The publisher sent more than 3 messages per second."}`))
+}
+
+// TestGroupStreamEndAfterAGap: an end while a refused fragment was never
+// sent again ends the stream with an error, not as complete.
+func TestGroupStreamEndAfterAGap(t *testing.T) {
+	e := newStreamEnv(t, pubsub.Config{})
 	e.pub.Send(startStream("s", ""))
 	expect(t, e.pub, streamAck("s", 1))
 	e.pub.Send(streamData("s", 1, "a"))
 	expect(t, e.pub, streamAck("s", 2))
-	e.pub.Send(streamData("s", 2, "b"))
-	expect(t, e.pub, `{"type":"streamNack","streamId":"s","expectedSequenceId":2,"name":"TransientError","message":"The client sends more than 2 messages per second."}`)
-	e.pub.Send(`{"type":"streamData","streamId":"s"}`) // keepalives are not counted
-	e.pub.Send(`{"type":"streamEnd","streamId":"s"}`)  // nor ends
-	expect(t, e.pub, `{"type":"streamClosed","streamId":"s"}`)
+	e.pub.Send(streamData("s", 3, "c"))
+	expect(t, e.pub, `{"type":"streamNack","streamId":"s","expectedSequenceId":2,"name":"InvalidSequenceId","message":"Expected streamSequenceId 2, got 3."}`)
+	e.pub.Send(`{"type":"streamEnd","streamId":"s"}`)
+	expect(t, e.pub, `{"type":"streamClosed","streamId":"s","error":{"name":"BadRequest","message":"The stream ended with fragment 2 missing."}}`)
 	expect(t, e.recv, fragment("s", 1, "a"))
-	expect(t, e.recv, endFragment("s", 2, ""))
+	expect(t, e.recv, endFragment("s", 2, `{"name":"Cancelled","message":"The stream ended with fragment 2 missing."}`))
 }
 
 // TestGroupStreamOutlivesARecovery: a reliable publisher's streams belong

@@ -1,4 +1,4 @@
-// Review: the official client writing a stream faster than the service's
+// The official client writing a stream faster than the service's
 // MaxMessagesPerSecond. Prints what the publisher saw (writes resolved,
 // errors) and what the receiver read (chunks, end).
 //

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
@@ -12,7 +13,7 @@ import (
 	"github.com/embedwps/pubsub/internal/wstest"
 )
 
-// Review: the official client writes a stream faster than
+// The official client writes a stream faster than
 // MaxMessagesPerSecond. The client takes a streamNack as an ack of its
 // expectedSequenceId and never sends the refused fragment again (it only
 // replays after a recovery), so the stream must not end cleanly for its
@@ -56,5 +57,14 @@ func TestOfficialJSClientStreamOverTheRateLimitIsNotSilentlyTruncated(t *testing
 	if len(recv.Chunks) < pub.Written && len(pub.Errors) == 0 && recv.End["done"] == true {
 		t.Fatalf("silent truncation: the publisher wrote %d fragments with no error, the receiver read %d (%v) and a clean end",
 			pub.Written, len(recv.Chunks), recv.Chunks)
+	}
+	// The burst of 5 takes the start and four fragments; the fifth ends the
+	// stream, visibly on both sides.
+	if want := []string{"c1", "c2", "c3", "c4"}; !slices.Equal(recv.Chunks, want) ||
+		recv.End["name"] != "Cancelled" || recv.End["message"] != "The publisher sent more than 5 messages per second." {
+		t.Fatalf("receiver: %+v, want chunks %v and a Cancelled end", recv, want)
+	}
+	if !slices.Contains(pub.Errors, "TooManyRequests") {
+		t.Fatalf("publisher errors %v, want TooManyRequests", pub.Errors)
 	}
 }
