@@ -63,6 +63,9 @@ type conn struct {
 	groups     map[string]struct{}
 	connState  string    // the event handler's connection state
 	rel        *reliable // nil unless the subprotocol is reliable
+	// pres is its group presence events to hand over (presence.go); nil
+	// until it has one, and always without a GroupPresenceHandler.
+	pres *presenceQueue
 
 	initialGroups []string // joined at registration
 	movedFrom     string   // the node that handed the connection over to this one

@@ -38,6 +38,35 @@ type EventHandler interface {
 	UserEvent(ctx context.Context, req *UserEventRequest) (*UserEventResponse, error)
 }
 
+// GroupPresenceHandler is implemented by an EventHandler that wants the
+// group presence events (Azure's preview "joined" and "left"): a
+// connection joined or left a group, by any path (its own request, the Go
+// API or REST, its token's or connect response's groups, its end). Only a
+// change that happened is an event: joining a group the connection is in,
+// or leaving one it is not in, is none. A reliable connection that
+// recovers, here or on another node, keeps its groups: no event.
+//
+// They are notifications, like Connected and Disconnected, made with no
+// lock held. The service calls them from a few goroutines of its own, not
+// where the membership changed (a client's read loop, a Go API or REST
+// call, the broker's goroutine in a cluster), so a slow handler delays
+// only the presence events and may call the Go API; when a connection
+// ends, its last ones are called where Disconnected is, just before it.
+// One connection's events come one at a time, in the order its membership
+// changed, after its Connected (its token's groups included) and before
+// its Disconnected. A connection with 4,096 events waiting (or twice
+// Config.MaxGroupsPerConnection, if more) drops the next ones, logged.
+type GroupPresenceHandler interface {
+	GroupJoined(ctx context.Context, ev GroupPresenceEvent)
+	GroupLeft(ctx context.Context, ev GroupPresenceEvent)
+}
+
+// GroupPresenceEvent is a connection that joined or left Group.
+type GroupPresenceEvent struct {
+	ConnectionContext
+	Group string
+}
+
 // AnonymousPolicy is implemented by an EventHandler that decides per hub
 // whether clients may connect without a token (Azure's
 // anonymousConnectPolicy "allow"); the handler's connect event then decides.
@@ -146,13 +175,16 @@ type Shutdowner interface {
 	Shutdown(ctx context.Context) error
 }
 
-// EventHandlerFuncs is an EventHandler made of optional functions; a nil
-// function handles nothing (ErrNoEventHandler for Connect and UserEvent).
+// EventHandlerFuncs is an EventHandler, and a GroupPresenceHandler, made of
+// optional functions; a nil function handles nothing (ErrNoEventHandler
+// for Connect and UserEvent).
 type EventHandlerFuncs struct {
 	OnConnect      func(ctx context.Context, req *ConnectRequest) (*ConnectResponse, error)
 	OnConnected    func(ctx context.Context, conn ConnectionContext)
 	OnDisconnected func(ctx context.Context, conn ConnectionContext, reason string)
 	OnUserEvent    func(ctx context.Context, req *UserEventRequest) (*UserEventResponse, error)
+	OnGroupJoined  func(ctx context.Context, ev GroupPresenceEvent)
+	OnGroupLeft    func(ctx context.Context, ev GroupPresenceEvent)
 }
 
 // Connect implements EventHandler.
@@ -185,11 +217,40 @@ func (f EventHandlerFuncs) UserEvent(ctx context.Context, req *UserEventRequest)
 	return f.OnUserEvent(ctx, req)
 }
 
+// GroupJoined implements GroupPresenceHandler.
+func (f EventHandlerFuncs) GroupJoined(ctx context.Context, ev GroupPresenceEvent) {
+	if f.OnGroupJoined != nil {
+		f.OnGroupJoined(ctx, ev)
+	}
+}
+
+// GroupLeft implements GroupPresenceHandler.
+func (f EventHandlerFuncs) GroupLeft(ctx context.Context, ev GroupPresenceEvent) {
+	if f.OnGroupLeft != nil {
+		f.OnGroupLeft(ctx, ev)
+	}
+}
+
+// presenceHandler returns h's GroupPresenceHandler, nil when it has none
+// (or is EventHandlerFuncs without presence functions): then no connection
+// records presence events at all.
+func presenceHandler(h EventHandler) GroupPresenceHandler {
+	if f, ok := h.(*EventHandlerFuncs); ok && f != nil {
+		h = *f
+	}
+	if f, ok := h.(EventHandlerFuncs); ok && f.OnGroupJoined == nil && f.OnGroupLeft == nil {
+		return nil
+	}
+	p, _ := h.(GroupPresenceHandler)
+	return p
+}
+
 // guardedHandler turns a panic in the application's event handler into an
 // error for the one connection concerned, so that it never takes the process
 // down.
 type guardedHandler struct {
 	h   EventHandler
+	p   GroupPresenceHandler // h's, or nil
 	log *slog.Logger
 }
 
@@ -220,4 +281,14 @@ func (g guardedHandler) Disconnected(ctx context.Context, conn ConnectionContext
 func (g guardedHandler) UserEvent(ctx context.Context, req *UserEventRequest) (resp *UserEventResponse, err error) {
 	defer g.recover("user", &err)
 	return g.h.UserEvent(ctx, req)
+}
+
+func (g guardedHandler) GroupJoined(ctx context.Context, ev GroupPresenceEvent) {
+	defer g.recover("joined", nil)
+	g.p.GroupJoined(ctx, ev)
+}
+
+func (g guardedHandler) GroupLeft(ctx context.Context, ev GroupPresenceEvent) {
+	defer g.recover("left", nil)
+	g.p.GroupLeft(ctx, ev)
 }

@@ -106,16 +106,22 @@ func validGroup(g string) error {
 // joinGroup adds c to group, within MaxGroupsPerConnection. c.mu makes it
 // atomic with c's release, so a released connection never lingers in a
 // group; one being closed joins nothing more.
-func (c *conn) joinGroup(group string) error {
+func (c *conn) joinGroup(group string) error { return c.join(group, true) }
+
+// join is joinGroup; announce says whether the join is a presence event
+// (not for the groups a handed-over connection brings with it).
+func (c *conn) join(group string, announce bool) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.state >= stateClosing {
+		c.mu.Unlock()
 		return ErrConnectionNotFound
 	}
 	if _, in := c.groups[group]; in {
+		c.mu.Unlock()
 		return nil
 	}
 	if len(c.groups) >= c.svc.cfg.MaxGroupsPerConnection {
+		c.mu.Unlock()
 		return ErrTooManyGroups
 	}
 	if c.groups == nil {
@@ -123,23 +129,37 @@ func (c *conn) joinGroup(group string) error {
 	}
 	c.groups[group] = struct{}{}
 	c.hub.groups.add(group, c)
+	schedule := announce && c.announceLocked(group, true)
+	c.mu.Unlock()
+	if schedule {
+		c.svc.schedulePresence(c)
+	}
 	return nil
 }
 
 func (c *conn) leaveGroup(group string) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	schedule := false
 	if _, in := c.groups[group]; in {
 		delete(c.groups, group)
 		c.hub.groups.remove(group, c)
+		schedule = c.announceLocked(group, false)
+	}
+	c.mu.Unlock()
+	if schedule {
+		c.svc.schedulePresence(c)
 	}
 }
 
 func (c *conn) leaveAllGroups() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for g := range c.groups {
 		c.hub.groups.remove(g, c)
 	}
+	schedule := c.announceGroupsLocked(c.groups, false)
 	c.groups = nil
+	c.mu.Unlock()
+	if schedule {
+		c.svc.schedulePresence(c)
+	}
 }

@@ -323,8 +323,15 @@ func (cl *cluster) takeover(ctx context.Context, hub, id string) (*conn, error) 
 			// The owner let the session go and it could not be registered
 			// here (shutting down): it ends here, and the handler hears so.
 			cl.tellOwner(hub, id, "")
-			cl.svc.handler.Disconnected(context.Background(), ConnectionContext{Hub: hub, ConnectionID: id,
-				UserID: sess.User, Subprotocol: sess.Subprotocol, ConnectionState: sess.State}, DisconnectNotRecovered.Reason)
+			cc := ConnectionContext{Hub: hub, ConnectionID: id, UserID: sess.User, Subprotocol: sess.Subprotocol, ConnectionState: sess.State}
+			if p := cl.svc.presence; p != nil {
+				// Its session ends here: it leaves the groups the owner
+				// had it in (what happened here since was never told).
+				for _, g := range sess.Groups {
+					p.GroupLeft(context.Background(), GroupPresenceEvent{ConnectionContext: cc, Group: g})
+				}
+			}
+			cl.svc.handler.Disconnected(context.Background(), cc, DisconnectNotRecovered.Reason)
 		}
 	}
 	if err != nil {
@@ -473,12 +480,24 @@ func (c *conn) replay(qc queuedCommand, seen map[string]uint64, groups map[strin
 // replayOn applies a command that concerns c, arriving.
 func (c *conn) replayOn(cmd *command, groups map[string]struct{}) result {
 	s := c.svc
+	// Changes the owner did not apply are the connection's own, made here:
+	// presence events, which wait for its transport (startPresence).
 	join := func(g string) error {
-		if _, in := groups[g]; !in && len(groups) >= s.cfg.MaxGroupsPerConnection {
+		_, in := groups[g]
+		if !in && len(groups) >= s.cfg.MaxGroupsPerConnection {
 			return ErrTooManyGroups
 		}
-		groups[g] = struct{}{}
+		if !in {
+			groups[g] = struct{}{}
+			c.announce(g, true)
+		}
 		return nil
+	}
+	leave := func(g string) {
+		if _, in := groups[g]; in {
+			delete(groups, g)
+			c.announce(g, false)
+		}
 	}
 	switch cmd.Op {
 	case opSendToAll, opSendToGroup, opSendToUser, opSendToConnection:
@@ -506,12 +525,15 @@ func (c *conn) replayOn(cmd *command, groups map[string]struct{}) result {
 			_ = join(g)
 		}
 	case opRemoveConnectionFromGroup, opRemoveUserFromGroup:
-		delete(groups, cmd.Group)
+		leave(cmd.Group)
 	case opRemoveConnectionsFromGroups:
 		for _, g := range cmd.Groups {
-			delete(groups, g)
+			leave(g)
 		}
 	case opRemoveConnectionFromAllGroups, opRemoveUserFromAllGroups:
+		c.mu.Lock()
+		c.announceGroupsLocked(groups, false)
+		c.mu.Unlock()
 		clear(groups)
 	case opConnectionExists:
 		return result{Found: true}
@@ -519,6 +541,14 @@ func (c *conn) replayOn(cmd *command, groups map[string]struct{}) result {
 		return execOnConn(c, cmd)
 	}
 	return result{}
+}
+
+// announce records a presence event of an arriving connection: not
+// registered yet, its events wait for its transport (not started).
+func (c *conn) announce(group string, joined bool) {
+	c.mu.Lock()
+	c.announceLocked(group, joined)
+	c.mu.Unlock()
 }
 
 // arrivingInfo is what a filter sees of an arriving connection.

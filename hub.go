@@ -52,13 +52,15 @@ func newHubState(name string, cl *cluster) *hubState {
 
 // register makes c visible to sends and exists checks, and joins its
 // initial groups (within MaxGroupsPerConnection, checked at the handshake).
+// A connection handed over from another node was in its groups already:
+// they raise no presence event.
 func (h *hubState) register(c *conn) {
 	h.conns.Store(c.id, c)
 	if c.userID != "" {
 		h.users.add(c.userID, c)
 	}
 	for _, g := range c.initialGroups {
-		_ = c.joinGroup(g)
+		_ = c.join(g, c.movedFrom == "")
 	}
 	c.initialGroups = nil
 }

@@ -40,7 +40,11 @@ import (
 //	  → outbox.mu (of that connection's transports)
 //	  → the index bucket locks and memberSet.mu (joins and leaves)
 //	  → cluster.imu (subscriptions, counted; taken inside Compute)
-//	memberSet.mu, permissions.mu, writers.mu, cluster.imu: leaves.
+//	outStream.mu (a stream's fragment being published: stream.go)
+//	  → the fan-out's locks, as any send
+//	streamSet.mu → groupStreams.mu (a stream admitted: stream.go)
+//	memberSet.mu, permissions.mu, writers.mu, cluster.imu, presenceDispatch.mu,
+//	groupStreams.mu: leaves.
 //
 // No lock is held while calling into another connection, the event
 // handler, or a socket: a fan-out takes a snapshot of a set's members,
@@ -224,7 +228,8 @@ func (c *conn) resume(w *wire) (previousRead <-chan struct{}, err error) {
 }
 
 // opened raises the connected event, once per logical connection: on the
-// first transport's read loop, before its first frame.
+// first transport's read loop, before its first frame. Its group presence
+// events wait for it.
 func (c *conn) opened() {
 	c.mu.Lock()
 	first := !c.connected
@@ -233,6 +238,7 @@ func (c *conn) opened() {
 	if first {
 		c.svc.handler.Connected(c.ctx, c.context())
 	}
+	c.startPresence()
 }
 
 // release ends a registered connection, once: it leaves every index and
@@ -249,6 +255,10 @@ func (c *conn) release(clientReason string) {
 	reason := c.disconnect.Reason
 	groups := c.groups
 	c.groups = nil
+	if c.pres != nil {
+		c.pres.started = false // its last events are handed over below, not by a worker
+	}
+	c.announceGroupsLocked(groups, false)
 	if c.rel != nil {
 		c.rel.stopTimer()
 		c.rel.drop(c.svc)
@@ -265,6 +275,7 @@ func (c *conn) release(clientReason string) {
 	if reason == "" {
 		reason = clientReason
 	}
+	c.flushPresence()
 	s.handler.Disconnected(context.Background(), c.context(), reason)
 	s.active.done() // Shutdown waits for the disconnected event too
 }

@@ -211,6 +211,10 @@ type Service struct {
 	keys     [][]byte
 	cluster  *cluster // nil: a single node
 	handler  EventHandler
+	// presence is the handler's GroupPresenceHandler, nil when it has none
+	// (presence.go).
+	presence  GroupPresenceHandler
+	presenceQ presenceDispatch
 
 	// hubs holds the hubs with connections; one is created by its first
 	// connection and pruned with its last (Compute keeps both atomic).
@@ -296,7 +300,11 @@ func New(cfg Config) (*Service, error) {
 	if s.handler == nil {
 		s.handler = EventHandlerFuncs{}
 	}
-	s.handler = guardedHandler{h: s.handler, log: s.log}
+	g := guardedHandler{h: s.handler, p: presenceHandler(s.handler), log: s.log}
+	s.handler = g
+	if g.p != nil {
+		s.presence = g
+	}
 	s.writers.svc = s
 	if cfg.Broker != nil {
 		if s.cluster, err = newCluster(s, cfg.Broker); err != nil {

@@ -1,8 +1,9 @@
 // Package upstream is the CloudEvents HTTP implementation of the service's
 // event handler seam (event-handler.md): it POSTs connect, connected,
-// disconnected and user events to an existing Azure Web PubSub application
-// server (the Node, .NET, Python, Java or Go event handler SDKs) configured
-// per hub in the ARM shape, so that such a server keeps working unchanged.
+// disconnected, user and group presence events to an existing Azure Web
+// PubSub application server (the Node, .NET, Python, Java or Go event
+// handler SDKs) configured per hub in the ARM shape, so that such a server
+// keeps working unchanged.
 // The in-process Go EventHandler stays the fast path.
 package upstream
 
@@ -14,6 +15,8 @@ import (
 	"os"
 	"regexp"
 	"strings"
+
+	"github.com/embedwps/pubsub"
 )
 
 // Config is the per-hub configuration, the top level of cmd/webpubsub's
@@ -41,10 +44,25 @@ type EventHandlerSettings struct {
 	// SystemEvents lists which of connect, connected and disconnected go to
 	// this handler.
 	SystemEvents []string `json:"systemEvents,omitempty"`
+	// GroupPresenceEvents selects the group presence events (preview) this
+	// handler takes; nil takes none.
+	GroupPresenceEvents *GroupPresenceEvents `json:"groupPresenceEvents,omitempty"`
 	// Auth is accepted for compatibility; only {"type":"None"} is served.
 	Auth *struct {
 		Type string `json:"type"`
 	} `json:"auth,omitempty"`
+}
+
+// GroupPresenceEvents are the group presence events of a handler, in the
+// ARM shape: {"eventNames": ["joined", "left"], "groupFilters": [...]}.
+type GroupPresenceEvents struct {
+	// EventNames lists which of joined and left go to the handler; empty
+	// takes none.
+	EventNames []string `json:"eventNames"`
+	// GroupFilters are group patterns as wildcard roles write them
+	// (pubsub.GroupPattern): only events of a group one of them matches
+	// go to the handler. Empty: every group.
+	GroupFilters []string `json:"groupFilters,omitempty"`
 }
 
 // ErrInvalidConfig wraps every configuration error.
@@ -96,6 +114,20 @@ func (h EventHandlerSettings) validate() error {
 			return fmt.Errorf("unknown system event %q", e)
 		}
 	}
+	if gp := h.GroupPresenceEvents; gp != nil {
+		for _, e := range gp.EventNames {
+			switch strings.ToLower(e) {
+			case "joined", "left":
+			default:
+				return fmt.Errorf("unknown group presence event %q (joined or left)", e)
+			}
+		}
+		for _, f := range gp.GroupFilters {
+			if _, err := pubsub.CompileGroupPattern(f); err != nil {
+				return fmt.Errorf("group filter %q: %v", f, err)
+			}
+		}
+	}
 	if h.Auth != nil && h.Auth.Type != "" && !strings.EqualFold(h.Auth.Type, "None") {
 		return fmt.Errorf("auth type %q is not supported (only None)", h.Auth.Type)
 	}
@@ -143,6 +175,46 @@ func (h EventHandlerSettings) takesUser(name string) bool {
 	}
 	for _, e := range strings.Split(p, ",") {
 		if e = strings.TrimSpace(e); e != "" && strings.EqualFold(e, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// presenceFilter is a handler's compiled groupPresenceEvents.
+type presenceFilter struct {
+	joined, left bool
+	groups       []pubsub.GroupPattern // empty: every group
+}
+
+func (h EventHandlerSettings) presenceFilter() presenceFilter {
+	var f presenceFilter
+	gp := h.GroupPresenceEvents
+	if gp == nil {
+		return f
+	}
+	for _, e := range gp.EventNames {
+		f.joined = f.joined || strings.EqualFold(e, "joined")
+		f.left = f.left || strings.EqualFold(e, "left")
+	}
+	for _, src := range gp.GroupFilters {
+		if p, err := pubsub.CompileGroupPattern(src); err == nil { // validated
+			f.groups = append(f.groups, p)
+		}
+	}
+	return f
+}
+
+// takes reports whether the handler takes the presence event of group.
+func (f presenceFilter) takes(joined bool, group string) bool {
+	if joined && !f.joined || !joined && !f.left {
+		return false
+	}
+	if len(f.groups) == 0 {
+		return true
+	}
+	for _, p := range f.groups {
+		if p.Match(group) {
 			return true
 		}
 	}

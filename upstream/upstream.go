@@ -41,15 +41,16 @@ type Options struct {
 	// application's own should not cap connections per host, which would
 	// let one hub's hung handler stall the other hubs on that host.
 	MaxConcurrent int
-	// Workers deliver connected and disconnected events per event handler of
-	// a hub, in order per connection. Default 4.
+	// Workers deliver the non-blocking events (connected, disconnected,
+	// joined, left) per event handler of a hub, in order per connection.
+	// Default 4.
 	Workers int
-	// QueueSize bounds the connected and disconnected events waiting per
-	// worker; past it they are dropped and logged. Default 1024.
+	// QueueSize bounds the non-blocking events waiting per worker; past it
+	// they are dropped and logged. Default 1024.
 	QueueSize int
-	// RetryDelays are the waits before retrying a connected or disconnected
-	// event that failed with 408, 5xx or a network error. Default 1 s, 3 s,
-	// 5 s (the emulator's).
+	// RetryDelays are the waits before retrying a non-blocking event that
+	// failed with 408, 5xx or a network error. Default 1 s, 3 s, 5 s (the
+	// emulator's).
 	RetryDelays []time.Duration
 	// ValidationRetry is how long a failed abuse-protection check is
 	// remembered before it is tried again. Default 10 s.
@@ -78,8 +79,9 @@ type Handler struct {
 }
 
 var (
-	_ pubsub.EventHandler    = (*Handler)(nil)
-	_ pubsub.AnonymousPolicy = (*Handler)(nil)
+	_ pubsub.EventHandler         = (*Handler)(nil)
+	_ pubsub.AnonymousPolicy      = (*Handler)(nil)
+	_ pubsub.GroupPresenceHandler = (*Handler)(nil)
 )
 
 // New returns a Handler for cfg.
@@ -142,6 +144,7 @@ func New(cfg Config, opts Options) (*Handler, error) {
 type target struct {
 	hub      string
 	settings EventHandlerSettings
+	presence presenceFilter
 	sem      chan struct{}
 
 	validMu   sync.Mutex
@@ -154,10 +157,11 @@ type target struct {
 }
 
 type asyncEvent struct {
-	kind   string // "connected" or "disconnected"
+	kind   string // "connected", "disconnected", "joined" or "left"
 	conn   pubsub.ConnectionContext
 	id     uint64
 	reason string
+	group  string // of "joined" and "left"
 }
 
 func (h *Handler) hubTargets(hub string) []*target {
@@ -166,7 +170,7 @@ func (h *Handler) hubTargets(hub string) []*target {
 		s, _ := h.cfg.settings(hub)
 		out := make([]*target, len(s.EventHandlers))
 		for i, eh := range s.EventHandlers {
-			out[i] = &target{hub: hub, settings: eh, sem: make(chan struct{}, h.opts.MaxConcurrent)}
+			out[i] = &target{hub: hub, settings: eh, presence: eh.presenceFilter(), sem: make(chan struct{}, h.opts.MaxConcurrent)}
 		}
 		return out
 	})
@@ -566,6 +570,31 @@ func (h *Handler) Disconnected(_ context.Context, c pubsub.ConnectionContext, re
 	h.forget(c)
 }
 
+// GroupJoined implements pubsub.GroupPresenceHandler: the joined event
+// (azure.webpubsub.gp.joined), queued as connected is, for the first
+// handler whose groupPresenceEvents take it.
+func (h *Handler) GroupJoined(_ context.Context, ev pubsub.GroupPresenceEvent) {
+	h.presence(ev, true)
+}
+
+// GroupLeft implements pubsub.GroupPresenceHandler, like GroupJoined.
+func (h *Handler) GroupLeft(_ context.Context, ev pubsub.GroupPresenceEvent) {
+	h.presence(ev, false)
+}
+
+func (h *Handler) presence(ev pubsub.GroupPresenceEvent, joined bool) {
+	kind := "left"
+	if joined {
+		kind = "joined"
+	}
+	for _, t := range h.hubTargets(ev.Hub) {
+		if t.presence.takes(joined, ev.Group) {
+			h.enqueue(t, asyncEvent{kind: kind, conn: ev.ConnectionContext, id: h.eventID(ev.ConnectionContext), group: ev.Group})
+			return
+		}
+	}
+}
+
 func (h *Handler) forget(c pubsub.ConnectionContext) { h.events.Delete(c.Hub + "/" + c.ConnectionID) }
 
 // enqueue hands a non-blocking event to the worker of its connection, so
@@ -604,13 +633,21 @@ func (h *Handler) work(t *target, q chan asyncEvent) {
 // deliver sends a non-blocking event, retrying 408, 5xx and network
 // failures after RetryDelays; the same ce-id each time.
 func (h *Handler) deliver(t *target, ev asyncEvent) {
-	body := []byte("{}")
-	if ev.kind == "disconnected" {
+	body, ceType := []byte("{}"), "azure.webpubsub.sys."+ev.kind
+	switch ev.kind {
+	case "disconnected":
 		body, _ = json.Marshal(struct {
 			Reason string `json:"reason"`
 		}{ev.reason})
+	case "joined", "left":
+		// event-handler.md §5.4: what @azure/web-pubsub-express dispatches
+		// to onGroupJoined / onGroupLeft.
+		body, _ = json.Marshal(struct {
+			Group string `json:"group"`
+		}{ev.group})
+		ceType = "azure.webpubsub.gp." + ev.kind
 	}
-	e := event{ceType: "azure.webpubsub.sys." + ev.kind, name: ev.kind, id: ev.id, conn: ev.conn,
+	e := event{ceType: ceType, name: ev.kind, id: ev.id, conn: ev.conn,
 		contentType: "application/json; charset=utf-8", body: body, maxReply: maxIgnoredReply}
 	for attempt := 0; ; attempt++ {
 		resp, _, err := h.call(h.ctx, t, e)
