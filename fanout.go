@@ -141,6 +141,9 @@ func (d *delivery) json() []byte {
 // after room for a frame header.
 func appendJSONBody(cmd *command) []byte {
 	buf := wsframe.Begin(len(cmd.Data)*4/3 + 96 + len(cmd.Target))
+	if cmd.Op == opGroupStateUpdate {
+		return protocol.AppendGroupStateUpdate(buf, cmd.Target, cmd.Items)
+	}
 	if cmd.Op == opSendToGroup {
 		return protocol.AppendGroupMessageWithMetadata(buf, cmd.Target, cmd.FromUserID, cmd.Metadata, cmd.DataType, cmd.Data)
 	}

@@ -126,20 +126,31 @@ func (c *conn) joinGroup(group string) error {
 	return nil
 }
 
+// leaveGroup takes c out of group, with its state and state subscription
+// there; the state's subscribers are told it is gone.
 func (c *conn) leaveGroup(group string) {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	var gone []stateChange
 	if _, in := c.groups[group]; in {
 		delete(c.groups, group)
 		c.hub.groups.remove(group, c)
+		gone = c.leaveGroupStateLocked(group)
 	}
+	c.mu.Unlock()
+	c.publishGroupState(gone)
 }
 
 func (c *conn) leaveAllGroups() {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for g := range c.groups {
 		c.hub.groups.remove(g, c)
 	}
 	c.groups = nil
+	gone := c.leaveAllGroupStateLocked()
+	c.mu.Unlock()
+	c.publishGroupState(gone)
 }

@@ -35,16 +35,21 @@ type hubState struct {
 	conns  *xsync.MapOf[string, *conn]
 	groups index
 	users  index
-	live   int // registered connections; changed only inside Service.hubs' Compute
+	// stateSubs maps a group to the connections subscribed to its state
+	// (groupstate.go). They are members: the node subscribes to the
+	// group's subject for them already.
+	stateSubs index
+	live      int // registered connections; changed only inside Service.hubs' Compute
 }
 
 func newHubState(name string, cl *cluster) *hubState {
 	key := subjectKey(name)
 	return &hubState{
-		name:   name,
-		conns:  xsync.NewMapOf[string, *conn](),
-		groups: newIndex(cl, func(group string) string { return groupSubject(key, group) }),
-		users:  newIndex(cl, func(user string) string { return userSubject(key, user) }),
+		name:      name,
+		conns:     xsync.NewMapOf[string, *conn](),
+		groups:    newIndex(cl, func(group string) string { return groupSubject(key, group) }),
+		users:     newIndex(cl, func(user string) string { return userSubject(key, user) }),
+		stateSubs: newIndex(nil, nil),
 	}
 }
 
@@ -59,6 +64,9 @@ func (h *hubState) register(c *conn) {
 		_ = c.joinGroup(g)
 	}
 	c.initialGroups = nil
+	if c.movedFrom != "" {
+		c.registerGroupState() // its subscriptions came with it
+	}
 }
 
 // unregister removes a released connection, which was in groups, from

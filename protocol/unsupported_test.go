@@ -15,7 +15,7 @@ func TestDecodeUnsupported(t *testing.T) {
 		`{"type":"sendToGroup","group":"g","stream":{"streamId":"s","idleTimeoutMs":1}}`: {Type: Unsupported, Unsupported: "sendToGroup", StreamID: "s"},
 		`{"type":"streamData","streamId":"s","streamSequenceId":1,"data":"x"}`:           {Type: Unsupported, Unsupported: "streamData", StreamID: "s"},
 		`{"type":"STREAMEND","streamId":"s"}`:                                            {Type: Unsupported, Unsupported: "STREAMEND", StreamID: "s"},
-		`{"type":"setGroupState","group":"g","state":null,"ackId":9}`:                    {Type: Unsupported, Unsupported: "setGroupState", AckID: 9, HasAckID: true},
+		`{"type":"getGroupState","group":"g","ackId":9}`:                                 {Type: Unsupported, Unsupported: "getGroupState", AckID: 9, HasAckID: true},
 		`{"type":"dance"}`: {Type: Unsupported, Unsupported: "dance"},
 	} {
 		got, err := DecodeJSONRequest([]byte(frame))
