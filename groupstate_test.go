@@ -238,8 +238,7 @@ func TestGroupStateLeavesWithTheMember(t *testing.T) {
 	other.ExpectAck(1, "")
 	other.stateFrame(t, "groupStateSnapshot", "other")
 	other.Send(`{"type":"setGroupState","group":"other","state":{"k":"v"},"ackId":2}`)
-	// A subscriber's own change reaches it before its ack, as its own
-	// sendToGroup does.
+	// A subscriber's own change reaches it too; on one node, before its ack.
 	other.update(t, "other", other.id, "o", map[string]string{"k": "v"})
 	other.ExpectAck(2, "")
 	must(t, e.hub.RemoveConnectionFromGroup(ctx, other.id, "room"))
