@@ -3,6 +3,7 @@ package natsbroker_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -245,4 +246,41 @@ func TestGroupStateSnapshotRacesUpdatesAcrossNodes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A node that does not answer the snapshot's survey fails the subscribe
+// (ack InternalServerError, the connection kept, no subscription made);
+// once it answers again, the subscribe succeeds.
+func TestGroupStateSubscribeWhenANodeDoesNotAnswer(t *testing.T) {
+	ns := startNATS(t, -1)
+	var frozen *freezable
+	nodes := newCluster(t, ns.ClientURL(), 2, clusterOptions{
+		cfg: pubsub.Config{ClusterTimeout: 300 * time.Millisecond},
+		wrap: func(i int, b pubsub.Broker) pubsub.Broker {
+			if i == 1 {
+				frozen = &freezable{Broker: b}
+				return frozen
+			}
+			return b
+		},
+	})
+	sub := nodes[0].dial("s", "room")
+	other := nodes[1].dial("o", "room")
+	mate := nodes[0].dial("m", "room")
+	other.Send(`{"type":"setGroupState","group":"room","state":{"on":"1"},"ackId":1}`)
+	other.ExpectAck(1, "")
+
+	frozen.freeze()
+	sub.Send(`{"type":"subscribeGroupState","group":"room","ackId":1}`)
+	f := sub.ExpectAck(1, "InternalServerError")
+	if msg := fmt.Sprint(f["error"].(map[string]any)["message"]); !strings.Contains(msg, "node1") {
+		t.Fatalf("error %q does not name the silent node", msg)
+	}
+	// Not subscribed: a change on its own node does not reach it.
+	mate.Send(`{"type":"setGroupState","group":"room","state":{"on":"0"},"ackId":1}`)
+	mate.ExpectAck(1, "")
+	frozen.thaw()
+	sub.Send(`{"type":"subscribeGroupState","group":"room","ackId":2}`) // the same ackId would do too: a failure is not remembered
+	sub.ExpectAck(2, "")
+	expectItems(t, stateItems(t, sub.NextJSON, "groupStateSnapshot"), sorted2(mate.id+"=map[on:0]", other.id+"=map[on:1]")...)
 }
