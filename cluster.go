@@ -55,7 +55,7 @@ func routeOf(o op) route {
 		opTakeover, opHandover:
 		return routeAsk
 	case opAddUserToGroup, opUserExists, opGroupExists, opListConnectionsInGroup,
-		opAddConnectionsToGroups, opRemoveConnectionsFromGroups:
+		opAddConnectionsToGroups, opRemoveConnectionsFromGroups, opGroupStateSnapshot:
 		return routeSurvey
 	}
 	return routePublish
@@ -67,6 +67,7 @@ const (
 	msgHeartbeat = 'h' // a node is alive
 	msgHello     = 'H' // a node started: peers answer with their ids
 	msgBye       = 'b' // a node is leaving
+	msgBarrier   = 'B' // a node's request to itself: answered in turn
 )
 
 // Subjects.
@@ -302,6 +303,10 @@ func (cl *cluster) receive(_ string, data []byte, reply func([]byte)) {
 		cl.mu.Lock()
 		cl.gone(string(data[1:]))
 		cl.mu.Unlock()
+	case msgBarrier:
+		if reply != nil {
+			reply([]byte{msgBarrier})
+		}
 	case msgCommand:
 		var cmd command
 		if err := json.Unmarshal(data[1:], &cmd); err != nil {
@@ -538,7 +543,7 @@ func (cl *cluster) publish(cmd *command) bool {
 	switch cmd.Op {
 	case opSendToAll, opCloseAll:
 		subject = hubSubject(subjectKey(cmd.Hub))
-	case opSendToGroup, opCloseGroup:
+	case opSendToGroup, opCloseGroup, opGroupStateUpdate:
 		subject = groupSubject(subjectKey(cmd.Hub), cmd.Target)
 	case opSendToUser, opCloseUser, opRemoveUserFromGroup, opRemoveUserFromAllGroups:
 		subject = userSubject(subjectKey(cmd.Hub), cmd.Target)
@@ -697,6 +702,20 @@ func (cl *cluster) survey(ctx context.Context, cmd *command) (result, error) {
 		return result{}, fmt.Errorf("%w: nodes %s: %v", ErrNodeUnavailable, strings.Join(missing, ", "), err)
 	}
 	return merge(cmd.Op, rs), nil
+}
+
+// barrier returns once this node has applied what the broker delivered
+// to it before the call: it asks itself a question, which is answered in
+// its turn, after them.
+func (cl *cluster) barrier(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, cl.timeout)
+	defer cancel()
+	err := cl.request(ctx, "c."+cl.node+".barrier", []byte{msgBarrier}, nil, func([]byte) bool { return false })
+	if err != nil {
+		cl.timeouts.Add(1)
+		return fmt.Errorf("%w: node %s: %v", ErrNodeUnavailable, cl.node, err)
+	}
+	return nil
 }
 
 // sync waits until this node's subscription changes have reached the

@@ -42,6 +42,8 @@ const (
 	opTakeover // handover.go
 	opHandover
 	opForget
+	opGroupStateUpdate // groupstate.go
+	opGroupStateSnapshot
 )
 
 var opNames = [...]string{"", "sendToAll", "sendToGroup", "sendToUser", "sendToConnection",
@@ -50,7 +52,7 @@ var opNames = [...]string{"", "sendToAll", "sendToGroup", "sendToUser", "sendToC
 	"grantPermission", "revokePermission", "checkPermission", "addUserToGroup",
 	"removeUserFromGroup", "removeUserFromAllGroups", "userExists", "groupExists",
 	"listConnectionsInGroup", "addConnectionsToGroups", "removeConnectionsFromGroups",
-	"takeover", "handover", "forget"}
+	"takeover", "handover", "forget", "groupStateUpdate", "groupStateSnapshot"}
 
 func (o op) String() string {
 	if int(o) < len(opNames) {
@@ -95,6 +97,8 @@ type command struct {
 	// Node is the node asking for a handover, or where a handed-over
 	// connection is now (handover.go).
 	Node string `json:"n,omitempty"`
+	// Items are a group state update's (groupstate.go).
+	Items []protocol.GroupStateItem `json:"gi,omitempty"`
 
 	filter    *filter.Filter // Filter, compiled once per node
 	pipelined bool           // the caller does not wait for the broker (Pipelined)
@@ -124,6 +128,8 @@ type result struct {
 	// A handover's: the session, or the groups to subscribe to first.
 	Session *handedSession `json:"s,omitempty"`
 	Retry   []string       `json:"r,omitempty"`
+	// Items are a group's state, on this node.
+	Items []protocol.GroupStateItem `json:"gi,omitempty"`
 }
 
 // resultErrors are the errors a node's answer can carry, by name.
@@ -229,6 +235,12 @@ func (s *Service) exec(cmd *command) result {
 			}
 		}
 		return result{Members: out}
+	case opGroupStateUpdate:
+		if h != nil {
+			s.fanOutGroupState(h, cmd)
+		}
+	case opGroupStateSnapshot:
+		return result{Items: h.groupStateItems(cmd.Target)}
 	case opAddConnectionsToGroups, opRemoveConnectionsFromGroups:
 		if h == nil {
 			break
@@ -310,6 +322,11 @@ func merge(o op, rs []result) result {
 			out.Members = append(out.Members, r.Members...)
 		}
 		slices.SortFunc(out.Members, func(a, b GroupMember) int { return strings.Compare(a.ConnectionID, b.ConnectionID) })
+	case opGroupStateSnapshot:
+		for _, r := range rs {
+			out.Items = append(out.Items, r.Items...)
+		}
+		sortGroupStateItems(out.Items)
 	case opAddUserToGroup:
 		out.Err = errCode(ErrUserNotFound)
 		for _, r := range rs {

@@ -54,6 +54,10 @@ type conn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// stateMu orders c's group state changes and their updates
+	// (groupstate.go); lock order in lifecycle.go.
+	stateMu sync.Mutex
+
 	mu         sync.Mutex // guards the fields below; lock order in lifecycle.go
 	state      connState
 	w          *wire           // the current transport; nil while detached or released
@@ -66,6 +70,11 @@ type conn struct {
 	// pres is its group presence events to hand over (presence.go); nil
 	// until it has one, and always without a GroupPresenceHandler.
 	pres *presenceQueue
+	// Group state (groupstate.go): c's state per group, and its
+	// subscriptions to groups' state.
+	gstate       map[string]groupState
+	gsubs        map[string]*stateSubscription
+	stateVersion uint64 // the last of its group state changes
 
 	initialGroups []string // joined at registration
 	movedFrom     string   // the node that handed the connection over to this one
@@ -219,6 +228,10 @@ func (c *conn) handleRequest(req protocol.Request) {
 	}
 	if req.Type == protocol.Unsupported {
 		c.unsupported(req)
+		return
+	}
+	if isGroupStateRequest(req.Type) {
+		c.groupStateRequest(req) // its ack, then a subscription's snapshot
 		return
 	}
 	if req.HasAckID && c.acks.done(req.AckID) {

@@ -151,6 +151,9 @@ func (d *delivery) json() []byte {
 // after room for a frame header.
 func appendJSONBody(cmd *command) []byte {
 	buf := wsframe.Begin(len(cmd.Data)*4/3 + 96 + len(cmd.Target))
+	if cmd.Op == opGroupStateUpdate {
+		return protocol.AppendGroupStateUpdate(buf, cmd.Target, cmd.Items)
+	}
 	if cmd.Stream != nil {
 		return protocol.AppendGroupStreamMessage(buf, cmd.Target, cmd.FromUserID, cmd.Stream, cmd.DataType, cmd.Data)
 	}

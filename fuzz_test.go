@@ -244,6 +244,20 @@ func fuzzSeeds() [][]byte {
 			text(`{"type":"dance"}`),
 		),
 		wstest.ClientFrame(true, 0x2, []byte{0x82, 0x01, 0x05, 0x0a, 0x01, 'g', 0x10, 0x07}),
+		// Group state: set, subscribe (snapshot), update, clear, leave.
+		frames(
+			text(`{"type":"joinGroup","group":"g","ackId":1}`),
+			text(`{"type":"setGroupState","group":"g","state":{"a":"b"},"ackId":2}`),
+			text(`{"type":"subscribeGroupState","group":"g","ackId":3}`),
+			text(`{"type":"subscribeGroupState","group":"g","ackId":3}`),
+			text(`{"type":"setGroupState","group":"g","state":{"a":"c"}}`),
+			text(`{"type":"setGroupState","group":"g","state":null,"ackId":4}`),
+			text(`{"type":"setGroupState","group":"g","state":{"a":"d"}}`),
+			text(`{"type":"unsubscribeGroupState","group":"g","ackId":5}`),
+			text(`{"type":"subscribeGroupState","group":"g"}`),
+			text(`{"type":"leaveGroup","group":"g","ackId":6}`),
+			text(`{"type":"setGroupState","group":"g","state":{"a":"e"},"ackId":7}`),
+		),
 		text(`{"type":"event","event":"e","dataType":"text","data":"\ud800"}`),
 		frames(
 			text(`{"type":"invoke","invocationId":"1","target":"event","event":"e","dataType":"json","data":{"a":1}}`),

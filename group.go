@@ -137,29 +137,40 @@ func (c *conn) join(group string, announce bool) error {
 	return nil
 }
 
+// leaveGroup takes c out of group, with its state and state subscription
+// there; the state's subscribers are told it is gone.
 func (c *conn) leaveGroup(group string) {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
 	c.mu.Lock()
 	schedule := false
+	var gone []stateChange
 	if _, in := c.groups[group]; in {
 		delete(c.groups, group)
 		c.hub.groups.remove(group, c)
 		schedule = c.announceLocked(group, false)
+		gone = c.leaveGroupStateLocked(group)
 	}
 	c.mu.Unlock()
 	if schedule {
 		c.svc.schedulePresence(c)
 	}
+	c.publishGroupState(gone)
 }
 
 func (c *conn) leaveAllGroups() {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
 	c.mu.Lock()
 	for g := range c.groups {
 		c.hub.groups.remove(g, c)
 	}
 	schedule := c.announceGroupsLocked(c.groups, false)
 	c.groups = nil
+	gone := c.leaveAllGroupStateLocked()
 	c.mu.Unlock()
 	if schedule {
 		c.svc.schedulePresence(c)
 	}
+	c.publishGroupState(gone)
 }

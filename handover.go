@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/embedwps/pubsub/internal/wsframe"
+	"github.com/embedwps/pubsub/protocol"
 )
 
 // A reliable client whose transport dropped may recover on any node: the
@@ -58,6 +59,31 @@ type handedSession struct {
 	Seen map[string]uint64 `json:"w,omitempty"`
 	// Streams are the group streams the connection has open (stream.go).
 	Streams []handedStream `json:"t,omitempty"`
+	// GroupStates and StateSubs are the connection's group state and the
+	// groups whose state it subscribes to (groupstate.go).
+	GroupStates  map[string]handedGroupState `json:"gst,omitempty"`
+	StateSubs    []string                    `json:"gss,omitempty"`
+	StateVersion uint64                      `json:"gsv,omitempty"`
+}
+
+// removals are the changes of a session's group state going away, when it
+// could not be registered on the node it was handed to.
+func (sess *handedSession) removals(id string) []stateChange {
+	var out []stateChange
+	v := sess.StateVersion
+	for _, g := range slices.Sorted(maps.Keys(sess.GroupStates)) {
+		if sess.GroupStates[g].State != nil {
+			v++
+			out = append(out, stateChange{g, protocol.GroupStateItem{ConnectionID: id, UserID: sess.User, UpdatedAt: time.Now().UnixMilli(), Version: v}})
+		}
+	}
+	return out
+}
+
+type handedGroupState struct {
+	State     map[string]string `json:"s,omitempty"`
+	UpdatedAt int64             `json:"t"`
+	Version   uint64            `json:"v"`
 }
 
 // sessionMessage is an unacknowledged message: its receiver's frame.
@@ -209,6 +235,20 @@ func (c *conn) handOver(node string, groups []string) result {
 	for _, m := range r.unacked {
 		sess.Unacked = append(sess.Unacked, sessionMessage{Seq: m.seq, Frame: bytes.Join(m.parts, nil), Expires: m.expires})
 	}
+	for g, st := range c.gstate {
+		if sess.GroupStates == nil {
+			sess.GroupStates = make(map[string]handedGroupState, len(c.gstate))
+		}
+		sess.GroupStates[g] = handedGroupState{State: st.state, UpdatedAt: st.updatedAt, Version: st.version}
+	}
+	sess.StateSubs = slices.Sorted(maps.Keys(c.gsubs))
+	sess.StateVersion = c.stateVersion
+	// The state moves with the session: its subscribers are not told it
+	// went, and the new node has it.
+	for g := range c.gsubs {
+		c.hub.stateSubs.remove(g, c)
+	}
+	c.gstate, c.gsubs = nil, nil
 	groupSet := c.groups
 	c.groups = nil
 	r.stopTimer()
@@ -331,6 +371,7 @@ func (cl *cluster) takeover(ctx context.Context, hub, id string) (*conn, error) 
 					p.GroupLeft(context.Background(), GroupPresenceEvent{ConnectionContext: cc, Group: g})
 				}
 			}
+			cl.svc.publishGroupState(hub, sess.removals(id))
 			cl.svc.handler.Disconnected(context.Background(), cc, DisconnectNotRecovered.Reason)
 		}
 	}
@@ -382,7 +423,21 @@ func (cl *cluster) arrive(a *arrival, id, from string, sess *handedSession) (*co
 	for _, g := range sess.Groups {
 		groups[g] = struct{}{}
 	}
+	for g, st := range sess.GroupStates {
+		if c.gstate == nil {
+			c.gstate = make(map[string]groupState, len(sess.GroupStates))
+		}
+		c.gstate[g] = groupState{state: st.State, updatedAt: st.UpdatedAt, version: st.Version}
+	}
+	c.stateVersion = sess.StateVersion
+	for _, g := range sess.StateSubs {
+		if c.gsubs == nil {
+			c.gsubs = make(map[string]*stateSubscription, len(sess.StateSubs))
+		}
+		c.gsubs[g] = &stateSubscription{ready: true}
+	}
 	var closed *Disconnect
+	var stateGone []stateChange
 	for {
 		cl.mu.Lock()
 		q := a.queue
@@ -391,6 +446,7 @@ func (cl *cluster) arrive(a *arrival, id, from string, sess *handedSession) (*co
 			// Registered under mu: a command now either was queued above or
 			// finds the connection in the registry.
 			delete(cl.arrivals, id)
+			stateGone = c.keepGroupStateOf(groups)
 			c.initialGroups = slices.Sorted(maps.Keys(groups))
 			err := s.register(c, a.hub)
 			if err == nil && !cl.namedBy(id) {
@@ -417,6 +473,11 @@ func (cl *cluster) arrive(a *arrival, id, from string, sess *handedSession) (*co
 		cl.tellOwner(a.hub, id, cl.node)
 	}
 	c.adoptStreams(sess.Streams)
+	if len(stateGone) > 0 { // groups it was taken out of while it arrived
+		c.stateMu.Lock()
+		c.publishGroupState(stateGone)
+		c.stateMu.Unlock()
+	}
 	c.mu.Lock()
 	c.rel.timer = time.AfterFunc(s.cfg.RecoveryWindow, c.recoveryExpired) // until its transport resumes it
 	c.mu.Unlock()
@@ -448,6 +509,9 @@ func (c *conn) replay(qc queuedCommand, seen map[string]uint64, groups map[strin
 		concerned = true
 	case opSendToGroup, opCloseGroup:
 		concerned = inGroup
+	case opGroupStateUpdate:
+		_, subscribed := c.gsubs[cmd.Target]
+		concerned = inGroup && subscribed
 	case opSendToUser, opCloseUser, opRemoveUserFromGroup, opRemoveUserFromAllGroups, opAddUserToGroup:
 		concerned = cmd.Target == c.userID && c.userID != ""
 	default:
@@ -500,7 +564,7 @@ func (c *conn) replayOn(cmd *command, groups map[string]struct{}) result {
 		}
 	}
 	switch cmd.Op {
-	case opSendToAll, opSendToGroup, opSendToUser, opSendToConnection:
+	case opSendToAll, opSendToGroup, opSendToUser, opSendToConnection, opGroupStateUpdate:
 		if !cmd.reaches(c.kind) {
 			break
 		}

@@ -35,7 +35,11 @@ type hubState struct {
 	conns  *xsync.MapOf[string, *conn]
 	groups index
 	users  index
-	live   int // registered connections; changed only inside Service.hubs' Compute
+	// stateSubs maps a group to the connections subscribed to its state
+	// (groupstate.go). They are members: the node subscribes to the
+	// group's subject for them already.
+	stateSubs index
+	live      int // registered connections; changed only inside Service.hubs' Compute
 	// streams counts the open group streams of this node per group.
 	streams groupStreams
 }
@@ -43,10 +47,11 @@ type hubState struct {
 func newHubState(name string, cl *cluster) *hubState {
 	key := subjectKey(name)
 	return &hubState{
-		name:   name,
-		conns:  xsync.NewMapOf[string, *conn](),
-		groups: newIndex(cl, func(group string) string { return groupSubject(key, group) }),
-		users:  newIndex(cl, func(user string) string { return userSubject(key, user) }),
+		name:      name,
+		conns:     xsync.NewMapOf[string, *conn](),
+		groups:    newIndex(cl, func(group string) string { return groupSubject(key, group) }),
+		users:     newIndex(cl, func(user string) string { return userSubject(key, user) }),
+		stateSubs: newIndex(nil, nil),
 	}
 }
 
@@ -63,6 +68,9 @@ func (h *hubState) register(c *conn) {
 		_ = c.join(g, c.movedFrom == "")
 	}
 	c.initialGroups = nil
+	if c.movedFrom != "" {
+		c.registerGroupState() // its subscriptions came with it
+	}
 }
 
 // unregister removes a released connection, which was in groups, from

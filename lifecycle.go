@@ -36,6 +36,10 @@ import (
 //	Service.mu (read: registration; write: Shutdown)
 //	  → the xsync bucket locks of Service.hubs and of an index's sets
 //	    (taken by Compute; hold nothing else of ours but set.mu)
+//	conn.stateMu (a connection's group state changes, each with its update
+//	  published in order: groupstate.go; never two at once)
+//	  → conn.mu (its own, released before the update goes out; then each
+//	    subscriber's in turn), cluster.pubMu, the registry's (at release)
 //	conn.mu
 //	  → outbox.mu (of that connection's transports)
 //	  → the index bucket locks and memberSet.mu (joins and leaves)
@@ -48,7 +52,9 @@ import (
 //
 // No lock is held while calling into another connection, the event
 // handler, or a socket: a fan-out takes a snapshot of a set's members,
-// releases its lock, then delivers, filters or closes.
+// releases its lock, then delivers, filters or closes. (A connection's
+// stateMu is held while its group state update is delivered: it guards no
+// set, only the order of that connection's own updates.)
 
 // connState is where a connection is in its lifecycle.
 type connState uint8
@@ -139,6 +145,16 @@ type afterUnlock struct {
 	kick    *outbox // start writing it
 	cancel  bool    // cancel the connection's context: its user events
 	release bool    // release the connection on a goroutine of its own
+}
+
+// merge adds b, another transition's of the same connection under the same
+// lock: only one of them can have claimed the outbox's writing.
+func (a *afterUnlock) merge(b afterUnlock) {
+	if a.kick == nil {
+		a.kick = b.kick
+	}
+	a.cancel = a.cancel || b.cancel
+	a.release = a.release || b.release
 }
 
 func (a afterUnlock) run(c *conn) {
@@ -246,9 +262,11 @@ func (c *conn) opened() {
 // event handler gets the disconnected event with the service's reason for
 // ending it, or else clientReason.
 func (c *conn) release(clientReason string) {
+	c.stateMu.Lock()
 	c.mu.Lock()
 	if c.state == stateReleased {
 		c.mu.Unlock()
+		c.stateMu.Unlock()
 		return
 	}
 	c.state = stateReleased
@@ -259,6 +277,7 @@ func (c *conn) release(clientReason string) {
 		c.pres.started = false // its last events are handed over below, not by a worker
 	}
 	c.announceGroupsLocked(groups, false)
+	stateGone := c.leaveAllGroupStateLocked()
 	if c.rel != nil {
 		c.rel.stopTimer()
 		c.rel.drop(c.svc)
@@ -266,8 +285,10 @@ func (c *conn) release(clientReason string) {
 	c.mu.Unlock()
 	s := c.svc
 	c.cancel()
-	c.endStreams()
 	c.hub.unregister(c, groups)
+	c.publishGroupState(stateGone) // the state leaves with the session
+	c.stateMu.Unlock()
+	c.endStreams() // no lock of c held: a stream's lock comes first
 	s.connections.Add(-1)
 	if c.movedFrom != "" {
 		s.cluster.connectionGone(c)

@@ -98,7 +98,15 @@ func (r *reliable) replay(o *outbox) {
 // receivers, share's. It returns how many references to share it took.
 func (c *conn) deliverReliable(deadline int64, share *sharedBytes, build func(seq uint64) [][]byte) (refs int64) {
 	c.mu.Lock()
-	var after afterUnlock
+	refs, after := c.deliverReliableLocked(deadline, share, build)
+	c.mu.Unlock()
+	after.run(c)
+	return refs
+}
+
+// deliverReliableLocked is deliverReliable under c.mu; the caller runs
+// after once it is released.
+func (c *conn) deliverReliableLocked(deadline int64, share *sharedBytes, build func(seq uint64) [][]byte) (refs int64, after afterUnlock) {
 	switch c.state {
 	case stateConnecting, stateOpen, stateDetached:
 		r := c.rel
@@ -122,9 +130,7 @@ func (c *conn) deliverReliable(deadline int64, share *sharedBytes, build func(se
 			}
 		}
 	}
-	c.mu.Unlock()
-	after.run(c)
-	return refs
+	return refs, after
 }
 
 // ackSequence forgets the messages the client acknowledged: every id up to

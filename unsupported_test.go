@@ -27,18 +27,16 @@ func TestUnsupportedRequestsKeepTheConnection(t *testing.T) {
 				}
 			}
 
-			// Group state and unknown types, with an ackId: an ack error,
-			// not remembered (a retry is refused again, not a Duplicate).
-			c.Send(`{"type":"setGroupState","group":"room","state":{"activity":"typing"},"ackId":2}`)
-			expect(`{"type":"ack","ackId":2,"success":false,"error":{"name":"BadRequest","message":"The request type 'setGroupState' is not supported."}}`)
-			c.Send(`{"type":"subscribeGroupState","group":"room","ackId":3}`)
-			expect(`{"type":"ack","ackId":3,"success":false,"error":{"name":"BadRequest","message":"The request type 'subscribeGroupState' is not supported."}}`)
-			c.Send(`{"type":"subscribeGroupState","group":"room","ackId":3}`)
-			expect(`{"type":"ack","ackId":3,"success":false,"error":{"name":"BadRequest","message":"The request type 'subscribeGroupState' is not supported."}}`)
+			// Unknown types, with an ackId: an ack error, not remembered (a
+			// retry is refused again, not a Duplicate).
+			c.Send(`{"type":"getGroupState","group":"room","ackId":3}`)
+			expect(`{"type":"ack","ackId":3,"success":false,"error":{"name":"BadRequest","message":"The request type 'getGroupState' is not supported."}}`)
+			c.Send(`{"type":"getGroupState","group":"room","ackId":3}`)
+			expect(`{"type":"ack","ackId":3,"success":false,"error":{"name":"BadRequest","message":"The request type 'getGroupState' is not supported."}}`)
 			c.Send(`{"type":"dance","ackId":4,"moves":[1,2]}`)
 			expect(`{"type":"ack","ackId":4,"success":false,"error":{"name":"BadRequest","message":"The request type 'dance' is not supported."}}`)
 			// Without an ackId there is nothing to answer with: dropped.
-			c.Send(`{"type":"unsubscribeGroupState","group":"room"}`)
+			c.Send(`{"type":"getGroupState","group":"room"}`)
 			c.Send(`{"type":"dance"}`)
 
 			// The connection still works, and the ackIds refused are free.
@@ -94,7 +92,8 @@ func TestProtobufUnsupportedRequestsKeepTheConnection(t *testing.T) {
 				Group: "room", Stream: &pb.UpstreamMessage_StreamStartInfo{StreamId: "s"}}}})
 
 			// Group state subscriptions (UpstreamMessage fields 16 and 17,
-			// group = 1, ack_id = 2), as the JS SDK encodes them.
+			// group = 1, ack_id = 2), as the JS SDK encodes them: refused,
+			// group state updates having no known protobuf message.
 			stateMsg := func(field protowire.Number, group string, ack uint64) []byte {
 				var body []byte
 				body = protowire.AppendTag(body, 1, protowire.BytesType)

@@ -35,10 +35,16 @@ const (
 	Invoke
 	// CancelInvocation tells the service the client stopped waiting.
 	CancelInvocation
+	// SetGroupState, SubscribeGroupState and UnsubscribeGroupState are the
+	// group state requests (groupstate.go); JSON subprotocols only.
+	SetGroupState
+	SubscribeGroupState
+	UnsubscribeGroupState
 	// Unsupported is a well-formed request of a type this service does not
 	// implement (Request.Unsupported names it): protobuf stream starts,
-	// group state, or a type name it does not know. It is answered with an
-	// error when the protocol has a frame for one, and the connection stays.
+	// group state on protobuf, or a type name it does not know. It is
+	// answered with an error when the protocol has a frame for one, and the
+	// connection stays.
 	Unsupported
 	// StreamStart, StreamData and StreamEnd are group streaming frames
 	// (spec §6.1, JSON subprotocols only; stream.go).
@@ -66,6 +72,12 @@ func (t RequestType) String() string {
 		return "invoke"
 	case CancelInvocation:
 		return "cancelInvocation"
+	case SetGroupState:
+		return "setGroupState"
+	case SubscribeGroupState:
+		return "subscribeGroupState"
+	case UnsubscribeGroupState:
+		return "unsubscribeGroupState"
 	case Unsupported:
 		return "unsupported"
 	case StreamStart:
@@ -84,7 +96,7 @@ type Request struct {
 	// AckID is the request's ackId; HasAckID says whether it had one.
 	AckID    uint64
 	HasAckID bool
-	Group    string // joinGroup, leaveGroup, sendToGroup
+	Group    string // joinGroup, leaveGroup, sendToGroup, group state
 	Event    string // event, invoke
 	NoEcho   bool   // sendToGroup
 	DataType DataType
@@ -104,6 +116,8 @@ type Request struct {
 	// decoder does not bound it, so that an out-of-range value fails that
 	// request only.
 	TTLSeconds uint64
+	// State is a setGroupState's state; nil clears it.
+	State map[string]string
 	// Unsupported is the wire type of an Unsupported request, as sent.
 	Unsupported string
 	// StreamID is the stream of a group streaming frame (a stream start,
@@ -129,6 +143,7 @@ type jsonRequest struct {
 	Target       *string         `json:"target"`
 	Metadata     json.RawMessage `json:"metadata"`
 	TTLSeconds   json.RawMessage `json:"ttlSeconds"`
+	State        json.RawMessage `json:"state"` // setGroupState
 	// group streaming
 	Stream           json.RawMessage `json:"stream"`
 	StreamID         json.RawMessage `json:"streamId"`
@@ -182,6 +197,15 @@ func DecodeJSONRequest(frame []byte) (Request, error) {
 			return Request{}, invalid("cancelInvocation needs an invocationId")
 		}
 		return Request{Type: CancelInvocation, InvocationID: *raw.InvocationID}, nil
+	case strings.EqualFold(raw.Type, "setGroupState"):
+		req.Type = SetGroupState
+		return decodeGroupStateRequest(req, &raw)
+	case strings.EqualFold(raw.Type, "subscribeGroupState"):
+		req.Type = SubscribeGroupState
+		return decodeGroupStateRequest(req, &raw)
+	case strings.EqualFold(raw.Type, "unsubscribeGroupState"):
+		req.Type = UnsubscribeGroupState
+		return decodeGroupStateRequest(req, &raw)
 	case strings.EqualFold(raw.Type, "streamData"):
 		return decodeStreamData(req, &raw)
 	case strings.EqualFold(raw.Type, "streamEnd"):
@@ -189,9 +213,9 @@ func DecodeJSONRequest(frame []byte) (Request, error) {
 	case raw.Type == "":
 		return Request{}, invalid("missing type")
 	default:
-		// A well-formed request of a type this service does not know
-		// (group state, or one newer than this service) keeps its ackId, so
-		// that it can be refused without closing the connection.
+		// A well-formed request of a type this service does not know (one
+		// newer than this service) keeps its ackId, so that it can be
+		// refused without closing the connection.
 		req.Type, req.Unsupported = Unsupported, raw.Type
 		return req, nil
 	}

@@ -114,6 +114,11 @@ func FuzzDecodeJSONRequest(f *testing.F) {
 		`{"type":"streamData","streamId":"s","streamSequenceId":1,"dataType":"text","data":"x"}`,
 		`{"type":"streamEnd","streamId":"s","error":{"message":"m"}}`,
 		`{"type":"setGroupState","group":"g","state":{"a":"b"},"ackId":1}`,
+		`{"type":"setGroupState","group":"g","state":{"activity":"typing","é":"\u00e9\ud83d\ude00","":"x"}}`,
+		`{"type":"setGroupState","group":"g","state":null,"ackId":2}`,
+		`{"type":"setGroupState","group":"g","state":{"a":"b","a":"c"}}`,
+		`{"type":"subscribeGroupState","group":"g","ackId":3}`,
+		`{"type":"unsubscribeGroupState","group":"g"}`,
 		`{"type":"dance","ackId":2}`,
 		`{"type":"sendToGroup","group":"g","metadata":{"k":"v","X-Y":"1 2"},"ttlSeconds":30,"dataType":"text","data":"m"}`,
 		`{"type":"sendToGroup","group":"g","metadata":{"a":"b"}}`,
@@ -124,6 +129,10 @@ func FuzzDecodeJSONRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		req, err := DecodeJSONRequest(frame)
 		if !checkDecoded(t, req, err) {
+			return
+		}
+		if req.Type == SetGroupState {
+			checkGroupStateRoundTrip(t, req)
 			return
 		}
 		if req.Type != SendToGroup && req.Type != Event && req.Type != Invoke {
@@ -162,6 +171,37 @@ func FuzzDecodeJSONRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkGroupStateRoundTrip: a decoded state, as subscribers get it in an
+// update, is valid JSON that reads back as the same group and state.
+func checkGroupStateRoundTrip(t *testing.T, req Request) {
+	t.Helper()
+	if req.State != nil && len(req.State) == 0 {
+		t.Fatalf("an empty state is not nil: clearing has one form")
+	}
+	out := AppendGroupStateUpdate(nil, req.Group, []GroupStateItem{{ConnectionID: "c", UserID: "u", State: req.State, UpdatedAt: 1}})
+	var m struct {
+		Type  string `json:"type"`
+		Group string `json:"group"`
+		Items []struct {
+			ConnectionID string            `json:"connectionId"`
+			State        map[string]string `json:"state"`
+			UpdatedAt    int64             `json:"updatedAt"`
+		} `json:"items"`
+	}
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatalf("update is not JSON: %v\n%s", err, out)
+	}
+	if m.Type != "groupStateUpdate" || len(m.Items) != 1 || m.Items[0].ConnectionID != "c" || m.Items[0].UpdatedAt != 1 {
+		t.Fatalf("update read back as %+v", m)
+	}
+	if utf8.ValidString(req.Group) && m.Group != req.Group {
+		t.Fatalf("group %q came back as %q", req.Group, m.Group)
+	}
+	if !maps.Equal(m.Items[0].State, req.State) || (m.Items[0].State == nil) != (req.State == nil) {
+		t.Fatalf("state %v came back as %v", req.State, m.Items[0].State)
+	}
 }
 
 // FuzzAppendString: any string encodes to valid JSON that decodes to the
@@ -206,8 +246,11 @@ func checkDecoded(t *testing.T, req Request, err error) bool {
 	if err := ValidateMetadata(req.Metadata); err != nil {
 		t.Fatalf("accepted metadata %v: %v", req.Metadata, err)
 	}
+	if req.State != nil && req.Type != SetGroupState {
+		t.Fatalf("a %v request has a state", req.Type)
+	}
 	switch req.Type {
-	case JoinGroup, LeaveGroup, SendToGroup:
+	case JoinGroup, LeaveGroup, SendToGroup, SetGroupState, SubscribeGroupState, UnsubscribeGroupState:
 		if !ValidGroupName(req.Group) {
 			t.Fatalf("accepted group %q", req.Group)
 		}

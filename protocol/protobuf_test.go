@@ -87,6 +87,7 @@ func FuzzDecodeProtobufRequest(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte{0x82, 0x01, 0x05, 0x0a, 0x01, 'g', 0x10, 0x07}) // subscribeGroupState{group:"g", ack_id:7}
+	f.Add([]byte{0x8a, 0x01, 0x03, 0x0a, 0x01, 'g'})             // unsubscribeGroupState{group:"g"}
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		req, err := DecodeProtobufRequest(frame)
 		checkDecoded(t, req, err)

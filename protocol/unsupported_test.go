@@ -12,7 +12,7 @@ import (
 
 func TestDecodeUnsupported(t *testing.T) {
 	for frame, want := range map[string]Request{
-		`{"type":"setGroupState","group":"g","state":null,"ackId":9}`: {Type: Unsupported, Unsupported: "setGroupState", AckID: 9, HasAckID: true},
+		`{"type":"getGroupState","group":"g","ackId":9}`: {Type: Unsupported, Unsupported: "getGroupState", AckID: 9, HasAckID: true},
 		`{"type":"dance"}`: {Type: Unsupported, Unsupported: "dance"},
 	} {
 		got, err := DecodeJSONRequest([]byte(frame))
