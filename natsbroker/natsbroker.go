@@ -71,6 +71,8 @@ type Broker struct {
 	node   string
 	log    *slog.Logger
 	ch     chan *nats.Msg
+	// barriers are drain's markers in ch, each closed when it is reached.
+	barriers sync.Map
 
 	mu   sync.Mutex
 	subs map[string]*nats.Subscription
@@ -195,6 +197,10 @@ func (b *Broker) Start(receive func(subject string, data []byte, reply func([]by
 			case <-b.stop:
 				return
 			case m := <-b.ch:
+				if done, ok := b.barriers.LoadAndDelete(m); ok {
+					close(done.(chan struct{}))
+					continue
+				}
 				b.received.Add(1)
 				var reply func([]byte)
 				if m.Reply != "" {
@@ -247,10 +253,34 @@ func (b *Broker) Unsubscribe(subject string) error {
 func (b *Broker) Publish(subject string, data []byte) error {
 	if err := b.nc.Publish(b.prefix+subject, data); err != nil {
 		b.errs.Add(1)
+		b.drain()
 		return err
 	}
 	b.published.Add(1)
 	return nil
+}
+
+// drain waits, up to a second, until the messages received before now are
+// applied: the caller then applies a refused publish itself, and must not
+// overtake them (a member of this node would see a message before earlier
+// ones). Bounded, because the caller may be the applying goroutine itself.
+func (b *Broker) drain() {
+	m := &nats.Msg{}
+	done := make(chan struct{})
+	b.barriers.Store(m, done)
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case b.ch <- m:
+	case <-t.C:
+		b.barriers.Delete(m)
+		return
+	}
+	select {
+	case <-done:
+	case <-t.C:
+	case <-b.stop:
+	}
 }
 
 // Request implements pubsub.Broker, with an inbox of its own per request
