@@ -192,25 +192,7 @@ func TestOfficialJSClientInvoke(t *testing.T) {
 					return nil, nil
 				},
 			}})
-			ctx, cancel := context.WithTimeout(context.Background(), 2*waitFor)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, "node", "client-invoke.mjs", e.url(pubsub.TokenOptions{UserID: "alice"}), kind)
-			cmd.Dir = dir
-			cmd.Stderr = os.Stderr
-			out, err := cmd.Output()
-			if err != nil {
-				t.Fatalf("node: %v\n%s", err, out)
-			}
-			steps := map[string]any{}
-			for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-				var m map[string]any
-				if err := json.Unmarshal([]byte(line), &m); err != nil {
-					t.Fatalf("node printed %q", line)
-				}
-				step := m["step"].(string)
-				delete(m, "step")
-				steps[step] = m
-			}
+			steps := nodeSteps(t, dir, 2*waitFor, "client-invoke.mjs", e.url(pubsub.TokenOptions{UserID: "alice"}), kind)
 			want := map[string]any{
 				"json":   map[string]any{"dataType": "json", "data": map[string]any{"sum": 3.0}},
 				"text":   map[string]any{"dataType": "text", "data": "hello"},
@@ -223,4 +205,31 @@ func TestOfficialJSClientInvoke(t *testing.T) {
 			}
 		})
 	}
+}
+
+// nodeSteps runs a Node script of interop/ that prints one JSON object per
+// step ({"step": name, ...}) and returns each step's object without its
+// name, failing the test if the script fails or prints anything else.
+func nodeSteps(t *testing.T, dir string, timeout time.Duration, script string, args ...string) map[string]any {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", append([]string{script}, args...)...)
+	cmd.Dir = dir
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node %s: %v\n%s", script, err, out)
+	}
+	steps := map[string]any{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("node printed %q", line)
+		}
+		step, _ := m["step"].(string)
+		delete(m, "step")
+		steps[step] = m
+	}
+	return steps
 }

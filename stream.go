@@ -112,47 +112,40 @@ func (c *conn) handleStream(req protocol.Request) {
 			return
 		}
 		c.startStream(req)
-	case protocol.StreamData:
+	case protocol.StreamData, protocol.StreamEnd:
 		s := c.lookupStream(req.StreamID)
-		if s == nil {
-			c.sendStreamClosed(req.StreamID, protocol.StreamNotFound, fmt.Sprintf("The stream '%s' is not open.", req.StreamID))
-			return
-		}
-		if req.Stream.Problem != "" {
+		switch {
+		case s == nil:
+			c.sendStreamNotFound(req.StreamID)
+		case req.Stream.Problem != "":
 			c.endStream(s, &protocol.StreamError{Name: protocol.StreamCancelled, Message: req.Stream.Problem}, protocol.AckBadRequest)
-			return
-		}
-		if req.Stream.KeepAlive {
-			if !c.perms.allows(PermissionSendToGroup, s.group) {
-				c.endStream(s, &protocol.StreamError{Name: protocol.AckForbidden, Message: "The publisher lost its permission to send to the group."},
-					protocol.AckForbidden)
-				return
-			}
+		case req.Type == protocol.StreamEnd:
+			c.streamEnd(s, req.Stream.Error)
+		case !c.perms.allows(PermissionSendToGroup, s.group):
+			// Keepalives too: they would hold the stream open.
+			c.endStream(s, &protocol.StreamError{Name: protocol.AckForbidden, Message: "The publisher lost its permission to send to the group."},
+				protocol.AckForbidden)
+		default:
 			s.last.Store(time.Now().UnixNano())
-			return
+			if !req.Stream.KeepAlive {
+				c.streamData(s, req, rateLimited)
+			}
 		}
-		s.last.Store(time.Now().UnixNano())
-		c.streamData(s, req, rateLimited)
-	case protocol.StreamEnd:
-		s := c.lookupStream(req.StreamID)
-		if s == nil {
-			c.sendStreamClosed(req.StreamID, protocol.StreamNotFound, fmt.Sprintf("The stream '%s' is not open.", req.StreamID))
-			return
-		}
-		if req.Stream.Problem != "" {
-			c.endStream(s, &protocol.StreamError{Name: protocol.StreamCancelled, Message: req.Stream.Problem}, protocol.AckBadRequest)
-			return
-		}
-		s.mu.Lock()
-		gap, next := s.gap, s.next
-		s.mu.Unlock()
-		if gap && req.Stream.Error == nil {
-			msg := fmt.Sprintf("The stream ended with fragment %d missing.", next)
-			c.endStream(s, &protocol.StreamError{Name: protocol.StreamCancelled, Message: msg}, protocol.AckBadRequest)
-			return
-		}
-		c.endStream(s, req.Stream.Error, "")
 	}
+}
+
+// streamEnd ends s as its publisher asked, with e (nil: normally), unless
+// a refused fragment is still missing: then with an error.
+func (c *conn) streamEnd(s *outStream, e *protocol.StreamError) {
+	s.mu.Lock()
+	gap, next := s.gap, s.next
+	s.mu.Unlock()
+	if gap && e == nil {
+		msg := fmt.Sprintf("The stream ended with fragment %d missing.", next)
+		c.endStream(s, &protocol.StreamError{Name: protocol.StreamCancelled, Message: msg}, protocol.AckBadRequest)
+		return
+	}
+	c.endStream(s, e, "")
 }
 
 // startStream opens a stream and answers streamAck expecting 1, or
@@ -229,15 +222,10 @@ func (c *conn) lookupStream(id string) *outStream {
 // sequence id is a duplicate (not published again; the expected id is
 // reported again), a higher one a gap (streamNack).
 func (c *conn) streamData(s *outStream, req protocol.Request, rateLimited bool) {
-	if !c.perms.allows(PermissionSendToGroup, s.group) {
-		c.endStream(s, &protocol.StreamError{Name: protocol.AckForbidden, Message: "The publisher lost its permission to send to the group."},
-			protocol.AckForbidden)
-		return
-	}
 	s.mu.Lock()
 	if s.ended {
 		s.mu.Unlock()
-		c.sendStreamClosed(s.id, protocol.StreamNotFound, fmt.Sprintf("The stream '%s' is not open.", s.id))
+		c.sendStreamNotFound(s.id)
 		return
 	}
 	seq, next := req.Stream.SequenceID, s.next
@@ -379,6 +367,10 @@ func (c *conn) sendStreamAck(id string, expected uint64) {
 
 func (c *conn) sendStreamNack(id string, expected uint64, name, msg string) {
 	c.send(jsonFrame(protocol.AppendStreamNack(wsframe.Begin(96+len(id)+len(msg)), id, expected, name, msg)))
+}
+
+func (c *conn) sendStreamNotFound(id string) {
+	c.sendStreamClosed(id, protocol.StreamNotFound, fmt.Sprintf("The stream '%s' is not open.", id))
 }
 
 func (c *conn) sendStreamClosed(id, name, msg string) {

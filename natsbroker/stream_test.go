@@ -106,7 +106,7 @@ func TestGroupStreamFollowsItsPublisherToAnotherNode(t *testing.T) {
 	eventually(t, "the publisher is gone", func() bool { return nodes[1].svc.Stats().Connections == 1 })
 }
 
-// Review: a publisher's node shutting down ends its streams for receivers
+// A publisher's node shutting down ends its streams for receivers
 // on other nodes too (with Cancelled), as a disconnect does: Shutdown marks
 // the service closed before it closes its connections, and a terminal
 // fragment published after that must still reach the cluster.

@@ -315,10 +315,12 @@ type expressUpstream struct {
 	clientURL func(user string) string         // a client URL for user
 }
 
-func startExpressUpstream(t *testing.T) *expressUpstream {
+// nodeLines starts a long-running Node script of interop/ (an upstream)
+// and returns a function giving the next JSON line it prints, failing the
+// test if none comes. The script stops when its stdin closes.
+func nodeLines(t *testing.T, dir, script string) func() map[string]any {
 	t.Helper()
-	dir := wstest.Interop(t, "../../interop")
-	node := exec.Command("node", "upstream-express.mjs")
+	node := exec.Command("node", script)
 	node.Dir = dir
 	node.Stderr = os.Stderr
 	stdin, _ := node.StdinPipe()
@@ -338,18 +340,32 @@ func startExpressUpstream(t *testing.T) *expressUpstream {
 		}
 		close(lines)
 	}()
-	nextLine := func(step string) map[string]any {
+	return func() map[string]any {
 		t.Helper()
 		select {
 		case m, ok := <-lines:
-			if !ok || m["step"] != step {
-				t.Fatalf("node printed %v, want %s", m, step)
+			if !ok {
+				t.Fatalf("node %s stopped", script)
 			}
 			return m
 		case <-time.After(wstest.WaitFor):
-			t.Fatalf("node did not print %s", step)
+			t.Fatalf("node %s printed nothing more", script)
 		}
 		return nil
+	}
+}
+
+func startExpressUpstream(t *testing.T) *expressUpstream {
+	t.Helper()
+	dir := wstest.Interop(t, "../../interop")
+	next := nodeLines(t, dir, "upstream-express.mjs")
+	nextLine := func(step string) map[string]any {
+		t.Helper()
+		m := next()
+		if m["step"] != step {
+			t.Fatalf("node printed %v, want %s", m, step)
+		}
+		return m
 	}
 	port := int(nextLine("listening")["port"].(float64))
 

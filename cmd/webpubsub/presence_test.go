@@ -1,20 +1,14 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/embedwps/pubsub"
 	"github.com/embedwps/pubsub/internal/wstest"
-	"github.com/golang-jwt/jwt/v5"
 )
 
 // TestExpressUpstreamGroupPresence: the official @azure/web-pubsub-express
@@ -25,39 +19,7 @@ import (
 // onDisconnected.
 func TestExpressUpstreamGroupPresence(t *testing.T) {
 	dir := wstest.Interop(t, "../../interop")
-	node := exec.Command("node", "upstream-presence.mjs")
-	node.Dir = dir
-	node.Stderr = os.Stderr
-	stdin, _ := node.StdinPipe()
-	stdout, _ := node.StdoutPipe()
-	if err := node.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stdin.Close(); _ = node.Wait() })
-	lines := make(chan map[string]any, 64)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) == nil {
-				lines <- m
-			}
-		}
-		close(lines)
-	}()
-	next := func() map[string]any {
-		t.Helper()
-		select {
-		case m, ok := <-lines:
-			if !ok {
-				t.Fatal("node stopped")
-			}
-			return m
-		case <-time.After(wstest.WaitFor):
-			t.Fatal("node printed nothing more")
-		}
-		return nil
-	}
+	next := nodeLines(t, dir, "upstream-presence.mjs")
 	port := int(next()["port"].(float64))
 
 	cfgPath := filepath.Join(t.TempDir(), "hubs.json")
@@ -73,19 +35,7 @@ func TestExpressUpstreamGroupPresence(t *testing.T) {
 	}
 	rest := func(method, path string, want int) {
 		t.Helper()
-		u := cs.Endpoint + "/api/hubs/chat/" + path + "?api-version=2024-12-01"
-		tok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"aud": u, "exp": time.Now().Add(time.Hour).Unix()}).SignedString([]byte(cs.AccessKey))
-		req, _ := http.NewRequest(method, u, nil)
-		req.Header.Set("Authorization", "Bearer "+tok)
-		tr := &http.Transport{}
-		defer tr.CloseIdleConnections()
-		resp, err := (&http.Client{Transport: tr}).Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != want {
+		if resp := sdkDo(t, cs, method, "hubs/chat/"+path, "", ""); resp.StatusCode != want {
 			t.Fatalf("%s %s: %d, want %d", method, path, resp.StatusCode, want)
 		}
 	}
