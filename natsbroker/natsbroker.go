@@ -14,12 +14,15 @@
 package natsbroker
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
 	"regexp"
+	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,6 +76,9 @@ type Broker struct {
 	ch     chan *nats.Msg
 	// barriers are drain's markers in ch, each closed when it is reached.
 	barriers sync.Map
+	// applier is the id of the goroutine that applies ch: it does not
+	// drain (it would wait for itself).
+	applier atomic.Uint64
 
 	mu   sync.Mutex
 	subs map[string]*nats.Subscription
@@ -192,6 +198,7 @@ func (b *Broker) Start(receive func(subject string, data []byte, reply func([]by
 	}
 	go func() {
 		defer close(b.done)
+		b.applier.Store(goroutineID())
 		for {
 			select {
 			case <-b.stop:
@@ -265,6 +272,9 @@ func (b *Broker) Publish(subject string, data []byte) error {
 // overtake them (a member of this node would see a message before earlier
 // ones). Bounded, because the caller may be the applying goroutine itself.
 func (b *Broker) drain() {
+	if goroutineID() == b.applier.Load() {
+		return // what came before is applied after it returns, whatever it does
+	}
 	m := &nats.Msg{}
 	done := make(chan struct{})
 	b.barriers.Store(m, done)
@@ -281,6 +291,19 @@ func (b *Broker) drain() {
 	case <-t.C:
 	case <-b.stop:
 	}
+}
+
+// goroutineID is the calling goroutine's id, from its stack header
+// ("goroutine N ["). Only drain, on a refused publish, asks for it.
+func goroutineID() uint64 {
+	var buf [32]byte
+	n := runtime.Stack(buf[:], false)
+	f := bytes.Fields(buf[:n])
+	if len(f) < 2 {
+		return 0
+	}
+	id, _ := strconv.ParseUint(string(f[1]), 10, 64)
+	return id
 }
 
 // Request implements pubsub.Broker, with an inbox of its own per request
