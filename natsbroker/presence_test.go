@@ -96,3 +96,60 @@ func TestGroupPresenceAcrossAHandover(t *testing.T) {
 		t.Fatalf("events\n got %s\nwant %s", strings.Join(got, ", "), strings.Join(want, ", "))
 	}
 }
+
+// Review (rv-presence): a presence event still waiting on the old node when
+// the connection is handed over is raised there later, after the new node
+// raised the connection's left and disconnected events for the same group.
+// The handler sees left before joined, and an event after disconnected.
+func TestGroupPresencePendingOnOldNodeAfterHandover(t *testing.T) {
+	ns := startNATS(t, -1)
+	p := &presence{}
+	entered, unblock := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(unblock) }) }) // before the nodes shut down
+	handler := func(node string) pubsub.EventHandler {
+		h := p.handler(node).(pubsub.EventHandlerFuncs)
+		add := func(id, s string) {
+			p.mu.Lock()
+			p.log = append(p.log, s+" on "+node)
+			p.ids = append(p.ids, id)
+			p.mu.Unlock()
+		}
+		h.OnGroupJoined = func(_ context.Context, ev pubsub.GroupPresenceEvent) {
+			add(ev.ConnectionID, "joined "+ev.Group)
+			if node == "node0" && ev.Group == "slow" {
+				close(entered)
+				<-unblock // a slow handler: node0's later events wait
+			}
+		}
+		return h
+	}
+	nodes := newCluster(t, ns.ClientURL(), 2, clusterOptions{handler: handler})
+	ctx := context.Background()
+	r := dialReliable(t, nodes[0].url(pubsub.TokenOptions{UserID: "rel", Roles: []string{"webpubsub.joinLeaveGroup"}}))
+	r.conn.Send(`{"type":"joinGroup","group":"slow","ackId":1}`)
+	r.conn.ExpectAck(1, "")
+	<-entered
+	r.conn.Send(`{"type":"joinGroup","group":"late","ackId":2}`) // waits behind "slow" on node0
+	r.conn.ExpectAck(2, "")
+
+	r.drop()
+	r.recover(nodes[1])
+	must(t, nodes[1].hub.SendToGroup(ctx, "late", text("in late")))
+	r.expectData("in late") // node1 holds it, in "late"
+	must(t, nodes[1].hub.CloseConnection(ctx, r.id, "done"))
+	<-r.conn.Done()
+	eventually(t, "the disconnected event", func() bool {
+		return slices.Contains(p.of(r.id), "disconnected on node1")
+	})
+	once.Do(func() { close(unblock) })
+	eventually(t, "a joined event for late", func() bool {
+		return slices.ContainsFunc(p.of(r.id), func(s string) bool { return strings.HasPrefix(s, "joined late") })
+	})
+	got := p.of(r.id)
+	joined := slices.IndexFunc(got, func(s string) bool { return strings.HasPrefix(s, "joined late") })
+	left := slices.IndexFunc(got, func(s string) bool { return strings.HasPrefix(s, "left late") })
+	if left < joined || got[len(got)-1] != "disconnected on node1" {
+		t.Fatalf("joined late after its left, or an event after disconnected:\n%s", strings.Join(got, "\n"))
+	}
+}
