@@ -43,9 +43,10 @@ func (c *conn) presLocked() *presenceQueue {
 	return c.pres
 }
 
-// maxPendingPresence bounds a connection's waiting events: a handler that
-// does not keep up loses the newest ones (logged), rather than the service
-// holding them without bound.
+// maxPendingPresence bounds a connection's waiting events: past it, a
+// handler that does not keep up loses a group's round trips (logged), not
+// the end of a membership, rather than the service holding them without
+// bound.
 func (s *Service) maxPendingPresence() int {
 	return max(4096, 2*s.cfg.MaxGroupsPerConnection)
 }
@@ -59,9 +60,19 @@ func (c *conn) announceLocked(group string, joined bool) (schedule bool) {
 	}
 	q := c.presLocked()
 	if len(q.pending) >= s.maxPendingPresence() {
-		s.log.Error("dropping a group presence event: the event handler is not keeping up",
-			"connectionId", c.id, "group", group, "joined", joined)
-		return false
+		// A group's events alternate: the last one waiting of this group
+		// is the opposite change. Both go (the handler misses a round trip,
+		// not an end); the handler's view stays the membership. Past the
+		// limit, only a group with nothing waiting adds one event: a
+		// group's change whose opposite the handler was already told.
+		for i := len(q.pending) - 1; i >= 0; i-- {
+			if q.pending[i].group == group {
+				s.log.Error("dropping a group presence event and its opposite: the event handler is not keeping up",
+					"connectionId", c.id, "group", group, "joined", joined)
+				q.pending = slices.Delete(q.pending, i, i+1)
+				return false
+			}
+		}
 	}
 	q.pending = append(q.pending, presenceEvent{group, joined})
 	if !q.started || q.busy {
