@@ -59,6 +59,9 @@ type handedSession struct {
 	Seen map[string]uint64 `json:"w,omitempty"`
 	// Streams are the group streams the connection has open (stream.go).
 	Streams []handedStream `json:"t,omitempty"`
+	// Presence is its presence events not yet handed to the event handler
+	// (presence.go): the new node raises them, before its own.
+	Presence []handedPresence `json:"pe,omitempty"`
 	// GroupStates and StateSubs are the connection's group state and the
 	// groups whose state it subscribes to (groupstate.go).
 	GroupStates  map[string]handedGroupState `json:"gst,omitempty"`
@@ -235,6 +238,7 @@ func (c *conn) handOver(node string, groups []string) result {
 	for _, m := range r.unacked {
 		sess.Unacked = append(sess.Unacked, sessionMessage{Seq: m.seq, Frame: bytes.Join(m.parts, nil), Expires: m.expires})
 	}
+	sess.Presence = c.handPresenceLocked()
 	for g, st := range c.gstate {
 		if sess.GroupStates == nil {
 			sess.GroupStates = make(map[string]handedGroupState, len(c.gstate))
@@ -365,8 +369,17 @@ func (cl *cluster) takeover(ctx context.Context, hub, id string) (*conn, error) 
 			cl.tellOwner(hub, id, "")
 			cc := ConnectionContext{Hub: hub, ConnectionID: id, UserID: sess.User, Subprotocol: sess.Subprotocol, ConnectionState: sess.State}
 			if p := cl.svc.presence; p != nil {
-				// Its session ends here: it leaves the groups the owner
-				// had it in (what happened here since was never told).
+				// Its session ends here: what the owner had not told yet,
+				// then it leaves the groups the owner had it in (what
+				// happened here since was never told).
+				for _, e := range sess.Presence {
+					ev := GroupPresenceEvent{ConnectionContext: cc, Group: e.Group}
+					if e.Joined {
+						p.GroupJoined(context.Background(), ev)
+					} else {
+						p.GroupLeft(context.Background(), ev)
+					}
+				}
 				for _, g := range sess.Groups {
 					p.GroupLeft(context.Background(), GroupPresenceEvent{ConnectionContext: cc, Group: g})
 				}
@@ -414,6 +427,7 @@ func (cl *cluster) arrive(a *arrival, id, from string, sess *handedSession) (*co
 		rel:         &reliable{seq: sess.Seq, reason: sess.Reason},
 		movedFrom:   from,
 	}
+	c.adoptPresence(sess.Presence) // before the events its replay raises
 	for _, m := range sess.Unacked {
 		c.rel.unacked = append(c.rel.unacked, unackedMessage{seq: m.Seq, parts: [][]byte{m.Frame}, size: len(m.Frame), expires: m.Expires})
 		c.rel.bytes += len(m.Frame)

@@ -273,10 +273,15 @@ func (c *conn) release(clientReason string) {
 	reason := c.disconnect.Reason
 	groups := c.groups
 	c.groups = nil
-	if c.pres != nil {
-		c.pres.started = false // its last events are handed over below, not by a worker
+	switch {
+	case c.connected:
+		if c.pres != nil {
+			c.pres.started = false // its last events are handed over below, not by a worker
+		}
+		c.announceGroupsLocked(groups, false)
+	case c.pres != nil:
+		c.pres.pending = nil // never connected (its upgrade failed): no presence either
 	}
-	c.announceGroupsLocked(groups, false)
 	stateGone := c.leaveAllGroupStateLocked()
 	if c.rel != nil {
 		c.rel.stopTimer()

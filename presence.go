@@ -247,3 +247,40 @@ func (p GroupPattern) Match(group string) bool { return p.p.match(group) }
 
 // String returns the pattern as written.
 func (p GroupPattern) String() string { return p.p.String() }
+
+// handedPresence is a presence event handed over with a reliable session.
+type handedPresence struct {
+	Group  string `json:"g"`
+	Joined bool   `json:"j,omitempty"`
+}
+
+// handPresenceLocked gives up c's waiting events to the node its session is
+// handed to, under c.mu: raised here, they could come after that node's
+// (a left before its joined, or after disconnected). Only an event a worker
+// is handing over already stays.
+func (c *conn) handPresenceLocked() []handedPresence {
+	if c.pres == nil || len(c.pres.pending) == 0 {
+		return nil
+	}
+	out := make([]handedPresence, len(c.pres.pending))
+	for i, e := range c.pres.pending {
+		out[i] = handedPresence{Group: e.group, Joined: e.joined}
+	}
+	c.pres.pending = nil
+	return out
+}
+
+// adoptPresence queues the events a session was handed over with on the
+// connection arriving with it, before any of its own; they wait for its
+// transport, as its own do.
+func (c *conn) adoptPresence(hs []handedPresence) {
+	if c.svc.presence == nil || len(hs) == 0 {
+		return
+	}
+	c.mu.Lock()
+	q := c.presLocked()
+	for _, h := range hs {
+		q.pending = append(q.pending, presenceEvent{group: h.Group, joined: h.Joined})
+	}
+	c.mu.Unlock()
+}

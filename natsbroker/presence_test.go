@@ -97,7 +97,7 @@ func TestGroupPresenceAcrossAHandover(t *testing.T) {
 	}
 }
 
-// Review (rv-presence): a presence event still waiting on the old node when
+// A presence event still waiting on the old node when
 // the connection is handed over is raised there later, after the new node
 // raised the connection's left and disconnected events for the same group.
 // The handler sees left before joined, and an event after disconnected.
