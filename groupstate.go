@@ -455,9 +455,11 @@ func (c *conn) deliverGroupState(d *delivery) {
 	switch sub := c.gsubs[d.cmd.Target]; {
 	case sub == nil: // unsubscribed since the fan-out's snapshot of the set
 	case !sub.ready && len(sub.pending) >= maxPendingGroupStates:
-		c.svc.slowClients.Add(1)
-		c.svc.log.Warn("closing a slow client: group state updates pile up behind its snapshot", "hub", c.hub.name, "connectionId", c.id)
-		after = c.closeLocked(DisconnectSlowClient, true)
+		if c.state < stateClosing { // once: more may come until it is released
+			c.svc.slowClients.Add(1)
+			c.svc.log.Warn("closing a slow client: group state updates pile up behind its snapshot", "hub", c.hub.name, "connectionId", c.id)
+			after = c.closeLocked(DisconnectSlowClient, true)
+		}
 	case !sub.ready:
 		sub.pending = append(sub.pending, d.cmd.Items...)
 	default:
