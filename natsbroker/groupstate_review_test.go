@@ -196,12 +196,41 @@ func TestGroupStateSlowSubscriberCountedOnce(t *testing.T) {
 			}
 		}()
 	}
-	sub.Send(`{"type":"subscribeGroupState","group":"room","ackId":1}`)
-	info, _ := sub.ExpectClose() // slow: 1,000 updates behind its snapshot
+	// Until 1,000 updates come behind one of its snapshots (each waits a
+	// ClusterTimeout for the frozen node, then fails), it subscribes again.
+	for ack := 1; ; ack++ {
+		sub.Send(fmt.Sprintf(`{"type":"subscribeGroupState","group":"room","ackId":%d}`, ack))
+		if f := sub.NextJSON(); f["type"] != "ack" {
+			break // disconnected
+		}
+	}
+	info, _ := sub.ExpectClose()
 	eventually(t, "the slow subscriber released", func() bool { return nodes[0].svc.Stats().Connections == int64(len(writers)) })
 	close(stop)
 	wg.Wait()
 	if n := nodes[0].svc.Stats().SlowClientDisconnects; n != 1 || !strings.HasPrefix(info.Reason, "SlowClient") {
 		t.Fatalf("closed with %+v; SlowClientDisconnects = %d, want 1", info, n)
 	}
+}
+
+// A node shut down tells the other nodes' subscribers that its members'
+// states are gone, a reliable member's too once its window ends unrecovered.
+func TestGroupStateNodeShutdownTellsSubscribers(t *testing.T) {
+	ns := startNATS(t, -1)
+	nodes := newCluster(t, ns.ClientURL(), 2, clusterOptions{cfg: pubsub.Config{RecoveryWindow: 300 * time.Millisecond}})
+	alice := nodes[0].dial("alice", "room")
+	r := dialReliable(t, nodes[0].url(pubsub.TokenOptions{UserID: "rel", Groups: []string{"room"}}))
+	bob := nodes[1].dial("bob", "room")
+	bob.Send(`{"type":"subscribeGroupState","group":"room","ackId":1}`)
+	bob.ExpectAck(1, "")
+	expectItems(t, stateItems(t, bob.NextJSON, "groupStateSnapshot"))
+	alice.Send(`{"type":"setGroupState","group":"room","state":{"a":"1"},"ackId":1}`)
+	alice.ExpectAck(1, "")
+	expectItems(t, stateItems(t, bob.NextJSON, "groupStateUpdate"), alice.id+"=map[a:1]")
+	r.conn.Send(`{"type":"setGroupState","group":"room","state":{"r":"1"},"ackId":1}`)
+	r.conn.ExpectAck(1, "")
+	expectItems(t, stateItems(t, bob.NextJSON, "groupStateUpdate"), r.id+"=map[r:1]")
+	nodes[0].shutdown()
+	got := append(stateItems(t, bob.NextJSON, "groupStateUpdate"), stateItems(t, bob.NextJSON, "groupStateUpdate")...)
+	expectItems(t, got, alice.id+"=-", r.id+"=-")
 }
