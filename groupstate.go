@@ -40,8 +40,9 @@ import (
 const (
 	maxGroupStates             = 100 // groups in which one connection has a state
 	maxGroupStateSubscriptions = 100 // groups whose state one connection subscribes to
-	// maxPendingGroupStates bounds the updates held for one subscription
-	// while its snapshot is taken; past it the client is a slow client.
+	// maxPendingGroupStates bounds the members whose update (the last of
+	// each) is held for one subscription while its snapshot is taken; past
+	// it the client is a slow client.
 	maxPendingGroupStates = 1000
 )
 
@@ -163,6 +164,20 @@ func (c *conn) liveGroupStatesLocked() int {
 
 func (c *conn) itemOf(st groupState) protocol.GroupStateItem {
 	return protocol.GroupStateItem{ConnectionID: c.id, UserID: c.userID, State: st.state, UpdatedAt: st.updatedAt, Version: st.version}
+}
+
+// heldGroupStates returns c's states, as the updates that tell them, in
+// group order.
+func (c *conn) heldGroupStates() []stateChange {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []stateChange
+	for _, g := range slices.Sorted(maps.Keys(c.gstate)) {
+		if st := c.gstate[g]; st.state != nil {
+			out = append(out, stateChange{g, c.itemOf(st)})
+		}
+	}
+	return out
 }
 
 // publishGroupState sends updates to the groups' subscribers on every
@@ -454,14 +469,22 @@ func (c *conn) deliverGroupState(d *delivery) {
 	var after afterUnlock
 	switch sub := c.gsubs[d.cmd.Target]; {
 	case sub == nil: // unsubscribed since the fan-out's snapshot of the set
-	case !sub.ready && len(sub.pending) >= maxPendingGroupStates:
-		if c.state < stateClosing { // once: more may come until it is released
-			c.svc.slowClients.Add(1)
-			c.svc.log.Warn("closing a slow client: group state updates pile up behind its snapshot", "hub", c.hub.name, "connectionId", c.id)
-			after = c.closeLocked(DisconnectSlowClient, true)
-		}
 	case !sub.ready:
-		sub.pending = append(sub.pending, d.cmd.Items...)
+		// Only the last update of each member is held: readyLocked sends
+		// no other, and a member changing fast makes no subscriber slow.
+		for _, it := range d.cmd.Items {
+			held := len(sub.pending)
+			sub.pending = slices.DeleteFunc(sub.pending, func(p protocol.GroupStateItem) bool { return p.ConnectionID == it.ConnectionID })
+			if held == len(sub.pending) && held >= maxPendingGroupStates {
+				if c.state < stateClosing { // once: more may come until it is released
+					c.svc.slowClients.Add(1)
+					c.svc.log.Warn("closing a slow client: group state updates pile up behind its snapshot", "hub", c.hub.name, "connectionId", c.id)
+					after = c.closeLocked(DisconnectSlowClient, true)
+				}
+				break
+			}
+			sub.pending = append(sub.pending, it)
+		}
 	default:
 		after = c.deliverGroupStateLocked(d)
 	}

@@ -487,9 +487,12 @@ func (cl *cluster) arrive(a *arrival, id, from string, sess *handedSession) (*co
 		cl.tellOwner(a.hub, id, cl.node)
 	}
 	c.adoptStreams(sess.Streams)
-	if len(stateGone) > 0 { // groups it was taken out of while it arrived
+	// The removals of the groups it was taken out of while it arrived, and
+	// its states again: a snapshot taken while it was between nodes had
+	// them on neither.
+	if changes := append(stateGone, c.heldGroupStates()...); len(changes) > 0 {
 		c.stateMu.Lock()
-		c.publishGroupState(stateGone)
+		c.publishGroupState(changes)
 		c.stateMu.Unlock()
 	}
 	c.mu.Lock()

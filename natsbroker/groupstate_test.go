@@ -126,8 +126,8 @@ func TestGroupStateAcrossNodes(t *testing.T) {
 
 // A reliable connection handed over to another node takes its state and
 // subscriptions with it: its state stays in the group's (a snapshot on a
-// third node has it), updates keep reaching it in its sequence, and its
-// state leaves when its session ends there.
+// third node has it; its arrival publishes it again), updates keep reaching
+// it in its sequence, and its state leaves when its session ends there.
 func TestGroupStateHandedOver(t *testing.T) {
 	ns := startNATS(t, -1)
 	nodes := newCluster(t, ns.ClientURL(), 3, clusterOptions{cfg: pubsub.Config{RecoveryWindow: time.Second}})
@@ -161,23 +161,27 @@ func TestGroupStateHandedOver(t *testing.T) {
 	r.recover(nodes[1])
 	update(1, w.id+"=map[w:1]") // not acknowledged: replayed
 	update(2, w.id+"=map[w:2]")
+	// Its arrival publishes its state again (a snapshot taken while it was
+	// between nodes had it on neither): to w, and to itself, subscribed.
+	update(3, r.id+"=map[on:0]")
+	expectItems(t, stateItems(t, w.NextJSON, "groupStateUpdate"), r.id+"=map[on:0]")
 	w.Send(`{"type":"setGroupState","group":"room","state":null,"ackId":4}`)
 	ackAndOwnUpdate(t, w.NextJSON, 4, w.id+"=-")
-	update(3, w.id+"=-")
+	update(4, w.id+"=-")
 
 	snap := nodes[2].dial("snap", "room")
 	snap.Send(`{"type":"subscribeGroupState","group":"room","ackId":1}`)
 	snap.ExpectAck(1, "")
 	expectItems(t, stateItems(t, snap.NextJSON, "groupStateSnapshot"), r.id+"=map[on:0]")
 	r.conn.Send(`{"type":"setGroupState","group":"room","state":{"on":"1"},"ackId":3}`)
-	seq4 := func() map[string]any {
+	seq5 := func() map[string]any {
 		f := r.conn.NextJSON()
-		if f["type"] != "ack" && f["sequenceId"] != 4.0 {
-			t.Fatalf("update %v, want sequenceId 4", f)
+		if f["type"] != "ack" && f["sequenceId"] != 5.0 {
+			t.Fatalf("update %v, want sequenceId 5", f)
 		}
 		return f
 	}
-	ackAndOwnUpdate(t, seq4, 3, r.id+"=map[on:1]")
+	ackAndOwnUpdate(t, seq5, 3, r.id+"=map[on:1]")
 	for _, s := range []*client{w, snap} {
 		expectItems(t, stateItems(t, s.NextJSON, "groupStateUpdate"), r.id+"=map[on:1]")
 	}
