@@ -111,8 +111,16 @@ func (c *conn) groupStateRequest(req protocol.Request) {
 	}
 }
 
-func notMember(group string) (string, string) {
-	return protocol.AckForbidden, fmt.Sprintf("The connection is not in group '%s': group state is for its members.", group)
+// stateRefusalLocked is why c may not set or subscribe to group's state
+// ("": it may), under c.mu.
+func (c *conn) stateRefusalLocked(group string) (errName, errMessage string) {
+	if c.state >= stateClosing {
+		return protocol.AckInternalServerError, "The connection is closing."
+	}
+	if _, in := c.groups[group]; !in {
+		return protocol.AckForbidden, fmt.Sprintf("The connection is not in group '%s': group state is for its members.", group)
+	}
+	return "", ""
 }
 
 // setGroupState sets (state nil: clears) c's state in group, and tells the
@@ -124,13 +132,9 @@ func (c *conn) setGroupState(group string, state map[string]string) (errName, er
 	c.stateMu.Lock()
 	defer c.stateMu.Unlock()
 	c.mu.Lock()
-	if c.state >= stateClosing {
+	if errName, errMessage := c.stateRefusalLocked(group); errName != "" {
 		c.mu.Unlock()
-		return protocol.AckInternalServerError, "The connection is closing."
-	}
-	if _, in := c.groups[group]; !in {
-		c.mu.Unlock()
-		return notMember(group)
+		return errName, errMessage
 	}
 	had := c.gstate[group].state != nil
 	switch {
@@ -286,13 +290,9 @@ func (c *conn) subscribed(group string) bool {
 // after the ack. Updates wait meanwhile.
 func (c *conn) subscribeGroupState(group string) (errName, errMessage string) {
 	c.mu.Lock()
-	if c.state >= stateClosing {
+	if errName, errMessage := c.stateRefusalLocked(group); errName != "" {
 		c.mu.Unlock()
-		return protocol.AckInternalServerError, "The connection is closing."
-	}
-	if _, in := c.groups[group]; !in {
-		c.mu.Unlock()
-		return notMember(group)
+		return errName, errMessage
 	}
 	sub, had := c.gsubs[group]
 	if !had {

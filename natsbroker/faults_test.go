@@ -88,17 +88,7 @@ func TestOnePublishersSendsKeepTheirOrder(t *testing.T) {
 // can answer alone is answered; sends go on.
 func TestANodeThatStopsAnswering(t *testing.T) {
 	ns := startNATS(t, -1)
-	var frozen *freezable
-	nodes := newCluster(t, ns.ClientURL(), 3, clusterOptions{
-		cfg: pubsub.Config{ClusterTimeout: 300 * time.Millisecond},
-		wrap: func(i int, b pubsub.Broker) pubsub.Broker {
-			if i == 2 {
-				frozen = &freezable{Broker: b}
-				return frozen
-			}
-			return b
-		},
-	})
+	nodes, frozen := newClusterFreezing(t, ns.ClientURL(), 3, 2, pubsub.Config{ClusterTimeout: 300 * time.Millisecond})
 	a := nodes[0].dial("a", "room")
 	c := nodes[2].dial("c", "room")
 	frozen.freeze()

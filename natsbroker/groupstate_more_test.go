@@ -107,17 +107,7 @@ func TestGroupStateSnapshotDuringAHandoverLearnsTheMovingState(t *testing.T) {
 // InternalServerError, connection kept).
 func TestGroupStateOneChattyMemberDoesNotMakeASubscriberSlow(t *testing.T) {
 	ns := startNATS(t, -1)
-	var frozen *freezable
-	nodes := newCluster(t, ns.ClientURL(), 2, clusterOptions{
-		cfg: pubsub.Config{ClusterTimeout: 500 * time.Millisecond},
-		wrap: func(i int, b pubsub.Broker) pubsub.Broker {
-			if i == 1 {
-				frozen = &freezable{Broker: b}
-				return frozen
-			}
-			return b
-		},
-	})
+	nodes, frozen := newClusterFreezing(t, ns.ClientURL(), 2, 1, pubsub.Config{ClusterTimeout: 500 * time.Millisecond})
 	sub := nodes[0].dial("s", "room")
 	chatty := nodes[0].dial("c", "room")
 	chatty.Send(`{"type":"setGroupState","group":"room","state":{"n":"0"},"ackId":1}`)
@@ -156,17 +146,7 @@ func TestGroupStateOneChattyMemberDoesNotMakeASubscriberSlow(t *testing.T) {
 // closes must not count (and log) it again.
 func TestGroupStateSlowSubscriberCountedOnce(t *testing.T) {
 	ns := startNATS(t, -1)
-	var frozen *freezable
-	nodes := newCluster(t, ns.ClientURL(), 2, clusterOptions{
-		cfg: pubsub.Config{ClusterTimeout: 500 * time.Millisecond},
-		wrap: func(i int, b pubsub.Broker) pubsub.Broker {
-			if i == 1 {
-				frozen = &freezable{Broker: b}
-				return frozen
-			}
-			return b
-		},
-	})
+	nodes, frozen := newClusterFreezing(t, ns.ClientURL(), 2, 1, pubsub.Config{ClusterTimeout: 500 * time.Millisecond})
 	sub := nodes[0].dial("s", "room")
 	// Only the last update of each member is held: it takes more members
 	// than the bound, each changing its state, to make a subscriber slow.

@@ -257,17 +257,7 @@ func TestGroupStateSnapshotRacesUpdatesAcrossNodes(t *testing.T) {
 // once it answers again, the subscribe succeeds.
 func TestGroupStateSubscribeWhenANodeDoesNotAnswer(t *testing.T) {
 	ns := startNATS(t, -1)
-	var frozen *freezable
-	nodes := newCluster(t, ns.ClientURL(), 2, clusterOptions{
-		cfg: pubsub.Config{ClusterTimeout: 300 * time.Millisecond},
-		wrap: func(i int, b pubsub.Broker) pubsub.Broker {
-			if i == 1 {
-				frozen = &freezable{Broker: b}
-				return frozen
-			}
-			return b
-		},
-	})
+	nodes, frozen := newClusterFreezing(t, ns.ClientURL(), 2, 1, pubsub.Config{ClusterTimeout: 300 * time.Millisecond})
 	sub := nodes[0].dial("s", "room")
 	other := nodes[1].dial("o", "room")
 	mate := nodes[0].dial("m", "room")

@@ -257,17 +257,7 @@ func (r *reliableClient) handOver(nd *node, sender *node, data string) {
 // timeout. Any other node answers ErrNodeUnavailable to the same question.
 func TestTheFirstNodeDoesNotGuessOnATimeout(t *testing.T) {
 	ns := startNATS(t, -1)
-	var slow *freezable
-	nodes := newCluster(t, ns.ClientURL(), 2, clusterOptions{
-		cfg: pubsub.Config{RecoveryWindow: time.Second, ClusterTimeout: 500 * time.Millisecond},
-		wrap: func(i int, b pubsub.Broker) pubsub.Broker {
-			if i == 1 {
-				slow = &freezable{Broker: b}
-				return slow
-			}
-			return b
-		},
-	})
+	nodes, slow := newClusterFreezing(t, ns.ClientURL(), 2, 1, pubsub.Config{RecoveryWindow: time.Second, ClusterTimeout: 500 * time.Millisecond})
 	r := dialReliable(t, nodes[0].url(pubsub.TokenOptions{UserID: "rel", Groups: []string{"room"}}))
 	r.handOver(nodes[1], nodes[0], "m0")
 	slow.freeze() // node1, which holds the connection now, does not answer

@@ -254,6 +254,24 @@ func jsonString(v any) string {
 	return string(b)
 }
 
+// newClusterFreezing starts n nodes whose node i can be frozen (its
+// deliveries held, as a node that stops answering).
+func newClusterFreezing(t testing.TB, url string, n, i int, cfg pubsub.Config) ([]*node, *freezable) {
+	t.Helper()
+	var f *freezable
+	nodes := newCluster(t, url, n, clusterOptions{
+		cfg: cfg,
+		wrap: func(j int, b pubsub.Broker) pubsub.Broker {
+			if j == i {
+				f = &freezable{Broker: b}
+				return f
+			}
+			return b
+		},
+	})
+	return nodes, f
+}
+
 // freezable is a broker whose deliveries to its node can be held, to
 // make a node that stops answering.
 type freezable struct {

@@ -72,17 +72,7 @@ func TestASilentNATSIsNoticed(t *testing.T) {
 // were wrong, for good.)
 func TestOneSidedForgetIsRepaired(t *testing.T) {
 	ns := startNATS(t, -1)
-	var owner *freezable
-	nodes := newCluster(t, ns.ClientURL(), 2, clusterOptions{
-		cfg: pubsub.Config{RecoveryWindow: 10 * time.Second, ClusterTimeout: 500 * time.Millisecond},
-		wrap: func(i int, b pubsub.Broker) pubsub.Broker {
-			if i == 0 {
-				owner = &freezable{Broker: b}
-				return owner
-			}
-			return b
-		},
-	})
+	nodes, owner := newClusterFreezing(t, ns.ClientURL(), 2, 0, pubsub.Config{RecoveryWindow: 10 * time.Second, ClusterTimeout: 500 * time.Millisecond})
 	r := dialReliable(t, nodes[0].url(pubsub.TokenOptions{UserID: "rel", Groups: []string{"room"}}))
 	r.handOver(nodes[1], nodes[0], "m0")
 	owner.freeze()
