@@ -88,6 +88,7 @@ type conn struct {
 	rate rateLimiter
 
 	lastSeen atomic.Int64 // unix nanoseconds of the last inbound frame
+	since    time.Time    // when it was registered on this node
 }
 
 func (c *conn) context() ConnectionContext {
@@ -145,9 +146,11 @@ func (c *conn) handleFrame(binary bool, payload []byte) {
 			return
 		}
 		if c.rawPublish != nil {
+			c.messageReceived("sendToGroup", c.rawPublish.group, "", len(payload))
 			c.publishRaw(binary, payload)
 			return
 		}
+		c.messageReceived("event", "", "message", len(payload))
 		t := DataTypeText
 		if binary {
 			t = DataTypeBinary
@@ -179,6 +182,9 @@ func (c *conn) handleFrame(binary bool, payload []byte) {
 	if err != nil {
 		c.close(Disconnect{CloseInvalidPayload, err.Error()})
 		return
+	}
+	if req.Type != protocol.Ping && req.Type != protocol.SequenceAck { // the protocol's own, not messages
+		c.messageReceived(req.Type.String(), req.Group, req.Event, len(payload))
 	}
 	c.handleRequest(req)
 }

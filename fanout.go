@@ -16,6 +16,7 @@ func (s *Service) fanOut(h *hubState, cmd *command) {
 	d := delivery{svc: s, cmd: cmd}
 	defer d.settle()
 	h.selectConns(cmd, func(c *conn) { c.deliver(&d) })
+	s.messageSent(cmd, d.recipients)
 }
 
 // selectConns calls f for each connection a command addresses, minus the
@@ -67,6 +68,8 @@ type delivery struct {
 	// settled when it is done.
 	shares [numEncodings]*sharedBytes
 	held   [numEncodings]int64
+
+	recipients int // the connections it was for
 }
 
 // The encodings of a delivery. The JSON frame's buffer holds the body that
@@ -97,6 +100,7 @@ func (c *conn) deliver(d *delivery) {
 		return
 	}
 	deadline := d.cmd.ExpiresAt
+	d.recipients++
 	switch c.kind {
 	case kindSimple:
 		d.take(encSimple, c.enqueueShared(deadline, d.simpleFrame(), d.shares[encSimple]))

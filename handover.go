@@ -189,6 +189,7 @@ func (c *conn) drain() bool {
 	c.mu.Unlock()
 	if old != nil {
 		old.out.abort()
+		c.svc.connectionChanged(c, ConnectionDetached, Disconnect{}, "")
 	}
 	return detached
 }
@@ -412,6 +413,7 @@ func (cl *cluster) arrive(a *arrival, id, from string, sess *handedSession) (*co
 	kind, _ := negotiate([]string{sess.Subprotocol}, sess.Subprotocol)
 	cctx, ccancel := context.WithCancel(context.Background())
 	c := &conn{
+		since: time.Now(),
 		svc:         s,
 		id:          id,
 		userID:      sess.User,

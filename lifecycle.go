@@ -169,7 +169,7 @@ func (a afterUnlock) run(c *conn) {
 		s.active.add()
 		go func() {
 			defer s.active.done()
-			c.release("")
+			c.release("", "")
 		}()
 	}
 }
@@ -194,11 +194,12 @@ func (c *conn) transportEnded(w *wire) {
 		c.rel.timer = time.AfterFunc(c.svc.cfg.RecoveryWindow, c.recoveryExpired)
 		c.mu.Unlock()
 		w.out.finish()
+		c.svc.connectionChanged(c, ConnectionDetached, Disconnect{}, "")
 		return
 	}
 	c.mu.Unlock()
 	w.out.finish()
-	c.release(reason)
+	c.release(reason, clientCloseLabel(w.closeErr))
 }
 
 // recoveryExpired ends a detached connection whose client did not come
@@ -211,7 +212,7 @@ func (c *conn) recoveryExpired() {
 	}
 	c.state, c.disconnect = stateClosing, Disconnect{ClosePolicyViolation, c.rel.reason}
 	c.mu.Unlock()
-	c.release("")
+	c.release("", CloseReasonRecoveryExpired)
 }
 
 // errNotRecoverable refuses a recovery.
@@ -240,6 +241,7 @@ func (c *conn) resume(w *wire) (previousRead <-chan struct{}, err error) {
 	if old != nil {
 		old.out.abort() // its read loop ends, and finds itself replaced
 	}
+	c.svc.connectionChanged(c, ConnectionRecovered, Disconnect{}, "")
 	return previousRead, nil
 }
 
@@ -252,6 +254,7 @@ func (c *conn) opened() {
 	c.connected = true
 	c.mu.Unlock()
 	if first {
+		c.svc.connectionChanged(c, ConnectionOpened, Disconnect{}, "")
 		c.svc.handler.Connected(c.ctx, c.context())
 	}
 	c.startPresence()
@@ -260,8 +263,9 @@ func (c *conn) opened() {
 // release ends a registered connection, once: it leaves every index and
 // its hub (an empty hub is pruned), its replay buffer is dropped, and the
 // event handler gets the disconnected event with the service's reason for
-// ending it, or else clientReason.
-func (c *conn) release(clientReason string) {
+// ending it, or else clientReason. why labels the end for observers; empty,
+// the service's disconnect says.
+func (c *conn) release(clientReason string, why CloseReason) {
 	c.stateMu.Lock()
 	c.mu.Lock()
 	if c.state == stateReleased {
@@ -270,7 +274,8 @@ func (c *conn) release(clientReason string) {
 		return
 	}
 	c.state = stateReleased
-	reason := c.disconnect.Reason
+	d := c.disconnect
+	reason := d.Reason
 	groups := c.groups
 	c.groups = nil
 	switch {
@@ -302,6 +307,10 @@ func (c *conn) release(clientReason string) {
 		reason = clientReason
 	}
 	c.flushPresence()
+	if why == "" || why != CloseReasonRecoveryExpired && d != (Disconnect{}) {
+		why = closeReasonOf(d) // the service ended it: its reason, not the transport's end
+	}
+	s.connectionChanged(c, ConnectionClosed, d, why)
 	s.handler.Disconnected(context.Background(), c.context(), reason)
 	s.active.done() // Shutdown waits for the disconnected event too
 }

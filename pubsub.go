@@ -95,8 +95,13 @@ type Config struct {
 	// node holds); past it the call fails with ErrNodeUnavailable.
 	// Default 2 s.
 	ClusterTimeout time.Duration
-	// Logger receives the service's logs. Nil: slog.Default().
+	// Logger receives the service's logs: connections opened and closed at
+	// INFO, messages at DEBUG; never a token, key or message body.
+	// Nil: slog.Default().
 	Logger *slog.Logger
+	// Observers are told of connections and messages (Observer), for
+	// metrics and a live trace.
+	Observers []Observer
 	// MaxMessageSize bounds one inbound WebSocket message; a larger one closes
 	// the client with 1009. Default 1 MB.
 	MaxMessageSize int

@@ -25,10 +25,17 @@ type operation func(h *handler, rq *request)
 // parameter (the first is the hub), with an operation per method.
 type routeDef struct {
 	path []string
-	ops  map[string]operation
+	ops  map[string]namedOperation
 }
 
-func r(path string, ops map[string]operation) routeDef {
+// namedOperation is an operation with its name, which metrics, traces and
+// the live trace label it with: the Go API's words (sendToAll, ...).
+type namedOperation struct {
+	name string
+	fn   operation
+}
+
+func r(path string, ops map[string]namedOperation) routeDef {
 	return routeDef{path: strings.Split(path, "/"), ops: ops}
 }
 
@@ -38,30 +45,30 @@ const (
 
 // routes are the 24 hub operations (health is served before them).
 var routes = []routeDef{
-	r("hubs/{}/:send", map[string]operation{post: sendToAll}),
-	r("hubs/{}/:closeConnections", map[string]operation{post: closeAllConnections}),
-	r("hubs/{}/:generateToken", map[string]operation{post: generateClientToken}),
-	r("hubs/{}/:addToGroups", map[string]operation{post: addConnectionsToGroups}),
-	r("hubs/{}/:removeFromGroups", map[string]operation{post: removeConnectionsFromGroups}),
-	r("hubs/{}/connections/{}", map[string]operation{del: closeConnection, head: connectionExists}),
-	r("hubs/{}/connections/{}/:send", map[string]operation{post: sendToConnection}),
-	r("hubs/{}/connections/{}/groups", map[string]operation{del: removeConnectionFromAllGroups}),
-	r("hubs/{}/groups/{}", map[string]operation{head: groupExists}),
-	r("hubs/{}/groups/{}/:closeConnections", map[string]operation{post: closeGroupConnections}),
-	r("hubs/{}/groups/{}/:send", map[string]operation{post: sendToGroup}),
-	r("hubs/{}/groups/{}/connections", map[string]operation{get: listConnectionsInGroup}),
-	r("hubs/{}/groups/{}/connections/{}", map[string]operation{del: removeConnectionFromGroup, put: addConnectionToGroup}),
-	r("hubs/{}/permissions/{}/connections/{}", map[string]operation{del: revokePermission, head: checkPermission, put: grantPermission}),
-	r("hubs/{}/users/{}", map[string]operation{head: userExists}),
-	r("hubs/{}/users/{}/:closeConnections", map[string]operation{post: closeUserConnections}),
-	r("hubs/{}/users/{}/:send", map[string]operation{post: sendToUser}),
-	r("hubs/{}/users/{}/groups", map[string]operation{del: removeUserFromAllGroups}),
-	r("hubs/{}/users/{}/groups/{}", map[string]operation{del: removeUserFromGroup, put: addUserToGroup}),
+	r("hubs/{}/:send", map[string]namedOperation{post: {"sendToAll", sendToAll}}),
+	r("hubs/{}/:closeConnections", map[string]namedOperation{post: {"closeAllConnections", closeAllConnections}}),
+	r("hubs/{}/:generateToken", map[string]namedOperation{post: {"generateClientToken", generateClientToken}}),
+	r("hubs/{}/:addToGroups", map[string]namedOperation{post: {"addConnectionsToGroups", addConnectionsToGroups}}),
+	r("hubs/{}/:removeFromGroups", map[string]namedOperation{post: {"removeConnectionsFromGroups", removeConnectionsFromGroups}}),
+	r("hubs/{}/connections/{}", map[string]namedOperation{del: {"closeConnection", closeConnection}, head: {"connectionExists", connectionExists}}),
+	r("hubs/{}/connections/{}/:send", map[string]namedOperation{post: {"sendToConnection", sendToConnection}}),
+	r("hubs/{}/connections/{}/groups", map[string]namedOperation{del: {"removeConnectionFromAllGroups", removeConnectionFromAllGroups}}),
+	r("hubs/{}/groups/{}", map[string]namedOperation{head: {"groupExists", groupExists}}),
+	r("hubs/{}/groups/{}/:closeConnections", map[string]namedOperation{post: {"closeGroupConnections", closeGroupConnections}}),
+	r("hubs/{}/groups/{}/:send", map[string]namedOperation{post: {"sendToGroup", sendToGroup}}),
+	r("hubs/{}/groups/{}/connections", map[string]namedOperation{get: {"listConnectionsInGroup", listConnectionsInGroup}}),
+	r("hubs/{}/groups/{}/connections/{}", map[string]namedOperation{del: {"removeConnectionFromGroup", removeConnectionFromGroup}, put: {"addConnectionToGroup", addConnectionToGroup}}),
+	r("hubs/{}/permissions/{}/connections/{}", map[string]namedOperation{del: {"revokePermission", revokePermission}, head: {"checkPermission", checkPermission}, put: {"grantPermission", grantPermission}}),
+	r("hubs/{}/users/{}", map[string]namedOperation{head: {"userExists", userExists}}),
+	r("hubs/{}/users/{}/:closeConnections", map[string]namedOperation{post: {"closeUserConnections", closeUserConnections}}),
+	r("hubs/{}/users/{}/:send", map[string]namedOperation{post: {"sendToUser", sendToUser}}),
+	r("hubs/{}/users/{}/groups", map[string]namedOperation{del: {"removeUserFromAllGroups", removeUserFromAllGroups}}),
+	r("hubs/{}/users/{}/groups/{}", map[string]namedOperation{del: {"removeUserFromGroup", removeUserFromGroup}, put: {"addUserToGroup", addUserToGroup}}),
 }
 
 // route finds the operation for a method and path, with its parameters after
 // the hub; for a known path with another method it returns the allowed ones.
-func route(method string, segs []string) (operation, []string, string) {
+func route(method string, segs []string) (namedOperation, []string, string) {
 	for _, rt := range routes {
 		if len(rt.path) != len(segs) {
 			continue
@@ -89,9 +96,28 @@ func route(method string, segs []string) (operation, []string, string) {
 			allowed = append(allowed, m)
 		}
 		slices.Sort(allowed)
-		return nil, nil, strings.Join(allowed, ", ")
+		return namedOperation{}, nil, strings.Join(allowed, ", ")
 	}
-	return nil, nil, ""
+	return namedOperation{}, nil, ""
+}
+
+// Operation names the REST operation r asks for, as metrics, traces and
+// the live trace label it (sendToAll, addConnectionToGroup, health, ...),
+// with its hub; name is "" when r is no operation of the API (another
+// path or method). It reads r's path only: a middleware may call it.
+func Operation(r *http.Request) (name, hub string) {
+	segs, ok := pathSegments(r.URL.EscapedPath())
+	if !ok {
+		return "", ""
+	}
+	if len(segs) == 1 && segs[0] == "health" {
+		return "health", ""
+	}
+	op, _, _ := route(r.Method, segs)
+	if op.fn == nil {
+		return "", ""
+	}
+	return op.name, segs[1]
 }
 
 func (rq *request) status(code int) { rq.w.WriteHeader(code) }

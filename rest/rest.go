@@ -153,7 +153,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	op, args, allowed := route(r.Method, segs)
-	if op == nil {
+	if op.fn == nil {
 		if allowed != "" {
 			w.Header().Set("Allow", allowed)
 			rq.fail(http.StatusMethodNotAllowed, "Error.MethodNotAllowed", r.Method+" is not allowed here; use "+allowed, "")
@@ -180,7 +180,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rq.hub, rq.args = hub, args
-	op(h, rq)
+	op.fn(h, rq)
 }
 
 // limitBodyRead bounds the time left to read r's body, and so also what
