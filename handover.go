@@ -413,7 +413,7 @@ func (cl *cluster) arrive(a *arrival, id, from string, sess *handedSession) (*co
 	kind, _ := negotiate([]string{sess.Subprotocol}, sess.Subprotocol)
 	cctx, ccancel := context.WithCancel(context.Background())
 	c := &conn{
-		since: time.Now(),
+		since:       time.Now(),
 		svc:         s,
 		id:          id,
 		userID:      sess.User,

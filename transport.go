@@ -188,7 +188,7 @@ func (s *Service) serveClient(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
-		since: time.Now(),
+		since:         time.Now(),
 		svc:           s,
 		id:            connID,
 		userID:        userID,
