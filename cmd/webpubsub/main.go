@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/metrics"
 	"github.com/embedwps/pubsub/natsbroker"
 	"github.com/embedwps/pubsub/rest"
 	"github.com/embedwps/pubsub/upstream"
@@ -55,6 +56,7 @@ func run(args []string, stdout *os.File) error {
 	natsURL := fs.String("nats", "", "NATS server URL (or a comma-separated list) that makes this server one node of a cluster; every node needs the same -connection-string, whose Endpoint is the load balancer's URL. A NATS that is unreachable at start does not stop the node: it serves its own connections and joins once NATS is up (default $WEBPUBSUB_NATS_URL, else a single node)")
 	nodeID := fs.String("node-id", "", "this node's id in the cluster and in its connection ids, 1 to 32 of [A-Za-z0-9-], unique among the nodes (default $WEBPUBSUB_NODE_ID, else random)")
 	natsPrefix := fs.String("nats-prefix", natsbroker.DefaultPrefix, "first token of every NATS subject of the service; clusters sharing a NATS need different prefixes")
+	metricsAddr := fs.String("metrics-addr", defaultMetricsAddr, "address of the Prometheus /metrics endpoint, host:port, apart from the service's (not protected by the access key; a busy default moves to a free port); empty: no metrics")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -73,7 +75,8 @@ func run(args []string, stdout *os.File) error {
 		ln.Close()
 		return err
 	}
-	cfg := pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey, Logger: log}
+	m := metrics.New(metrics.Options{})
+	cfg := pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey, Logger: log, Observers: []pubsub.Observer{m}}
 	if *configPath != "" {
 		hubs, err := upstream.LoadConfig(*configPath)
 		if err != nil {
@@ -81,7 +84,8 @@ func run(args []string, stdout *os.File) error {
 			return err
 		}
 		endpoint, _ := url.Parse(cs.Endpoint)
-		up, err := upstream.New(hubs, upstream.Options{AccessKeys: []string{cs.AccessKey}, Origin: endpoint.Hostname(), Logger: log})
+		up, err := upstream.New(hubs, upstream.Options{AccessKeys: []string{cs.AccessKey}, Origin: endpoint.Hostname(), Logger: log,
+			Client: &http.Client{Transport: m.Transport(nil)}})
 		if err != nil {
 			ln.Close()
 			return err
@@ -96,6 +100,7 @@ func run(args []string, stdout *os.File) error {
 			return err
 		}
 		cfg.Broker = b
+		m.WatchBroker(func() metrics.BrokerStats { return metrics.BrokerStats(b.Stats()) })
 		log.Info("cluster node", "node", b.NodeID(), "nats", redactURL(cluster.url), "prefix", cluster.prefix)
 	}
 	// On an error the broker is left to the exit: Close would wait for a
@@ -106,7 +111,16 @@ func run(args []string, stdout *os.File) error {
 		return err
 	}
 
-	srv := newServer(svc, log, defaultLimits)
+	m.Watch(svc)
+	metricsChosen := false
+	fs.Visit(func(f *flag.Flag) { metricsChosen = metricsChosen || f.Name == "metrics-addr" })
+	metricsSrv, err := serveMetrics(*metricsAddr, metricsChosen, m, log)
+	if err != nil {
+		ln.Close()
+		_ = svc.Shutdown(context.Background())
+		return err
+	}
+	srv := newServer(svc, log, defaultLimits, m.Middleware)
 
 	// Signals are caught before the connection string tells a supervisor
 	// that the server is up.
@@ -127,6 +141,9 @@ func run(args []string, stdout *os.File) error {
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err = errors.Join(svc.Shutdown(shutdownCtx), srv.Shutdown(shutdownCtx))
+	if metricsSrv != nil {
+		err = errors.Join(err, metricsSrv.Shutdown(shutdownCtx))
+	}
 	if err == nil {
 		log.Info("stopped")
 	}
@@ -216,11 +233,16 @@ const maxHeaderBytes = 64 << 10
 // newServer is the HTTP server of svc. It sets no ReadTimeout or
 // WriteTimeout: WebSocket connections outlive any request, and bodies are
 // bounded per request by the handler.
-func newServer(svc *pubsub.Service, log *slog.Logger, l limits) *http.Server {
+// wraps are middlewares (metrics, live trace), the first outermost.
+func newServer(svc *pubsub.Service, log *slog.Logger, l limits, wraps ...func(http.Handler) http.Handler) *http.Server {
+	// Not http.ServeMux: it would redirect dot segments (users/../:send)
+	// to other operations.
+	h := rest.NewServiceHandler(svc, rest.Options{Logger: log, ReadTimeout: l.body}, nil)
+	for i := len(wraps) - 1; i >= 0; i-- {
+		h = wraps[i](h)
+	}
 	return &http.Server{
-		// Not http.ServeMux: it would redirect dot segments (users/../:send)
-		// to other operations.
-		Handler:           rest.NewServiceHandler(svc, rest.Options{Logger: log, ReadTimeout: l.body}, nil),
+		Handler:           h,
 		ReadHeaderTimeout: l.readHeader,
 		IdleTimeout:       l.idle,
 		MaxHeaderBytes:    maxHeaderBytes,
