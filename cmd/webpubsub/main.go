@@ -55,8 +55,12 @@ func run(args []string, stdout *os.File) error {
 	natsURL := fs.String("nats", "", "NATS server URL (or a comma-separated list) that makes this server one node of a cluster; every node needs the same -connection-string, whose Endpoint is the load balancer's URL. A NATS that is unreachable at start does not stop the node: it serves its own connections and joins once NATS is up (default $WEBPUBSUB_NATS_URL, else a single node)")
 	nodeID := fs.String("node-id", "", "this node's id in the cluster and in its connection ids, 1 to 32 of [A-Za-z0-9-], unique among the nodes (default $WEBPUBSUB_NODE_ID, else random)")
 	natsPrefix := fs.String("nats-prefix", natsbroker.DefaultPrefix, "first token of every NATS subject of the service; clusters sharing a NATS need different prefixes")
+	grace := fs.Duration("shutdown-grace", 10*time.Second, "how long shutdown (SIGINT, SIGTERM) may take: clients are closed and the pending events sent to the event handlers without retry delays; what is still pending then is dropped and counted in the log")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *grace <= 0 {
+		return fmt.Errorf("-shutdown-grace must be more than 0, not %v", *grace)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	cluster, err := clusterSettings(fs, *natsURL, *nodeID, *natsPrefix, *connStr)
@@ -124,7 +128,7 @@ func run(args []string, stdout *os.File) error {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down")
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()
 	err = errors.Join(svc.Shutdown(shutdownCtx), srv.Shutdown(shutdownCtx))
 	if err == nil {
