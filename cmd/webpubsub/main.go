@@ -57,8 +57,12 @@ func run(args []string, stdout *os.File) error {
 	nodeID := fs.String("node-id", "", "this node's id in the cluster and in its connection ids, 1 to 32 of [A-Za-z0-9-], unique among the nodes (default $WEBPUBSUB_NODE_ID, else random)")
 	natsPrefix := fs.String("nats-prefix", natsbroker.DefaultPrefix, "first token of every NATS subject of the service; clusters sharing a NATS need different prefixes")
 	metricsAddr := fs.String("metrics-addr", defaultMetricsAddr, "address of the Prometheus /metrics endpoint, host:port, apart from the service's (not protected by the access key; a busy default moves to a free port); empty: no metrics")
+	grace := fs.Duration("shutdown-grace", 10*time.Second, "how long shutdown (SIGINT, SIGTERM) may take: clients are closed and the pending events sent to the event handlers without retry delays; what is still pending then is dropped and counted in the log")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *grace <= 0 {
+		return fmt.Errorf("-shutdown-grace must be more than 0, not %v", *grace)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	cluster, err := clusterSettings(fs, *natsURL, *nodeID, *natsPrefix, *connStr)
@@ -138,7 +142,7 @@ func run(args []string, stdout *os.File) error {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down")
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()
 	err = errors.Join(svc.Shutdown(shutdownCtx), srv.Shutdown(shutdownCtx))
 	if metricsSrv != nil {
