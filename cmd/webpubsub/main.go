@@ -9,6 +9,10 @@
 // a client SDK needs is printed on start. -config FILE sets per-hub
 // CloudEvents event handlers (upstream.Config).
 //
+// -tls self-signed serves HTTPS (and wss://) with a localhost certificate of
+// a local development CA made once in the user's config directory;
+// -tls-cert and -tls-key serve it with a certificate of one's own.
+//
 // With -nats URL (or WEBPUBSUB_NATS_URL) the server is one node of a
 // cluster on NATS (natsbroker): start every node with the same connection
 // string, whose Endpoint is the load balancer's URL.
@@ -19,6 +23,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"flag"
@@ -55,6 +60,7 @@ func run(args []string, stdout *os.File) error {
 	natsURL := fs.String("nats", "", "NATS server URL (or a comma-separated list) that makes this server one node of a cluster; every node needs the same -connection-string, whose Endpoint is the load balancer's URL. A NATS that is unreachable at start does not stop the node: it serves its own connections and joins once NATS is up (default $WEBPUBSUB_NATS_URL, else a single node)")
 	nodeID := fs.String("node-id", "", "this node's id in the cluster and in its connection ids, 1 to 32 of [A-Za-z0-9-], unique among the nodes (default $WEBPUBSUB_NODE_ID, else random)")
 	natsPrefix := fs.String("nats-prefix", natsbroker.DefaultPrefix, "first token of every NATS subject of the service; clusters sharing a NATS need different prefixes")
+	tlsOpts := addTLSFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -63,16 +69,25 @@ func run(args []string, stdout *os.File) error {
 	if err != nil {
 		return err
 	}
+	tlsConfig, err := tlsOpts.config(log, os.Stderr) // nil: plain HTTP
+	if err != nil {
+		return err
+	}
+	scheme := "http"
+	if tlsConfig != nil {
+		scheme = "https"
+	}
 
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return err
 	}
-	cs, err := connectionString(*connStr, ln.Addr().String())
+	cs, err := connectionString(*connStr, scheme, ln.Addr().String())
 	if err != nil {
 		ln.Close()
 		return err
 	}
+	warnEndpointScheme(log, cs.Endpoint, tlsConfig != nil)
 	cfg := pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey, Logger: log}
 	if *configPath != "" {
 		hubs, err := upstream.LoadConfig(*configPath)
@@ -116,6 +131,9 @@ func run(args []string, stdout *os.File) error {
 	// redacted form (ConnectionString is a slog.LogValuer).
 	fmt.Fprintf(stdout, "%s\n", cs.String())
 	log.Info("listening", "addr", ln.Addr().String(), "client", "/client/hubs/{hub}", "rest", "/api/", "connectionString", cs)
+	if tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig)
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	select {
@@ -228,8 +246,9 @@ func newServer(svc *pubsub.Service, log *slog.Logger, l limits) *http.Server {
 }
 
 // connectionString picks the connection string from the flag, the
-// environment, or makes one with a fresh key for the listening address.
-func connectionString(flagValue, listenAddr string) (pubsub.ConnectionString, error) {
+// environment, or makes one with a fresh key for the listening address,
+// with scheme http or https.
+func connectionString(flagValue, scheme, listenAddr string) (pubsub.ConnectionString, error) {
 	s := flagValue
 	if s == "" {
 		s = os.Getenv("WEBPUBSUB_CONNECTION_STRING")
@@ -242,7 +261,7 @@ func connectionString(flagValue, listenAddr string) (pubsub.ConnectionString, er
 		return pubsub.ConnectionString{}, err
 	}
 	return pubsub.ConnectionString{
-		Endpoint:  "http://" + listenAddr,
+		Endpoint:  scheme + "://" + listenAddr,
 		AccessKey: base64.StdEncoding.EncodeToString(key),
 	}, nil
 }
