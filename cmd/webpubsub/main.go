@@ -261,7 +261,7 @@ func connectionString(flagValue, scheme, listenAddr string) (pubsub.ConnectionSt
 		return pubsub.ConnectionString{}, err
 	}
 	return pubsub.ConnectionString{
-		Endpoint:  scheme + "://" + listenAddr,
+		Endpoint:  scheme + "://" + reachableAddr(listenAddr),
 		AccessKey: base64.StdEncoding.EncodeToString(key),
 	}, nil
 }

@@ -103,6 +103,17 @@ func warnEndpointScheme(log *slog.Logger, endpoint string, tlsOn bool) {
 	}
 }
 
+// reachableAddr is the address clients are told for a listener on addr:
+// 127.0.0.1 for an unspecified host (":8080" listens on all of them), a
+// host that clients can dial and that the local certificate is for.
+func reachableAddr(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err == nil && ip != nil && ip.IsUnspecified() {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return addr
+}
+
 // The local CA's names and lifetimes. A leaf lives 825 days, the longest
 // Apple's platforms accept for a TLS server certificate, and is re-issued a
 // month before it ends; the CA, trusted by hand, lives twenty years.

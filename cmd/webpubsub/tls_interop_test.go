@@ -117,17 +117,19 @@ func rootsOf(t *testing.T, name string) *x509.CertPool {
 // A second start reuses the CA.
 func TestSelfSignedBinary(t *testing.T) {
 	bin := buildServer(t)
+	// os.UserConfigDir of the server, as this process (set first) sees it.
 	config := t.TempDir()
-	env := []string{"XDG_CONFIG_HOME=" + config, "HOME=" + config} // os.UserConfigDir: Linux, then macOS
-	cs, stderr := startBinary(t, bin, env, "-tls", "self-signed")
+	t.Setenv("XDG_CONFIG_HOME", config)
+	t.Setenv("HOME", config)
+	userConfig, err := os.UserConfigDir()
+	if err != nil || !strings.HasPrefix(userConfig, config) {
+		t.Fatalf("user config directory %s: %v", userConfig, err)
+	}
+	cs, stderr := startBinary(t, bin, nil, "-tls", "self-signed")
 	if !strings.HasPrefix(cs.Endpoint, "https://127.0.0.1:") {
 		t.Fatalf("Endpoint %s", cs.Endpoint)
 	}
-	dir, _ := filepath.Glob(filepath.Join(config, "*", "webpubsub", "tls")) // macOS: Library/Application Support
-	if d := filepath.Join(config, "webpubsub", "tls"); len(dir) == 0 {
-		dir = []string{d}
-	}
-	caFile := filepath.Join(dir[0], "ca.pem")
+	caFile := filepath.Join(userConfig, "webpubsub", "tls", "ca.pem")
 	caPEM, err := os.ReadFile(caFile)
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +174,7 @@ func TestSelfSignedBinary(t *testing.T) {
 	}
 
 	// Again: the same CA, no new one to trust.
-	_, stderr = startBinary(t, bin, env, "-tls", "self-signed")
+	_, stderr = startBinary(t, bin, nil, "-tls", "self-signed")
 	eventually(t, "the trust note", func() bool { return strings.Contains(stderr.String(), "NODE_EXTRA_CA_CERTS=") })
 	if again, _ := os.ReadFile(caFile); string(again) != string(caPEM) || strings.Contains(stderr.String(), "made a local development CA") {
 		t.Fatalf("the second start made a new CA:\n%s", stderr)

@@ -192,3 +192,42 @@ func TestTLSSelfSignedNote(t *testing.T) {
 		t.Fatalf("second start: %v\n%s", err, note)
 	}
 }
+
+func TestReachableAddr(t *testing.T) {
+	for in, want := range map[string]string{
+		"[::]:8080":      "127.0.0.1:8080",
+		"0.0.0.0:8443":   "127.0.0.1:8443",
+		"127.0.0.1:8080": "127.0.0.1:8080",
+		"[::1]:8080":     "[::1]:8080",
+		"10.1.2.3:80":    "10.1.2.3:80",
+	} {
+		if got := reachableAddr(in); got != want {
+			t.Errorf("%s: %s, want %s", in, got, want)
+		}
+	}
+	if cs, err := connectionString("", "https", "[::]:8443"); err != nil || cs.Endpoint != "https://127.0.0.1:8443" {
+		t.Errorf("all interfaces: %+v %v", cs, err)
+	}
+}
+
+// TestEndpointSchemeWarning: an http:// Endpoint on a TLS server is
+// warned about; an https:// one behind plain HTTP (a TLS load balancer in
+// front) is not.
+func TestEndpointSchemeWarning(t *testing.T) {
+	for _, tc := range []struct {
+		endpoint string
+		tls      bool
+		warn     bool
+	}{
+		{"http://localhost:8080", true, true},
+		{"https://localhost:8080", true, false},
+		{"https://lb.example.com", false, false},
+		{"http://localhost:8080", false, false},
+	} {
+		var b bytes.Buffer
+		warnEndpointScheme(slog.New(slog.NewTextHandler(&b, nil)), tc.endpoint, tc.tls)
+		if got := strings.Contains(b.String(), "level=WARN"); got != tc.warn {
+			t.Errorf("%s, TLS %v: warned %v\n%s", tc.endpoint, tc.tls, got, b.String())
+		}
+	}
+}
