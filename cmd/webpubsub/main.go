@@ -9,6 +9,10 @@
 // a client SDK needs is printed on start. -config FILE sets per-hub
 // CloudEvents event handlers (upstream.Config).
 //
+// -tls self-signed serves HTTPS (and wss://) with a localhost certificate of
+// a local development CA made once in the user's config directory;
+// -tls-cert and -tls-key serve it with a certificate of one's own.
+//
 // With -nats URL (or WEBPUBSUB_NATS_URL) the server is one node of a
 // cluster on NATS (natsbroker): start every node with the same connection
 // string, whose Endpoint is the load balancer's URL.
@@ -19,6 +23,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"flag"
@@ -58,6 +63,7 @@ func run(args []string, stdout *os.File) error {
 	natsPrefix := fs.String("nats-prefix", natsbroker.DefaultPrefix, "first token of every NATS subject of the service; clusters sharing a NATS need different prefixes")
 	metricsAddr := fs.String("metrics-addr", defaultMetricsAddr, "address of the Prometheus /metrics endpoint, host:port, apart from the service's (not protected by the access key; a busy default moves to a free port); empty: no metrics")
 	grace := fs.Duration("shutdown-grace", 10*time.Second, "how long shutdown (SIGINT, SIGTERM) may take: clients are closed and the pending events sent to the event handlers without retry delays; what is still pending then is dropped and counted in the log")
+	tlsOpts := addTLSFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -69,16 +75,25 @@ func run(args []string, stdout *os.File) error {
 	if err != nil {
 		return err
 	}
+	tlsConfig, err := tlsOpts.config(log, os.Stderr) // nil: plain HTTP
+	if err != nil {
+		return err
+	}
+	scheme := "http"
+	if tlsConfig != nil {
+		scheme = "https"
+	}
 
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return err
 	}
-	cs, err := connectionString(*connStr, ln.Addr().String())
+	cs, err := connectionString(*connStr, scheme, ln.Addr().String())
 	if err != nil {
 		ln.Close()
 		return err
 	}
+	warnEndpointScheme(log, cs.Endpoint, tlsConfig != nil)
 	m := metrics.New(metrics.Options{})
 	cfg := pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey, Logger: log, Observers: []pubsub.Observer{m}}
 	if *configPath != "" {
@@ -134,6 +149,9 @@ func run(args []string, stdout *os.File) error {
 	// redacted form (ConnectionString is a slog.LogValuer).
 	fmt.Fprintf(stdout, "%s\n", cs.String())
 	log.Info("listening", "addr", ln.Addr().String(), "client", "/client/hubs/{hub}", "rest", "/api/", "connectionString", cs)
+	if tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig)
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	select {
@@ -254,8 +272,9 @@ func newServer(svc *pubsub.Service, log *slog.Logger, l limits, wraps ...func(ht
 }
 
 // connectionString picks the connection string from the flag, the
-// environment, or makes one with a fresh key for the listening address.
-func connectionString(flagValue, listenAddr string) (pubsub.ConnectionString, error) {
+// environment, or makes one with a fresh key for the listening address,
+// with scheme http or https.
+func connectionString(flagValue, scheme, listenAddr string) (pubsub.ConnectionString, error) {
 	s := flagValue
 	if s == "" {
 		s = os.Getenv("WEBPUBSUB_CONNECTION_STRING")
@@ -268,7 +287,7 @@ func connectionString(flagValue, listenAddr string) (pubsub.ConnectionString, er
 		return pubsub.ConnectionString{}, err
 	}
 	return pubsub.ConnectionString{
-		Endpoint:  "http://" + listenAddr,
+		Endpoint:  scheme + "://" + reachableAddr(listenAddr),
 		AccessKey: base64.StdEncoding.EncodeToString(key),
 	}, nil
 }
