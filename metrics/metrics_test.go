@@ -38,7 +38,9 @@ type env struct {
 	metrics *httptest.Server
 }
 
-func newEnv(t *testing.T, upstreamStatus int) *env { return newEnvWith(t, upstreamStatus, pubsub.Config{}) }
+func newEnv(t *testing.T, upstreamStatus int) *env {
+	return newEnvWith(t, upstreamStatus, pubsub.Config{})
+}
 
 func newEnvWith(t *testing.T, upstreamStatus int, cfg pubsub.Config) *env {
 	t.Helper()
