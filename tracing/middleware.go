@@ -2,6 +2,7 @@ package tracing
 
 import (
 	"bufio"
+	"context"
 	"net"
 	"net/http"
 	"net/url"
@@ -30,7 +31,9 @@ import (
 // connect", from the request to the end of the handshake: authentication,
 // the connect event (whose context is the span's, so that Transport's span
 // for the call to the event handler is its child) and the upgrade; its
-// status code is 101 once the connection is taken over for the handshake.
+// status code is 101 once the connection is taken over for the handshake,
+// and when Transport calls the connect event it names the connection
+// (webpubsub.connection_id).
 // A reliable client's recovery gets "WebPubSub recover", with the
 // connection id it resumes. What the connection does later (its messages,
 // the connected and disconnected events) is not part of it.
@@ -65,7 +68,7 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			name = "WebPubSub " + op
 			attrs = append(attrs, AttrOperation.String(op), AttrHub.String(hub))
 		}
-		m.serve(w, r, name, attrs)
+		m.serve(w, r, name, attrs, false)
 	case p == "/client" || strings.HasPrefix(p, "/client/"):
 		name, attrs := "WebPubSub connect", []attribute.KeyValue{method(r.Method)}
 		if hub := clientHub(r); hub != "" {
@@ -77,19 +80,26 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				attrs = append(attrs, AttrConnectionID.String(id))
 			}
 		}
-		m.serve(w, r, name, attrs)
+		m.serve(w, r, name, attrs, name == "WebPubSub connect")
 	default:
 		m.next.ServeHTTP(w, r)
 	}
 }
 
+// connectSpanKey holds a connect span in its request's context, for
+// Transport to name the connection on it when it calls the connect event.
+type connectSpanKey struct{}
+
 // serve runs next under a server span.
-func (m *middleware) serve(w http.ResponseWriter, r *http.Request, name string, attrs []attribute.KeyValue) {
+func (m *middleware) serve(w http.ResponseWriter, r *http.Request, name string, attrs []attribute.KeyValue, connect bool) {
 	ctx := r.Context()
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		ctx = m.opts.propagator().Extract(ctx, propagation.HeaderCarrier(r.Header))
 	}
 	ctx, span := m.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
+	if connect && span.IsRecording() {
+		ctx = context.WithValue(ctx, connectSpanKey{}, span)
+	}
 	rw := &responseWriter{ResponseWriter: w}
 	defer func() {
 		if v := recover(); v != nil {

@@ -252,6 +252,7 @@ func TestConnectSpanParentsTheConnectEvent(t *testing.T) {
 		t.Fatalf("connect's parent %v, want the caller's span", got)
 	}
 	wantAttr(t, connect, tracing.AttrHub, "chat")
+	wantAttr(t, connect, tracing.AttrConnectionID, id)
 	wantAttr(t, connect, "http.response.status_code", int64(http.StatusSwitchingProtocols))
 	if connect.Status().Code != codes.Unset {
 		t.Fatalf("connect status %v", connect.Status())

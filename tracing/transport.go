@@ -80,6 +80,11 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if id := header(req.Header, "ce-connectionId"); id != "" {
 		attrs = append(attrs, AttrConnectionID.String(id))
+		if event == "connect" {
+			if s, ok := req.Context().Value(connectSpanKey{}).(trace.Span); ok {
+				s.SetAttributes(AttrConnectionID.String(id)) // Middleware's connect span
+			}
+		}
 	}
 	parent := trace.SpanContextFromContext(req.Context())
 	ctx, span := t.tracer.Start(req.Context(), name, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
