@@ -66,24 +66,35 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		name, attrs := "WebPubSub REST", []attribute.KeyValue{method(r.Method)}
 		if op != "" {
 			name = "WebPubSub " + op
-			attrs = append(attrs, AttrOperation.String(op), AttrHub.String(hub))
+			attrs = append(attrs, AttrOperation.String(op))
+			attrs = appendBounded(attrs, AttrHub, hub)
 		}
 		m.serve(w, r, name, attrs, false)
 	case p == "/client" || strings.HasPrefix(p, "/client/"):
 		name, attrs := "WebPubSub connect", []attribute.KeyValue{method(r.Method)}
-		if hub := clientHub(r); hub != "" {
-			attrs = append(attrs, AttrHub.String(hub))
-		}
+		attrs = appendBounded(attrs, AttrHub, clientHub(r))
 		if strings.Contains(r.URL.RawQuery, "awps_connection_id") {
 			if id := r.URL.Query().Get("awps_connection_id"); id != "" {
 				name = "WebPubSub recover"
-				attrs = append(attrs, AttrConnectionID.String(id))
+				attrs = appendBounded(attrs, AttrConnectionID, id)
 			}
 		}
 		m.serve(w, r, name, attrs, name == "WebPubSub connect")
 	default:
 		m.next.ServeHTTP(w, r)
 	}
+}
+
+// maxName bounds the names read from a request before it is
+// authenticated (a hub name has at most 128 characters, a connection id
+// fewer): a longer one is left out rather than stored with the span.
+const maxName = 256
+
+func appendBounded(attrs []attribute.KeyValue, key attribute.Key, v string) []attribute.KeyValue {
+	if v == "" || len(v) > maxName {
+		return attrs
+	}
+	return append(attrs, key.String(v))
 }
 
 // connectSpanKey holds a connect span in its request's context, for

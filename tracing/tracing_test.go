@@ -478,3 +478,19 @@ func TestMiddlewareKeepsTheResponseController(t *testing.T) {
 	wantAttr(t, s, "http.response.status_code", int64(200))
 	http.DefaultClient.CloseIdleConnections()
 }
+
+// A recovery that cannot be made is still a handshake: the span names the
+// connection it tried to resume.
+func TestRecoverSpan(t *testing.T) {
+	sr, tp := recorder(t)
+	e := newEnv(t, tracing.Options{TracerProvider: tp})
+	u := strings.Replace(e.srv.URL, "http://", "ws://", 1) + "/client/hubs/Chat?awps_connection_id=gone&awps_reconnection_token=nope"
+	c := wstest.Dial(t, u, nil, "json.reliable.webpubsub.azure.v1")
+	if info, _ := c.ExpectClose(); info.Code != 1008 {
+		t.Fatalf("closed with %d, want 1008", info.Code)
+	}
+	s := waitSpan(t, sr, "WebPubSub recover")
+	wantAttr(t, s, tracing.AttrConnectionID, "gone")
+	wantAttr(t, s, tracing.AttrHub, "chat")
+	wantAttr(t, s, "http.response.status_code", int64(http.StatusSwitchingProtocols))
+}
