@@ -354,6 +354,7 @@ func TestRESTSpans(t *testing.T) {
 		}
 		resp.Body.Close()
 	}
+	http.DefaultClient.CloseIdleConnections()
 	if n := names(sr); len(n) != 1 {
 		t.Fatalf("spans %v, want only the unknown operation's", n)
 	}
