@@ -58,7 +58,7 @@ func newEnvWith(t *testing.T, upstreamStatus int, cfg pubsub.Config) *env {
 	t.Cleanup(app.Close)
 	m := metrics.New(metrics.Options{})
 	up, err := upstream.New(upstream.Config{Hubs: map[string]upstream.HubSettings{"chat": {EventHandlers: []upstream.EventHandlerSettings{{
-		URLTemplate: app.URL + "/{event}", SystemEvents: []string{"connect", "connected", "disconnected"},
+		URLTemplate: app.URL + "/{event}", SystemEvents: []string{"connect", "connected", "disconnected"}, UserEventPattern: "*",
 	}}}}}, upstream.Options{AccessKeys: []string{accessKey}, Client: &http.Client{Transport: m.Transport(nil)}, RetryDelays: []time.Duration{}})
 	if err != nil {
 		t.Fatal(err)
@@ -202,6 +202,11 @@ func TestMetricsFollowWhatHappened(t *testing.T) {
 			t.Fatalf("got %v", m)
 		}
 	}
+	// Two user events, named by the client: one label for both.
+	a.Send(`{"type":"event","event":"client-chosen-1","dataType":"text","data":"e","ackId":5}`)
+	a.ExpectAck(5, "")
+	a.Send(`{"type":"event","event":"client-chosen-2","dataType":"text","data":"e","ackId":6}`)
+	a.ExpectAck(6, "")
 	if st := e.rest(http.MethodPost, "/api/hubs/chat/:send?api-version=2024-12-01", "hello", false); st != http.StatusAccepted {
 		t.Fatalf("sendToAll: %d", st)
 	}
@@ -225,8 +230,8 @@ func TestMetricsFollowWhatHappened(t *testing.T) {
 		labels []string
 		want   float64
 	}{
-		// 2 joins + 3 sends from clients.
-		{"webpubsub_inbound_messages_total", []string{"hub", "chat"}, 5},
+		// 2 joins + 3 sends + 2 events from clients.
+		{"webpubsub_inbound_messages_total", []string{"hub", "chat"}, 7},
 		// 3 group messages to 1 member (noEcho), and the REST sendToAll to 3.
 		{"webpubsub_outbound_messages_total", []string{"hub", "chat"}, 3 + 3},
 		{"webpubsub_outbound_bytes_total", []string{"hub", "chat"}, 3*100 + 3*5},
@@ -234,13 +239,17 @@ func TestMetricsFollowWhatHappened(t *testing.T) {
 		{"webpubsub_rest_requests_total", []string{"operation", "sendToAll", "status", "401"}, 1},
 		{"webpubsub_rest_requests_total", []string{"operation", "closeConnection", "status", "204"}, 1},
 		{"webpubsub_rest_request_duration_seconds", []string{"operation", "sendToAll"}, 2},
-		{"webpubsub_event_handler_calls_total", []string{"hub", "chat", "event", "connect", "outcome", "2xx"}, 3},
+		{"webpubsub_event_handler_calls_total", []string{"event", "connect", "outcome", "2xx"}, 3},
+		{"webpubsub_event_handler_calls_total", []string{"event", "user", "outcome", "2xx"}, 2},
 		{"webpubsub_event_handler_call_duration_seconds", []string{"event", "connect"}, 3},
 	}
 	for _, c := range checks {
 		if got := value(fams, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
+	}
+	if got := value(fams, "webpubsub_event_handler_calls_total", "event", "client-chosen-1"); !math.IsNaN(got) {
+		t.Errorf("a user event's name is a label")
 	}
 	if got := value(fams, "webpubsub_inbound_bytes_total", "hub", "chat"); got < 5*30 {
 		t.Errorf("inbound bytes %v: the frames were larger", got)
@@ -256,7 +265,7 @@ func TestMetricsCountFailuresByOutcome(t *testing.T) {
 		t.Fatalf("handshake %d", st)
 	}
 	fams := e.await("the refused connect", func(f map[string]*dto.MetricFamily) bool {
-		return value(f, "webpubsub_event_handler_calls_total", "hub", "chat", "event", "connect", "outcome", "4xx") == 1
+		return value(f, "webpubsub_event_handler_calls_total", "event", "connect", "outcome", "4xx") == 1
 	})
 	if got := value(fams, "webpubsub_connections_opened_total", "hub", "chat"); !math.IsNaN(got) {
 		t.Fatalf("a refused connect counted as opened: %v", got)
