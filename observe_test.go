@@ -76,7 +76,6 @@ func TestObserverCloseReasons(t *testing.T) {
 	go silent.DiscardUntilClosed(wstest.WaitFor)
 	o.closedAs(t, "silent", pubsub.CloseReasonPingTimeout)
 
-	// gws answers pings for the others.
 	wstest.RawDial(t, e.url(pubsub.TokenOptions{UserID: "slow", Groups: []string{"room"}})) // reads nothing
 	payload := pubsub.TextMessage(strings.Repeat("x", 32<<10))
 	for i := 0; i < 4096 && len(o.ch("slow")) == 0; i++ {
