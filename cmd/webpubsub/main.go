@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/livetrace"
 	"github.com/embedwps/pubsub/natsbroker"
 	"github.com/embedwps/pubsub/rest"
 	"github.com/embedwps/pubsub/upstream"
@@ -55,6 +56,7 @@ func run(args []string, stdout *os.File) error {
 	natsURL := fs.String("nats", "", "NATS server URL (or a comma-separated list) that makes this server one node of a cluster; every node needs the same -connection-string, whose Endpoint is the load balancer's URL. A NATS that is unreachable at start does not stop the node: it serves its own connections and joins once NATS is up (default $WEBPUBSUB_NATS_URL, else a single node)")
 	nodeID := fs.String("node-id", "", "this node's id in the cluster and in its connection ids, 1 to 32 of [A-Za-z0-9-], unique among the nodes (default $WEBPUBSUB_NODE_ID, else random)")
 	natsPrefix := fs.String("nats-prefix", natsbroker.DefaultPrefix, "first token of every NATS subject of the service; clusters sharing a NATS need different prefixes")
+	liveTrace := fs.Bool("livetrace", true, "serve the live trace page on /livetrace/ (its stream needs a token signed with the access key) and print its URL, with a 24 h token, as the second line of stdout")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -74,6 +76,14 @@ func run(args []string, stdout *os.File) error {
 		return err
 	}
 	cfg := pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey, Logger: log}
+	trace, traceURL, err := newLiveTrace(*liveTrace, cs, cluster.url != "", ln.Addr())
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	if trace != nil {
+		cfg.Observers = append(cfg.Observers, trace)
+	}
 	if *configPath != "" {
 		hubs, err := upstream.LoadConfig(*configPath)
 		if err != nil {
@@ -107,6 +117,7 @@ func run(args []string, stdout *os.File) error {
 	}
 
 	srv := newServer(svc, log, defaultLimits)
+	mountLiveTrace(srv, trace)
 
 	// Signals are caught before the connection string tells a supervisor
 	// that the server is up.
@@ -115,6 +126,11 @@ func run(args []string, stdout *os.File) error {
 	// The key on stdout, which is how a user gets it; logs get the
 	// redacted form (ConnectionString is a slog.LogValuer).
 	fmt.Fprintf(stdout, "%s\n", cs.String())
+	if trace != nil {
+		// Its token, too, goes to stdout only; the log names the path.
+		fmt.Fprintf(stdout, "%s\n", traceURL)
+		log.Info("live trace", "path", livetrace.Path, "tokenLifetime", liveTraceTTL)
+	}
 	log.Info("listening", "addr", ln.Addr().String(), "client", "/client/hubs/{hub}", "rest", "/api/", "connectionString", cs)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
