@@ -29,17 +29,17 @@ var static = map[string]struct{ file, contentType string }{
 // hub's events only.
 func (t *Trace) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			w.Header().Set("Allow", "GET, HEAD")
-			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-			return
-		}
 		if r.ContentLength != 0 {
 			// No request here has a body; one left unread would hold the
 			// connection while net/http drains it after the handler.
 			_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 			w.Header().Set("Connection", "close")
 			http.Error(w, "a request body is not expected", http.StatusBadRequest)
+			return
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 			return
 		}
 		name := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
