@@ -250,8 +250,9 @@ func (t *Trace) Middleware(next http.Handler) http.Handler {
 		if len(path) > maxPath {
 			path = path[:maxPath] + "…"
 		}
+		// Stamped when answered, as the events it caused were before it.
 		t.publish(&event{
-			Time: start, Kind: kindREST, Hub: strings.ToLower(hub), Operation: op,
+			Time: time.Now(), Kind: kindREST, Hub: strings.ToLower(hub), Operation: op,
 			Method: r.Method, Path: path, Status: status, DurationMS: millis(time.Since(start)),
 		})
 	})

@@ -572,7 +572,7 @@ func (p *Proxy) Drop() {
 var npmMu sync.Mutex
 
 // interopPackages are the pinned npm packages of interop/.
-var interopPackages = []string{"web-pubsub-client", "web-pubsub", "web-pubsub-express"}
+var interopPackages = []string{"@azure/web-pubsub-client", "@azure/web-pubsub", "@azure/web-pubsub-express", "playwright-core"}
 
 // Interop returns the interop folder at dir (relative to the test's package)
 // with its pinned npm packages installed (npm ci when one is missing), or
@@ -588,7 +588,7 @@ func Interop(t testing.TB, dir string) string {
 	}
 	installed := func() bool {
 		for _, p := range interopPackages {
-			if _, err := os.Stat(filepath.Join(dir, "node_modules", "@azure", p)); err != nil {
+			if _, err := os.Stat(filepath.Join(dir, "node_modules", p)); err != nil {
 				return false
 			}
 		}

@@ -81,8 +81,9 @@ function kv(td, k, v, cls) {
   if (v === undefined || v === null || v === "") return;
   const s = el("span", "kv");
   s.dataset.k = k;
-  s.append(el("span", "k", k), el("span", "v" + (cls ? " " + cls : ""), String(v)));
-  td.append(s);
+  // Spaces as text, not only margins: a copied line reads "k v k v".
+  s.append(el("span", "k", k), " ", el("span", "v" + (cls ? " " + cls : ""), String(v)));
+  td.append(s, " ");
 }
 
 function size(n) {
@@ -163,7 +164,8 @@ function render(ev) {
   tr.dataset.kind = ev.kind;
   tr.dataset.cat = cat;
   tr.dataset.hub = ev.hub || "";
-  const badge = el("span", "badge " + (ev.kind === "connection.closed" ? "closed" : cat), LABEL[ev.kind] || ev.kind);
+  const look = { "connection.closed": "closed", "message.sent": "sent" }[ev.kind] || cat;
+  const badge = el("span", "badge " + look, LABEL[ev.kind] || ev.kind);
   const td = el("td", "details");
   details(td, ev);
   tr.append(el("td", "time", time(ev.time)), el("td", "kind"), el("td", "hub", ev.hub || ""), td);
