@@ -7,7 +7,9 @@
 // The access key comes from -connection-string, else from
 // WEBPUBSUB_CONNECTION_STRING, else a fresh random key; the connection string
 // a client SDK needs is printed on start. -config FILE sets per-hub
-// CloudEvents event handlers (upstream.Config).
+// CloudEvents event handlers (upstream.Config). The live trace page
+// (livetrace) is on /livetrace/, its URL with a token printed second;
+// -livetrace=false turns it off.
 //
 // With -nats URL (or WEBPUBSUB_NATS_URL) the server is one node of a
 // cluster on NATS (natsbroker): start every node with the same connection
