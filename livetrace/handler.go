@@ -101,7 +101,7 @@ func (t *Trace) serveEvents(w http.ResponseWriter, r *http.Request) {
 	// send writes what buf holds and flushes it: each event reaches the
 	// page without waiting for the next (those already queued go along).
 	send := func() bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(t.opts.WriteTimeout))
+		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		_, err := w.Write(buf.Bytes())
 		buf.Reset()
 		return err == nil && rc.Flush() == nil

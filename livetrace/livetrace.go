@@ -59,10 +59,12 @@ type Options struct {
 	// KeepAlive is how often an idle stream sends a comment line, so that
 	// proxies and the browser see it alive. Default DefaultKeepAlive.
 	KeepAlive time.Duration
-	// WriteTimeout bounds each write to a page: a page whose connection
-	// takes longer (it stopped reading) is disconnected. Default 30 s.
-	WriteTimeout time.Duration
 }
+
+// writeTimeout bounds each write to a page: a page whose connection takes
+// longer has stopped reading, and is disconnected rather than hold a
+// goroutine for ever.
+const writeTimeout = 30 * time.Second
 
 // Trace records what a Service does and streams it to the open pages.
 type Trace struct {
@@ -92,9 +94,6 @@ func New(opts Options) (*Trace, error) {
 	}
 	if opts.KeepAlive <= 0 {
 		opts.KeepAlive = DefaultKeepAlive
-	}
-	if opts.WriteTimeout <= 0 {
-		opts.WriteTimeout = 30 * time.Second
 	}
 	t := &Trace{opts: opts, keys: [][]byte{[]byte(opts.AccessKey)}, done: make(chan struct{})}
 	if opts.SecondaryAccessKey != "" {

@@ -9,7 +9,9 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/embedwps/pubsub"
 	"github.com/embedwps/pubsub/internal/wstest"
@@ -34,10 +36,19 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// startLiveTraceServer starts cmd/webpubsub as startServer does and returns
-// the two lines it printed, the connection string and the live trace URL,
-// and its stderr so far.
-func startLiveTraceServer(t *testing.T) (pubsub.ConnectionString, string, *lockedBuffer) {
+// liveServer is cmd/webpubsub with what it printed: the connection string
+// and the live trace URL on stdout, and its log.
+type liveServer struct {
+	cmd    *exec.Cmd
+	exited chan error // the exit, once
+	cs     pubsub.ConnectionString
+	url    string
+	stderr *lockedBuffer
+}
+
+// startLiveTraceServer starts cmd/webpubsub as startServer does and reads
+// the two lines it prints.
+func startLiveTraceServer(t *testing.T) *liveServer {
 	t.Helper()
 	cmd := exec.Command(buildServer(t), "-addr", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "WEBPUBSUB_CONNECTION_STRING=", "WEBPUBSUB_NATS_URL=")
@@ -47,7 +58,9 @@ func startLiveTraceServer(t *testing.T) (pubsub.ConnectionString, string, *locke
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
 	r := bufio.NewReader(stdout)
 	first, err := r.ReadString('\n')
 	if err != nil {
@@ -61,16 +74,17 @@ func startLiveTraceServer(t *testing.T) (pubsub.ConnectionString, string, *locke
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cs, strings.TrimSpace(second), stderr
+	return &liveServer{cmd: cmd, exited: exited, cs: cs, url: strings.TrimSpace(second), stderr: stderr}
 }
 
 // TestLiveTraceURL: the second line of stdout is the live trace page with
 // a token in its fragment, which opens the stream; stderr never shows it.
+// SIGTERM ends the stream, and does not wait for it.
 func TestLiveTraceURL(t *testing.T) {
-	cs, u, stderr := startLiveTraceServer(t)
-	page, tok, ok := strings.Cut(u, "#access_token=")
-	if !ok || page != cs.Endpoint+livetrace.Path || tok == "" {
-		t.Fatalf("second line %q", u)
+	srv := startLiveTraceServer(t)
+	page, tok, ok := strings.Cut(srv.url, "#access_token=")
+	if !ok || page != srv.cs.Endpoint+livetrace.Path || tok == "" {
+		t.Fatalf("second line %q", srv.url)
 	}
 	req, _ := http.NewRequest(http.MethodGet, page+"events", nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
@@ -80,13 +94,30 @@ func TestLiveTraceURL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	line, _ := bufio.NewReader(resp.Body).ReadString('\n')
-	resp.Body.Close()
+	defer resp.Body.Close()
+	body := bufio.NewReader(resp.Body)
+	line, _ := body.ReadString('\n')
 	if resp.StatusCode != http.StatusOK || !strings.Contains(line, `"kind":"ready"`) {
 		t.Fatalf("stream: %d %q", resp.StatusCode, line)
 	}
-	if strings.Contains(stderr.String(), tok) || !strings.Contains(stderr.String(), "live trace") {
-		t.Fatalf("stderr:\n%s", stderr)
+	if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(body) // until the server ends the stream
+	if !strings.Contains(string(rest), `"kind":"closed"`) {
+		t.Fatalf("the stream ended with %q", rest)
+	}
+	select {
+	case err := <-srv.exited:
+		srv.exited <- err // for the cleanup
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(wstest.WaitFor):
+		t.Fatal("the server did not stop")
+	}
+	if log := srv.stderr.String(); strings.Contains(log, tok) || !strings.Contains(log, "live trace") {
+		t.Fatalf("stderr:\n%s", log)
 	}
 }
 
@@ -103,10 +134,10 @@ func TestLiveTraceBrowser(t *testing.T) {
 		t.Fatalf("%s is missing: .ci/run installs it", chromium)
 	}
 	dir := wstest.Interop(t, "../../interop")
-	cs, u, stderr := startLiveTraceServer(t)
+	srv := startLiveTraceServer(t)
 	shot := t.TempDir() + "/livetrace.png"
-	t.Setenv("LIVETRACE_URL", u)
-	t.Setenv("CONNECTION_STRING", cs.String())
+	t.Setenv("LIVETRACE_URL", srv.url)
+	t.Setenv("CONNECTION_STRING", srv.cs.String())
 	t.Setenv("SCREENSHOT", shot)
 	t.Setenv("CHROMIUM", chromium)
 	next := nodeLines(t, dir, "livetrace-browser.mjs")
@@ -177,7 +208,7 @@ func TestLiveTraceBrowser(t *testing.T) {
 		t.Errorf("clear: %v", m)
 	}
 	step("done")
-	if _, tok, _ := strings.Cut(u, "#access_token="); strings.Contains(stderr.String(), tok) {
+	if _, tok, _ := strings.Cut(srv.url, "#access_token="); strings.Contains(srv.stderr.String(), tok) {
 		t.Error("the token is in the server's log")
 	}
 }
