@@ -195,7 +195,7 @@ function handle(ev) {
       showStatus();
       return;
     case "expired":
-      stop("The live trace token expired. Open a new live trace URL (the server prints one when it starts).");
+      stop("Expired", "The live trace token expired. Open a new live trace URL (the server prints one when it starts).");
       return;
     case "closed":
       return; // the stream ends next: reconnect
@@ -211,10 +211,12 @@ function handle(ev) {
   updateCounts();
 }
 
-function stop(message) {
+// stop gives up on the stream: only a new URL (a new token) helps.
+function stop(status, message) {
   state.stopped = true;
-  setStatus("error", "Stopped");
+  setStatus("error", status);
   notice(message, true);
+  $("empty").textContent = "No stream: nothing more will be shown.";
 }
 
 async function connect() {
@@ -229,10 +231,7 @@ async function connect() {
   }
   if (res.status === 401) {
     sessionStorage.removeItem("livetrace-token");
-    const why = (await res.text()).trim();
-    setStatus("error", "Unauthorized");
-    state.stopped = true;
-    notice(`Unauthorized: ${why}`, true);
+    stop("Unauthorized", `Unauthorized: ${(await res.text()).trim()}`);
     return;
   }
   if (!res.ok) {
