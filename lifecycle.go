@@ -276,6 +276,7 @@ func (c *conn) release(clientReason string, why CloseReason) {
 	c.state = stateReleased
 	d := c.disconnect
 	reason := d.Reason
+	opened := c.connected // an upgrade that failed opened nothing to close
 	groups := c.groups
 	c.groups = nil
 	switch {
@@ -310,7 +311,9 @@ func (c *conn) release(clientReason string, why CloseReason) {
 	if why == "" || why != CloseReasonRecoveryExpired && d != (Disconnect{}) {
 		why = closeReasonOf(d) // the service ended it: its reason, not the transport's end
 	}
-	s.connectionChanged(c, ConnectionClosed, d, why)
+	if opened {
+		s.connectionChanged(c, ConnectionClosed, d, why)
+	}
 	s.handler.Disconnected(context.Background(), c.context(), reason)
 	s.active.done() // Shutdown waits for the disconnected event too
 }

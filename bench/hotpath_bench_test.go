@@ -18,6 +18,7 @@ import (
 
 	"github.com/embedwps/pubsub"
 	"github.com/embedwps/pubsub/filter"
+	"github.com/embedwps/pubsub/metrics"
 	"github.com/embedwps/pubsub/protocol"
 )
 
@@ -106,9 +107,14 @@ func (c counter) OnMessage(_ *gws.Conn, m *gws.Message) {
 // in group "room"; it returns the hub, the clients' connection ids and the
 // delivery counter.
 func service(b *testing.B, n int, roles ...string) (*pubsub.Hub, []string, *sink) {
+	return observedService(b, n, nil, roles...)
+}
+
+// observedService is service with observers (metrics).
+func observedService(b *testing.B, n int, observers []pubsub.Observer, roles ...string) (*pubsub.Hub, []string, *sink) {
 	mux := http.NewServeMux()
 	srv := httptest.NewServer(mux)
-	svc, err := pubsub.New(pubsub.Config{Endpoint: srv.URL, AccessKey: "bench-key", OutboundBufferSize: 64 << 20})
+	svc, err := pubsub.New(pubsub.Config{Endpoint: srv.URL, AccessKey: "bench-key", OutboundBufferSize: 64 << 20, Observers: observers})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -156,6 +162,37 @@ func BenchmarkFanout(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/delivery")
 		})
+	}
+}
+
+// BenchmarkFanoutMetrics: BenchmarkFanout without observers and with the
+// Prometheus metrics counting every message, in the same run, so that the
+// ratio says what counting costs on the hot path.
+//
+//	cd bench && go test -run XXX -bench FanoutMetrics -benchmem -count 5
+func BenchmarkFanoutMetrics(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		for _, size := range []int{64, 1024} {
+			for _, mode := range []string{"off", "metrics"} {
+				b.Run(mode+"/"+strconv.Itoa(n)+"/"+strconv.Itoa(size), func(b *testing.B) {
+					var obs []pubsub.Observer
+					if mode == "metrics" {
+						obs = append(obs, metrics.New(metrics.Options{}))
+					}
+					hub, _, delivered := observedService(b, n, obs)
+					msg := pubsub.TextMessage(strings.Repeat("x", size))
+					b.ResetTimer()
+					for i := 0; i < b.N; i++ {
+						done := delivered.expect(n)
+						if err := hub.SendToGroup(context.Background(), "room", msg); err != nil {
+							b.Fatal(err)
+						}
+						<-done
+					}
+					b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/delivery")
+				})
+			}
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -14,6 +15,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,7 +52,8 @@ type Options struct {
 	QueueSize int
 	// RetryDelays are the waits before retrying a non-blocking event that
 	// failed with 408, 5xx or a network error. Default 1 s, 3 s, 5 s (the
-	// emulator's).
+	// emulator's). Once Shutdown has begun they are not waited out: see
+	// Shutdown.
 	RetryDelays []time.Duration
 	// ValidationRetry is how long a failed abuse-protection check is
 	// remembered before it is tried again. Default 10 s.
@@ -71,11 +74,12 @@ type Handler struct {
 	targets *xsync.MapOf[string, []*target] // per hub (lower case)
 	events  *xsync.MapOf[string, *atomic.Uint64]
 
-	mu     sync.Mutex // guards closed and the queues' lifetime
-	closed bool
-	wg     sync.WaitGroup
-	ctx    context.Context // cancelled when Shutdown gives up waiting
-	cancel context.CancelFunc
+	mu       sync.Mutex // guards closed and the queues' lifetime
+	closed   bool
+	stopping chan struct{} // closed (under mu) when Shutdown begins: no more retry waits
+	wg       sync.WaitGroup
+	ctx      context.Context // cancelled when Shutdown gives up waiting
+	cancel   context.CancelFunc
 }
 
 var (
@@ -129,13 +133,14 @@ func New(cfg Config, opts Options) (*Handler, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Handler{
-		cfg:     cfg,
-		opts:    opts,
-		log:     opts.Logger,
-		targets: xsync.NewMapOf[string, []*target](),
-		events:  xsync.NewMapOf[string, *atomic.Uint64](),
-		ctx:     ctx,
-		cancel:  cancel,
+		cfg:      cfg,
+		opts:     opts,
+		log:      opts.Logger,
+		targets:  xsync.NewMapOf[string, []*target](),
+		events:   xsync.NewMapOf[string, *atomic.Uint64](),
+		stopping: make(chan struct{}),
+		ctx:      ctx,
+		cancel:   cancel,
 	}, nil
 }
 
@@ -154,6 +159,11 @@ type target struct {
 
 	startOnce sync.Once
 	queues    []chan asyncEvent
+
+	// The events given up after Shutdown began, counted by the workers and
+	// read by Shutdown once they have stopped: failed, their last attempt
+	// failed; cancelled, queued or in flight when Shutdown's ctx ended.
+	failed, cancelled atomic.Int64
 }
 
 type asyncEvent struct {
@@ -626,12 +636,28 @@ func (h *Handler) enqueue(t *target, ev asyncEvent) {
 func (h *Handler) work(t *target, q chan asyncEvent) {
 	defer h.wg.Done()
 	for ev := range q { // closed by Shutdown once nothing more is queued
+		if h.ctx.Err() != nil {
+			t.cancelled.Add(1) // Shutdown's ctx ended: drain without calling out
+			continue
+		}
 		h.deliver(t, ev)
 	}
 }
 
+// stopped reports whether Shutdown has begun.
+func (h *Handler) stopped() bool {
+	select {
+	case <-h.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
 // deliver sends a non-blocking event, retrying 408, 5xx and network
-// failures after RetryDelays; the same ce-id each time.
+// failures after RetryDelays; the same ce-id each time. Once Shutdown has
+// begun an event gets at most one more attempt (see Shutdown), and one
+// given up is counted for Shutdown's summary rather than logged here.
 func (h *Handler) deliver(t *target, ev asyncEvent) {
 	body, ceType := []byte("{}"), "azure.webpubsub.sys."+ev.kind
 	switch ev.kind {
@@ -650,13 +676,25 @@ func (h *Handler) deliver(t *target, ev asyncEvent) {
 	e := event{ceType: ceType, name: ev.kind, id: ev.id, conn: ev.conn,
 		contentType: "application/json; charset=utf-8", body: body, maxReply: maxIgnoredReply}
 	for attempt := 0; ; attempt++ {
+		// An attempt begun after Shutdown is the event's last: checked
+		// before the call, so that an event whose attempt failed just as
+		// Shutdown began still gets its one more.
+		last := h.stopped()
 		resp, _, err := h.call(h.ctx, t, e)
 		if resp != nil && resp.StatusCode/100 == 2 {
 			return // the reply's body is ignored: an unreadable one is no failure
 		}
+		if h.ctx.Err() != nil {
+			t.cancelled.Add(1)
+			return
+		}
 		transient := resp == nil && !errors.Is(err, ErrNotValidated) ||
 			resp != nil && (resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode >= 500)
-		if !transient || attempt >= len(h.opts.RetryDelays) || h.ctx.Err() != nil {
+		if !transient || attempt >= len(h.opts.RetryDelays) || last {
+			if h.stopped() {
+				t.failed.Add(1) // one line for all of them, at the end of Shutdown
+				return
+			}
 			status := 0
 			if resp != nil {
 				status = resp.StatusCode
@@ -664,16 +702,26 @@ func (h *Handler) deliver(t *target, ev asyncEvent) {
 			h.log.Warn(ev.kind+" event failed", "hub", t.hub, "connectionId", ev.conn.ConnectionID, "status", status, "err", err)
 			return
 		}
+		wait := time.NewTimer(h.opts.RetryDelays[attempt])
 		select {
-		case <-h.ctx.Done():
-			return
-		case <-time.After(h.opts.RetryDelays[attempt]):
+		case <-h.stopping: // retry at once: Shutdown is not kept waiting
+		case <-wait.C:
 		}
+		wait.Stop()
 	}
 }
 
-// Shutdown lets the workers deliver what is queued and stops them; when ctx
-// ends first, the rest is dropped. The service calls it from its Shutdown.
+// Shutdown lets the workers deliver what is queued and stops them. The
+// service calls it from its Shutdown.
+//
+// From the moment it begins, retry delays are no longer waited out, so that
+// a dead upstream cannot hold shutdown for their sum: an event waiting to be
+// retried is retried at once, and an attempt begun after Shutdown began is
+// never retried. Each pending event so gets at most one more attempt. When
+// ctx ends first, the attempts in flight are cancelled and what is still
+// queued is dropped unsent. The events given up after Shutdown began are
+// logged in one line, with their count per hub (no connection ids, bodies
+// or keys); before it, each failure is logged as it happens.
 func (h *Handler) Shutdown(ctx context.Context) error {
 	h.mu.Lock()
 	if h.closed {
@@ -681,6 +729,7 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	h.closed = true // enqueue checks it under mu: no send on a closed queue
+	close(h.stopping)
 	h.targets.Range(func(_ string, ts []*target) bool {
 		for _, t := range ts {
 			for _, q := range t.queues {
@@ -699,9 +748,55 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	h.cancel()
-	<-done
+	<-done // the workers are gone: the counters are final
+	h.logDropped()
 	if tr, ok := h.opts.Client.Transport.(*http.Transport); ok {
 		tr.CloseIdleConnections()
 	}
 	return err
+}
+
+// maxHubsLogged bounds the per-hub counts in Shutdown's one line: a "*"
+// handler may serve many hubs.
+const maxHubsLogged = 16
+
+// logDropped logs, in one line, the events given up since Shutdown began.
+// Called once the workers have stopped.
+func (h *Handler) logDropped() {
+	type hubCount struct {
+		hub string
+		n   int64
+	}
+	var failed, cancelled int64
+	var hubs []hubCount
+	h.targets.Range(func(hub string, ts []*target) bool {
+		var n int64
+		for _, t := range ts {
+			f, c := t.failed.Load(), t.cancelled.Load()
+			failed, cancelled, n = failed+f, cancelled+c, n+f+c
+		}
+		if n > 0 {
+			hubs = append(hubs, hubCount{hub, n})
+		}
+		return true
+	})
+	if failed+cancelled == 0 {
+		return
+	}
+	// The hubs with most drops first; past maxHubsLogged, only how many more.
+	slices.SortFunc(hubs, func(a, b hubCount) int {
+		if a.n != b.n {
+			return cmp.Compare(b.n, a.n)
+		}
+		return strings.Compare(a.hub, b.hub)
+	})
+	var perHub []any
+	for _, c := range hubs[:min(len(hubs), maxHubsLogged)] {
+		perHub = append(perHub, slog.Int64(c.hub, c.n))
+	}
+	args := []any{"dropped", failed + cancelled, "failed", failed, "cancelled", cancelled, slog.Group("droppedPerHub", perHub...)}
+	if len(hubs) > maxHubsLogged {
+		args = append(args, "otherHubs", len(hubs)-maxHubsLogged)
+	}
+	h.log.Warn("shutdown: dropped the pending events the upstream did not take", args...)
 }

@@ -16,7 +16,7 @@ const liveTraceTTL = 24 * time.Hour
 
 // newLiveTrace is the server's live trace, and its URL with a token, or
 // nil with -livetrace=false.
-func newLiveTrace(enabled bool, cs pubsub.ConnectionString, clustered bool, addr net.Addr) (*livetrace.Trace, string, error) {
+func newLiveTrace(enabled bool, cs pubsub.ConnectionString, clustered bool, scheme string, addr net.Addr) (*livetrace.Trace, string, error) {
 	if !enabled {
 		return nil, "", nil
 	}
@@ -24,7 +24,7 @@ func newLiveTrace(enabled bool, cs pubsub.ConnectionString, clustered bool, addr
 	if err != nil {
 		return nil, "", err
 	}
-	u, err := liveTraceURL(trace, cs, clustered, addr)
+	u, err := liveTraceURL(trace, cs, clustered, scheme, addr)
 	return trace, u, err
 }
 
@@ -51,15 +51,15 @@ func mountLiveTrace(srv *http.Server, trace *livetrace.Trace) {
 
 // liveTraceURL is the page's address with a token. A node of a cluster
 // shows its own events only, so its URL is the node's listening address,
-// not the load balancer's Endpoint.
-func liveTraceURL(trace *livetrace.Trace, cs pubsub.ConnectionString, clustered bool, addr net.Addr) (string, error) {
+// not the load balancer's Endpoint (scheme: the node's, http or https).
+func liveTraceURL(trace *livetrace.Trace, cs pubsub.ConnectionString, clustered bool, scheme string, addr net.Addr) (string, error) {
 	endpoint := cs.Endpoint
 	if clustered {
 		host, port, _ := net.SplitHostPort(addr.String())
 		if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
 			host = "localhost"
 		}
-		endpoint = "http://" + net.JoinHostPort(host, port)
+		endpoint = scheme + "://" + net.JoinHostPort(host, port)
 	}
 	return trace.URL(endpoint, liveTraceTTL)
 }

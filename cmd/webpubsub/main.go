@@ -11,6 +11,10 @@
 // (livetrace) is on /livetrace/, its URL with a token printed second;
 // -livetrace=false turns it off.
 //
+// -tls self-signed serves HTTPS (and wss://) with a localhost certificate of
+// a local development CA made once in the user's config directory;
+// -tls-cert and -tls-key serve it with a certificate of one's own.
+//
 // With -nats URL (or WEBPUBSUB_NATS_URL) the server is one node of a
 // cluster on NATS (natsbroker): start every node with the same connection
 // string, whose Endpoint is the load balancer's URL.
@@ -21,6 +25,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"flag"
@@ -38,6 +43,7 @@ import (
 
 	"github.com/embedwps/pubsub"
 	"github.com/embedwps/pubsub/livetrace"
+	"github.com/embedwps/pubsub/metrics"
 	"github.com/embedwps/pubsub/natsbroker"
 	"github.com/embedwps/pubsub/rest"
 	"github.com/embedwps/pubsub/upstream"
@@ -59,26 +65,42 @@ func run(args []string, stdout *os.File) error {
 	nodeID := fs.String("node-id", "", "this node's id in the cluster and in its connection ids, 1 to 32 of [A-Za-z0-9-], unique among the nodes (default $WEBPUBSUB_NODE_ID, else random)")
 	natsPrefix := fs.String("nats-prefix", natsbroker.DefaultPrefix, "first token of every NATS subject of the service; clusters sharing a NATS need different prefixes")
 	liveTrace := fs.Bool("livetrace", true, "serve the live trace page on /livetrace/ (its stream needs a token signed with the access key) and print its URL, with a 24 h token, as the second line of stdout")
+	metricsAddr := fs.String("metrics-addr", defaultMetricsAddr, "address of the Prometheus /metrics endpoint, host:port, apart from the service's (not protected by the access key; a busy default moves to a free port); empty: no metrics")
+	grace := fs.Duration("shutdown-grace", 10*time.Second, "how long shutdown (SIGINT, SIGTERM) may take: clients are closed and the pending events sent to the event handlers without retry delays; what is still pending then is dropped and counted in the log")
+	tlsOpts := addTLSFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *grace <= 0 {
+		return fmt.Errorf("-shutdown-grace must be more than 0, not %v", *grace)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	cluster, err := clusterSettings(fs, *natsURL, *nodeID, *natsPrefix, *connStr)
 	if err != nil {
 		return err
 	}
+	tlsConfig, err := tlsOpts.config(log, os.Stderr) // nil: plain HTTP
+	if err != nil {
+		return err
+	}
+	scheme := "http"
+	if tlsConfig != nil {
+		scheme = "https"
+	}
 
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return err
 	}
-	cs, err := connectionString(*connStr, ln.Addr().String())
+	cs, err := connectionString(*connStr, scheme, ln.Addr().String())
 	if err != nil {
 		ln.Close()
 		return err
 	}
-	cfg := pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey, Logger: log}
-	trace, traceURL, err := newLiveTrace(*liveTrace, cs, cluster.url != "", ln.Addr())
+	warnEndpointScheme(log, cs.Endpoint, tlsConfig != nil)
+	m := metrics.New(metrics.Options{})
+	cfg := pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey, Logger: log, Observers: []pubsub.Observer{m}}
+	trace, traceURL, err := newLiveTrace(*liveTrace, cs, cluster.url != "", scheme, ln.Addr())
 	if err != nil {
 		ln.Close()
 		return err
@@ -93,7 +115,8 @@ func run(args []string, stdout *os.File) error {
 			return err
 		}
 		endpoint, _ := url.Parse(cs.Endpoint)
-		up, err := upstream.New(hubs, upstream.Options{AccessKeys: []string{cs.AccessKey}, Origin: endpoint.Hostname(), Logger: log})
+		up, err := upstream.New(hubs, upstream.Options{AccessKeys: []string{cs.AccessKey}, Origin: endpoint.Hostname(), Logger: log,
+			Client: &http.Client{Transport: m.Transport(nil)}})
 		if err != nil {
 			ln.Close()
 			return err
@@ -108,6 +131,7 @@ func run(args []string, stdout *os.File) error {
 			return err
 		}
 		cfg.Broker = b
+		m.WatchBroker(func() metrics.BrokerStats { return metrics.BrokerStats(b.Stats()) })
 		log.Info("cluster node", "node", b.NodeID(), "nats", redactURL(cluster.url), "prefix", cluster.prefix)
 	}
 	// On an error the broker is left to the exit: Close would wait for a
@@ -118,7 +142,16 @@ func run(args []string, stdout *os.File) error {
 		return err
 	}
 
-	srv := newServer(svc, log, defaultLimits)
+	m.Watch(svc)
+	metricsChosen := false
+	fs.Visit(func(f *flag.Flag) { metricsChosen = metricsChosen || f.Name == "metrics-addr" })
+	metricsSrv, err := serveMetrics(*metricsAddr, metricsChosen, m, log)
+	if err != nil {
+		ln.Close()
+		_ = svc.Shutdown(context.Background())
+		return err
+	}
+	srv := newServer(svc, log, defaultLimits, m.Middleware)
 	mountLiveTrace(srv, trace)
 
 	// Signals are caught before the connection string tells a supervisor
@@ -134,6 +167,9 @@ func run(args []string, stdout *os.File) error {
 		log.Info("live trace", "path", livetrace.Path, "tokenLifetime", liveTraceTTL)
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "client", "/client/hubs/{hub}", "rest", "/api/", "connectionString", cs)
+	if tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig)
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	select {
@@ -142,9 +178,12 @@ func run(args []string, stdout *os.File) error {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down")
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()
 	err = errors.Join(svc.Shutdown(shutdownCtx), srv.Shutdown(shutdownCtx))
+	if metricsSrv != nil {
+		err = errors.Join(err, metricsSrv.Shutdown(shutdownCtx))
+	}
 	if err == nil {
 		log.Info("stopped")
 	}
@@ -234,11 +273,16 @@ const maxHeaderBytes = 64 << 10
 // newServer is the HTTP server of svc. It sets no ReadTimeout or
 // WriteTimeout: WebSocket connections outlive any request, and bodies are
 // bounded per request by the handler.
-func newServer(svc *pubsub.Service, log *slog.Logger, l limits) *http.Server {
+// wraps are middlewares (metrics, live trace), the first outermost.
+func newServer(svc *pubsub.Service, log *slog.Logger, l limits, wraps ...func(http.Handler) http.Handler) *http.Server {
+	// Not http.ServeMux: it would redirect dot segments (users/../:send)
+	// to other operations.
+	h := rest.NewServiceHandler(svc, rest.Options{Logger: log, ReadTimeout: l.body}, nil)
+	for i := len(wraps) - 1; i >= 0; i-- {
+		h = wraps[i](h)
+	}
 	return &http.Server{
-		// Not http.ServeMux: it would redirect dot segments (users/../:send)
-		// to other operations.
-		Handler:           rest.NewServiceHandler(svc, rest.Options{Logger: log, ReadTimeout: l.body}, nil),
+		Handler:           h,
 		ReadHeaderTimeout: l.readHeader,
 		IdleTimeout:       l.idle,
 		MaxHeaderBytes:    maxHeaderBytes,
@@ -246,8 +290,9 @@ func newServer(svc *pubsub.Service, log *slog.Logger, l limits) *http.Server {
 }
 
 // connectionString picks the connection string from the flag, the
-// environment, or makes one with a fresh key for the listening address.
-func connectionString(flagValue, listenAddr string) (pubsub.ConnectionString, error) {
+// environment, or makes one with a fresh key for the listening address,
+// with scheme http or https.
+func connectionString(flagValue, scheme, listenAddr string) (pubsub.ConnectionString, error) {
 	s := flagValue
 	if s == "" {
 		s = os.Getenv("WEBPUBSUB_CONNECTION_STRING")
@@ -260,7 +305,7 @@ func connectionString(flagValue, listenAddr string) (pubsub.ConnectionString, er
 		return pubsub.ConnectionString{}, err
 	}
 	return pubsub.ConnectionString{
-		Endpoint:  "http://" + listenAddr,
+		Endpoint:  scheme + "://" + reachableAddr(listenAddr),
 		AccessKey: base64.StdEncoding.EncodeToString(key),
 	}, nil
 }

@@ -103,20 +103,24 @@ func TestServerBinary(t *testing.T) {
 
 func TestConnectionStringSources(t *testing.T) {
 	t.Setenv("WEBPUBSUB_CONNECTION_STRING", "Endpoint=http://env-host;Port=9000;AccessKey=env-key;Version=1.0;")
-	cs, err := connectionString("", "127.0.0.1:8080")
+	cs, err := connectionString("", "http", "127.0.0.1:8080")
 	if err != nil || cs.Endpoint != "http://env-host:9000" || cs.AccessKey != "env-key" {
 		t.Fatalf("from the environment: %+v %v", cs, err)
 	}
-	cs, err = connectionString("Endpoint=https://flag-host;AccessKey=flag-key", "127.0.0.1:8080")
+	cs, err = connectionString("Endpoint=https://flag-host;AccessKey=flag-key", "http", "127.0.0.1:8080")
 	if err != nil || cs.Endpoint != "https://flag-host" || cs.AccessKey != "flag-key" {
 		t.Fatalf("the flag wins: %+v %v", cs, err)
 	}
-	if _, err := connectionString("Endpoint=http://x", "127.0.0.1:8080"); !errors.Is(err, pubsub.ErrInvalidConnectionString) {
+	if _, err := connectionString("Endpoint=http://x", "http", "127.0.0.1:8080"); !errors.Is(err, pubsub.ErrInvalidConnectionString) {
 		t.Fatalf("no AccessKey: %v", err)
 	}
 	t.Setenv("WEBPUBSUB_CONNECTION_STRING", "")
-	cs, err = connectionString("", "127.0.0.1:8080")
+	cs, err = connectionString("", "http", "127.0.0.1:8080")
 	if err != nil || cs.Endpoint != "http://127.0.0.1:8080" || len(cs.AccessKey) < 32 {
 		t.Fatalf("generated: %+v %v", cs, err)
+	}
+	cs, err = connectionString("", "https", "127.0.0.1:8443")
+	if err != nil || cs.Endpoint != "https://127.0.0.1:8443" {
+		t.Fatalf("generated, TLS: %+v %v", cs, err)
 	}
 }
