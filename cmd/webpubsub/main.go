@@ -7,7 +7,9 @@
 // The access key comes from -connection-string, else from
 // WEBPUBSUB_CONNECTION_STRING, else a fresh random key; the connection string
 // a client SDK needs is printed on start. -config FILE sets per-hub
-// CloudEvents event handlers (upstream.Config).
+// CloudEvents event handlers (upstream.Config). The live trace page
+// (livetrace) is on /livetrace/, its URL with a token printed second;
+// -livetrace=false turns it off.
 //
 // -tls self-signed serves HTTPS (and wss://) with a localhost certificate of
 // a local development CA made once in the user's config directory;
@@ -40,6 +42,7 @@ import (
 	"time"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/livetrace"
 	"github.com/embedwps/pubsub/metrics"
 	"github.com/embedwps/pubsub/natsbroker"
 	"github.com/embedwps/pubsub/rest"
@@ -61,6 +64,7 @@ func run(args []string, stdout *os.File) error {
 	natsURL := fs.String("nats", "", "NATS server URL (or a comma-separated list) that makes this server one node of a cluster; every node needs the same -connection-string, whose Endpoint is the load balancer's URL. A NATS that is unreachable at start does not stop the node: it serves its own connections and joins once NATS is up (default $WEBPUBSUB_NATS_URL, else a single node)")
 	nodeID := fs.String("node-id", "", "this node's id in the cluster and in its connection ids, 1 to 32 of [A-Za-z0-9-], unique among the nodes (default $WEBPUBSUB_NODE_ID, else random)")
 	natsPrefix := fs.String("nats-prefix", natsbroker.DefaultPrefix, "first token of every NATS subject of the service; clusters sharing a NATS need different prefixes")
+	liveTrace := fs.Bool("livetrace", true, "serve the live trace page on /livetrace/ (its stream needs a token signed with the access key) and print its URL, with a 24 h token, as the second line of stdout")
 	metricsAddr := fs.String("metrics-addr", defaultMetricsAddr, "address of the Prometheus /metrics endpoint, host:port, apart from the service's (not protected by the access key; a busy default moves to a free port); empty: no metrics")
 	grace := fs.Duration("shutdown-grace", 10*time.Second, "how long shutdown (SIGINT, SIGTERM) may take: clients are closed and the pending events sent to the event handlers without retry delays; what is still pending then is dropped and counted in the log")
 	tlsOpts := addTLSFlags(fs)
@@ -96,6 +100,14 @@ func run(args []string, stdout *os.File) error {
 	warnEndpointScheme(log, cs.Endpoint, tlsConfig != nil)
 	m := metrics.New(metrics.Options{})
 	cfg := pubsub.Config{Endpoint: cs.Endpoint, AccessKey: cs.AccessKey, Logger: log, Observers: []pubsub.Observer{m}}
+	trace, traceURL, err := newLiveTrace(*liveTrace, cs, cluster.url != "", scheme, ln.Addr())
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	if trace != nil {
+		cfg.Observers = append(cfg.Observers, trace)
+	}
 	if *configPath != "" {
 		hubs, err := upstream.LoadConfig(*configPath)
 		if err != nil {
@@ -140,6 +152,7 @@ func run(args []string, stdout *os.File) error {
 		return err
 	}
 	srv := newServer(svc, log, defaultLimits, m.Middleware)
+	mountLiveTrace(srv, trace)
 
 	// Signals are caught before the connection string tells a supervisor
 	// that the server is up.
@@ -148,6 +161,11 @@ func run(args []string, stdout *os.File) error {
 	// The key on stdout, which is how a user gets it; logs get the
 	// redacted form (ConnectionString is a slog.LogValuer).
 	fmt.Fprintf(stdout, "%s\n", cs.String())
+	if trace != nil {
+		// Its token, too, goes to stdout only; the log names the path.
+		fmt.Fprintf(stdout, "%s\n", traceURL)
+		log.Info("live trace", "path", livetrace.Path, "tokenLifetime", liveTraceTTL)
+	}
 	log.Info("listening", "addr", ln.Addr().String(), "client", "/client/hubs/{hub}", "rest", "/api/", "connectionString", cs)
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)

@@ -322,19 +322,7 @@ func TryRawDial(rawURL string, opts RawOptions) (*RawClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := net.Dialer{Timeout: WaitFor}
-	if opts.ReadBuffer > 0 {
-		d.Control = func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			if err := rc.Control(func(fd uintptr) {
-				serr = setReadBuffer(fd, opts.ReadBuffer)
-			}); err != nil {
-				return err
-			}
-			return serr
-		}
-	}
-	conn, err := d.Dial("tcp", u.Host)
+	conn, err := DialTCP(u.Host, opts.ReadBuffer)
 	if err != nil {
 		return nil, err
 	}
@@ -358,6 +346,26 @@ func TryRawDial(rawURL string, opts RawOptions) (*RawClient, error) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return &RawClient{conn: conn, r: r}, nil
+}
+
+// DialTCP connects to addr with a receive buffer (SO_RCVBUF) of readBuffer
+// bytes when it is positive, set before the connection is made so that the
+// window it advertises stays that small: a reader that stops then holds
+// little, and the server's writes block soon.
+func DialTCP(addr string, readBuffer int) (net.Conn, error) {
+	d := net.Dialer{Timeout: WaitFor}
+	if readBuffer > 0 {
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = setReadBuffer(fd, readBuffer)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	return d.Dial("tcp", addr)
 }
 
 // Close closes the connection (with unread bytes, the kernel resets it).
@@ -572,7 +580,7 @@ func (p *Proxy) Drop() {
 var npmMu sync.Mutex
 
 // interopPackages are the pinned npm packages of interop/.
-var interopPackages = []string{"web-pubsub-client", "web-pubsub", "web-pubsub-express"}
+var interopPackages = []string{"@azure/web-pubsub-client", "@azure/web-pubsub", "@azure/web-pubsub-express", "playwright-core"}
 
 // Interop returns the interop folder at dir (relative to the test's package)
 // with its pinned npm packages installed (npm ci when one is missing), or
@@ -588,7 +596,7 @@ func Interop(t testing.TB, dir string) string {
 	}
 	installed := func() bool {
 		for _, p := range interopPackages {
-			if _, err := os.Stat(filepath.Join(dir, "node_modules", "@azure", p)); err != nil {
+			if _, err := os.Stat(filepath.Join(dir, "node_modules", p)); err != nil {
 				return false
 			}
 		}
