@@ -3,7 +3,6 @@ package pubsub
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"time"
 
@@ -141,10 +140,10 @@ func clientCloseLabel(err error) CloseReason {
 			return CloseReasonNormal
 		}
 		return CloseReasonClientError
-	case err == nil, errors.Is(err, io.EOF):
+	case err == nil:
 		return CloseReasonNormal
 	}
-	return CloseReasonConnectionLost
+	return CloseReasonConnectionLost // io.EOF too: the socket ended without a close frame
 }
 
 // connectionChanged logs ev and tells the observers. Called with no lock
