@@ -164,6 +164,7 @@ func (c *conn) handleFrame(binary bool, payload []byte) {
 		}
 		if resp != nil && len(resp.Data) > 0 {
 			c.send(simpleFrame(resp.DataType, resp.Data))
+			c.svc.messageSent(&command{Op: opSendToConnection, Hub: c.hub.name, Target: c.id, Data: resp.Data}, 1)
 		}
 		return
 	case kindJSON, kindJSONReliable:
@@ -311,9 +312,10 @@ func (c *conn) do(req protocol.Request) (errName, errMessage string) {
 		if resp != nil && len(resp.Data) > 0 {
 			// The reply reaches the client before the ack (spec §6.1), as a
 			// message from the server (with a sequence id when reliable).
-			reply := &delivery{svc: c.svc, cmd: &command{Op: opSendToConnection, DataType: resp.DataType, Data: resp.Data}}
+			reply := &delivery{svc: c.svc, cmd: &command{Op: opSendToConnection, Hub: c.hub.name, Target: c.id, DataType: resp.DataType, Data: resp.Data}}
 			c.deliver(reply)
 			reply.settle()
+			c.svc.messageSent(reply.cmd, 1)
 		}
 	}
 	return "", ""

@@ -160,6 +160,7 @@ func (c *conn) prepareHandover() result {
 	c.mu.Unlock()
 	if old != nil {
 		old.out.abort() // its read loop ends and finds itself replaced
+		c.svc.connectionChanged(c, ConnectionDetached, Disconnect{}, "")
 	}
 	return result{Session: sess}
 }
@@ -386,7 +387,10 @@ func (cl *cluster) takeover(ctx context.Context, hub, id string) (*conn, error) 
 				}
 			}
 			cl.svc.publishGroupState(hub, sess.removals(id))
-			cl.svc.handler.Disconnected(context.Background(), cc, DisconnectNotRecovered.Reason)
+			d := DisconnectNotRecovered
+			cl.svc.observeConnection(ConnectionEvent{Kind: ConnectionClosed, Hub: hub, ConnectionID: id, UserID: sess.User,
+				Subprotocol: sess.Subprotocol, Code: d.Code, Reason: d.Reason, CloseReason: closeReasonOf(d)})
+			cl.svc.handler.Disconnected(context.Background(), cc, d.Reason)
 		}
 	}
 	if err != nil {

@@ -240,6 +240,9 @@ func (c *conn) resume(w *wire) (previousRead <-chan struct{}, err error) {
 	c.mu.Unlock()
 	if old != nil {
 		old.out.abort() // its read loop ends, and finds itself replaced
+		// A drop not noticed yet: counted as one, so that every recovery
+		// follows a detach.
+		c.svc.connectionChanged(c, ConnectionDetached, Disconnect{}, "")
 	}
 	c.svc.connectionChanged(c, ConnectionRecovered, Disconnect{}, "")
 	return previousRead, nil

@@ -146,14 +146,21 @@ func clientCloseLabel(err error) CloseReason {
 	return CloseReasonConnectionLost // io.EOF too: the socket ended without a close frame
 }
 
-// connectionChanged logs ev and tells the observers. Called with no lock
-// of c held.
+// connectionChanged logs a change of c and tells the observers. Called
+// with no lock of c held.
 func (s *Service) connectionChanged(c *conn, kind ConnectionEventKind, d Disconnect, why CloseReason) {
 	ev := ConnectionEvent{Kind: kind, Hub: c.hub.name, ConnectionID: c.id, UserID: c.userID, Subprotocol: c.subprotocol}
 	if kind == ConnectionClosed {
 		ev.Code, ev.Reason, ev.CloseReason = d.Code, d.Reason, why
 		ev.Duration = time.Since(c.since)
 	}
+	s.observeConnection(ev)
+}
+
+// observeConnection logs ev and tells the observers.
+func (s *Service) observeConnection(ev ConnectionEvent) {
+	kind, why := ev.Kind, ev.CloseReason
+	d := Disconnect{ev.Code, ev.Reason}
 	if s.log.Enabled(context.Background(), slog.LevelInfo) {
 		attrs := []slog.Attr{
 			slog.String("hub", ev.Hub), slog.String("connectionId", ev.ConnectionID),
