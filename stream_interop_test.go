@@ -80,11 +80,13 @@ func TestOfficialJSClientStreamOverTheRateLimitIsNotSilentlyTruncated(t *testing
 		t.Fatalf("silent truncation: the publisher wrote %d fragments with no error, the receiver read %d (%v) and a clean end",
 			pub.Written, len(recv.Chunks), recv.Chunks)
 	}
-	// The burst of 5 takes the start and four fragments; the fifth ends the
-	// stream, visibly on both sides.
-	if want := []string{"c1", "c2", "c3", "c4"}; !slices.Equal(recv.Chunks, want) ||
+	// The burst of 5 takes the start and four fragments (more if the
+	// writes took long enough for the limit to refill, as on a loaded
+	// machine); the next ends the stream, visibly on both sides.
+	want := []string{"c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9", "c10"}
+	if n := len(recv.Chunks); n < 4 || n == len(want) || !slices.Equal(recv.Chunks, want[:n]) ||
 		recv.End["name"] != "Cancelled" || recv.End["message"] != "The publisher sent more than 5 messages per second." {
-		t.Fatalf("receiver: %+v, want chunks %v and a Cancelled end", recv, want)
+		t.Fatalf("receiver: %+v, want chunks c1 to c4 or a few more, then a Cancelled end", recv)
 	}
 	if !slices.Contains(pub.Errors, "TooManyRequests") {
 		t.Fatalf("publisher errors %v, want TooManyRequests", pub.Errors)
