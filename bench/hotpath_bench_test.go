@@ -6,8 +6,10 @@ package bench
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -110,11 +112,15 @@ func service(b *testing.B, n int, roles ...string) (*pubsub.Hub, []string, *sink
 	return observedService(b, n, nil, roles...)
 }
 
+// quiet logs warnings and errors only.
+var quiet = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
 // observedService is service with observers (metrics).
 func observedService(b *testing.B, n int, observers []pubsub.Observer, roles ...string) (*pubsub.Hub, []string, *sink) {
 	mux := http.NewServeMux()
 	srv := httptest.NewServer(mux)
-	svc, err := pubsub.New(pubsub.Config{Endpoint: srv.URL, AccessKey: "bench-key", OutboundBufferSize: 64 << 20, Observers: observers})
+	svc, err := pubsub.New(pubsub.Config{Endpoint: srv.URL, AccessKey: "bench-key", OutboundBufferSize: 64 << 20, Observers: observers,
+		Logger: quiet}) // a thousand "connection opened" lines would bury the results
 	if err != nil {
 		b.Fatal(err)
 	}
