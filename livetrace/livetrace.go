@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/internal/statuswriter"
 	"github.com/embedwps/pubsub/rest"
 )
 
@@ -239,12 +240,9 @@ func (t *Trace) Middleware(next http.Handler) http.Handler {
 			return
 		}
 		start := time.Now()
-		sw := &statusWriter{ResponseWriter: w}
+		sw := statuswriter.New(w)
 		next.ServeHTTP(sw, r)
-		status := sw.status
-		if status == 0 {
-			status = http.StatusOK // nothing written: net/http answers 200
-		}
+		status := sw.Status()
 		op, hub := rest.Operation(r)
 		if len(path) > maxPath {
 			path = path[:maxPath] + "…"
@@ -260,29 +258,5 @@ func (t *Trace) Middleware(next http.Handler) http.Handler {
 // maxPath bounds a REST path in the trace: ids and group names are short,
 // a hostile path need not be kept whole.
 const maxPath = 512
-
-// statusWriter remembers the status a handler wrote.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach the connection (deadlines,
-// flushes).
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/embedwps/pubsub"
+	"github.com/embedwps/pubsub/internal/statuswriter"
 )
 
 // Options configure the metrics; the zero value is ready to use.
@@ -179,9 +180,9 @@ func (m *Metrics) Middleware(next http.Handler) http.Handler {
 			return
 		}
 		start := time.Now()
-		sw := &statusWriter{ResponseWriter: w}
+		sw := statuswriter.New(w)
 		next.ServeHTTP(sw, r)
-		m.restRequests.WithLabelValues(op, strconv.Itoa(sw.code())).Inc()
+		m.restRequests.WithLabelValues(op, strconv.Itoa(sw.Status())).Inc()
 		m.restDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
 	})
 }

@@ -1,9 +1,7 @@
 package tracing
 
 import (
-	"bufio"
 	"context"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -13,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/embedwps/pubsub/internal/statuswriter"
 	"github.com/embedwps/pubsub/rest"
 )
 
@@ -111,20 +110,14 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, name string, 
 	if connect && span.IsRecording() {
 		ctx = context.WithValue(ctx, connectSpanKey{}, span)
 	}
-	rw := &responseWriter{ResponseWriter: w}
+	rw := statuswriter.New(w)
 	defer func() {
 		if v := recover(); v != nil {
 			span.SetStatus(codes.Error, "the handler panicked")
 			span.End()
 			panic(v)
 		}
-		status := rw.status
-		switch {
-		case rw.hijacked:
-			status = http.StatusSwitchingProtocols
-		case status == 0:
-			status = http.StatusOK // what net/http sends for a handler that wrote nothing
-		}
+		status := rw.Status()
 		span.SetAttributes(attrStatus.Int(status))
 		if status >= 500 {
 			span.SetStatus(codes.Error, http.StatusText(status))
@@ -148,51 +141,3 @@ func clientHub(r *http.Request) string {
 	}
 	return strings.ToLower(r.URL.Query().Get("hub"))
 }
-
-// responseWriter records the status a handler answers with. It implements
-// http.Hijacker and FlushError itself, as http.ResponseController looks
-// for them before it unwraps: through Unwrap alone, a hijack would not be
-// seen.
-type responseWriter struct {
-	http.ResponseWriter
-	status   int
-	hijacked bool
-}
-
-func (w *responseWriter) WriteHeader(code int) {
-	if w.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
-		w.status = code // informational answers (100, 103) come before the real one
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *responseWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *responseWriter) Flush() { _ = w.FlushError() }
-
-func (w *responseWriter) FlushError() error {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return http.NewResponseController(w.ResponseWriter).Flush()
-}
-
-func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err == nil {
-		w.hijacked = true
-	}
-	return nc, brw, err
-}
-
-func (w *responseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-var (
-	_ http.Flusher  = (*responseWriter)(nil)
-	_ http.Hijacker = (*responseWriter)(nil)
-)
