@@ -2,10 +2,12 @@ package livetrace
 
 import (
 	"bytes"
+	"context"
 	"embed"
 	"encoding/json"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -90,7 +92,29 @@ func (t *Trace) serveEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rc := http.NewResponseController(w)
-	defer rc.SetWriteDeadline(time.Time{}) // the connection may serve another request
+	// A write's deadline: writeTimeout, or closeWriteTimeout once the
+	// Trace is closed, which also cuts short a write already waiting (a
+	// page that stopped reading would hold it for writeTimeout).
+	var (
+		wmu      sync.Mutex
+		closing  bool
+		finished bool
+	)
+	stopWatch := context.AfterFunc(t.closing, func() {
+		wmu.Lock()
+		defer wmu.Unlock()
+		if !finished {
+			closing = true
+			_ = rc.SetWriteDeadline(time.Now().Add(closeWriteTimeout))
+		}
+	})
+	defer func() {
+		stopWatch()
+		wmu.Lock()
+		defer wmu.Unlock()
+		finished = true
+		_ = rc.SetWriteDeadline(time.Time{}) // the connection may serve another request
+	}()
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	add := func(ev *event) {
@@ -101,7 +125,13 @@ func (t *Trace) serveEvents(w http.ResponseWriter, r *http.Request) {
 	// send writes what buf holds and flushes it: each event reaches the
 	// page without waiting for the next (those already queued go along).
 	send := func() bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+		wmu.Lock()
+		if closing {
+			_ = rc.SetWriteDeadline(time.Now().Add(closeWriteTimeout))
+		} else {
+			_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+		}
+		wmu.Unlock()
 		_, err := w.Write(buf.Bytes())
 		buf.Reset()
 		return err == nil && rc.Flush() == nil

@@ -16,6 +16,7 @@
 package livetrace
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/url"
@@ -67,6 +68,11 @@ type Options struct {
 // goroutine for ever.
 const writeTimeout = 30 * time.Second
 
+// closeWriteTimeout bounds the writes to a page once the Trace is closed,
+// a write already waiting included: a page that reads gets its "closed"
+// event, one that stopped reading does not hold up a shutdown.
+const closeWriteTimeout = time.Second
+
 // Trace records what a Service does and streams it to the open pages.
 type Trace struct {
 	opts Options
@@ -78,6 +84,9 @@ type Trace struct {
 	mu      sync.Mutex // serialises changes of viewers and closing
 	done    chan struct{}
 	closed  bool
+	// closing is cancelled by Close, like done, for context.AfterFunc.
+	closing context.Context
+	cancel  context.CancelFunc
 }
 
 var _ pubsub.Observer = (*Trace)(nil)
@@ -97,6 +106,7 @@ func New(opts Options) (*Trace, error) {
 		opts.KeepAlive = DefaultKeepAlive
 	}
 	t := &Trace{opts: opts, keys: [][]byte{[]byte(opts.AccessKey)}, done: make(chan struct{})}
+	t.closing, t.cancel = context.WithCancel(context.Background())
 	if opts.SecondaryAccessKey != "" {
 		t.keys = append(t.keys, []byte(opts.SecondaryAccessKey))
 	}
@@ -111,6 +121,7 @@ func (t *Trace) Close() {
 	if !t.closed {
 		t.closed = true
 		close(t.done)
+		t.cancel()
 	}
 }
 
