@@ -262,15 +262,9 @@ func (t *Trace) Middleware(next http.Handler) http.Handler {
 		} else {
 			path = strings.Clone(path)
 		}
-		if !hubName(hub) {
-			// The request is traced before its token is checked: its hub
-			// segment is anyone's, and one that is no hub name is not shown
-			// as one (the page lists and filters hubs).
-			hub = ""
-		}
 		// Stamped when answered, as the events it caused were before it.
 		t.publish(&event{
-			Time: time.Now(), Kind: kindREST, Hub: strings.Clone(strings.ToLower(hub)), Operation: op,
+			Time: time.Now(), Kind: kindREST, Hub: strings.Clone(hub), Operation: op,
 			Method: r.Method, Path: path, Status: status, DurationMS: millis(time.Since(start)),
 		})
 	})
@@ -280,22 +274,5 @@ func (t *Trace) Middleware(next http.Handler) http.Handler {
 // a hostile path need not be kept whole.
 const maxPath = 512
 
-// hubName reports whether s is a hub name by the service's rule (the
-// swagger's: ^[A-Za-z][A-Za-z0-9_`,.[\]]{0,127}$).
-func hubName(s string) bool {
-	if len(s) == 0 || len(s) > 128 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
-		case i > 0 && ('0' <= c && c <= '9' || strings.IndexByte("_`,.[]", c) >= 0):
-		default:
-			return false
-		}
-	}
-	return true
-}
 
 func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

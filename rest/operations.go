@@ -103,8 +103,10 @@ func route(method string, segs []string) (namedOperation, []string, string) {
 
 // Operation names the REST operation r asks for, as metrics, traces and
 // the live trace label it (sendToAll, addConnectionToGroup, health, ...),
-// with its hub; name is "" when r is no operation of the API (another
-// path or method). It reads r's path only: a middleware may call it.
+// with its hub, lower-cased; name is "" when r is no operation of the API
+// (another path or method). It reads r's path only, before any check of
+// the request's token, so that a middleware may call it: hub is "" when
+// the path's is no hub name (anyone may send one).
 func Operation(r *http.Request) (name, hub string) {
 	segs, ok := pathSegments(r.URL.EscapedPath())
 	if !ok {
@@ -117,8 +119,31 @@ func Operation(r *http.Request) (name, hub string) {
 	if op.fn == nil {
 		return "", ""
 	}
-	return op.name, segs[1]
+	hub = segs[1]
+	if !hubName(hub) {
+		hub = ""
+	}
+	return op.name, strings.ToLower(hub)
 }
+
+// hubName reports whether s is a hub name by the service's rule
+// (pubsub's Service.Hub, the swagger's: ^[A-Za-z][A-Za-z0-9_`,.[\]]{0,127}$).
+func hubName(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || strings.IndexByte("_`,.[]", c) >= 0):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 
 func (rq *request) status(code int) { rq.w.WriteHeader(code) }
 

@@ -8,6 +8,7 @@ const MAX_HELD = 10000; // events held while paused; past it they are skipped
 
 const $ = (id) => document.getElementById(id);
 const rows = $("rows");
+const MAX_HUBS = 200; // hub suggestions kept
 const state = { total: 0, paused: false, held: [], skipped: 0, hubs: new Set(), stopped: false, retry: 1000 };
 
 // The token comes in the URL's fragment, which the browser never sends.
@@ -173,7 +174,9 @@ function render(ev) {
   tr.hidden = !visible(tr);
   rows.prepend(tr);
   while (rows.childElementCount > MAX_ROWS) rows.lastElementChild.remove();
-  if (ev.hub && !state.hubs.has(ev.hub)) {
+  // The suggestions are bounded: a REST request names its hub before its
+  // token is checked, so anyone can make up hub names.
+  if (ev.hub && !state.hubs.has(ev.hub) && state.hubs.size < MAX_HUBS) {
     state.hubs.add(ev.hub);
     const o = document.createElement("option");
     o.value = ev.hub;
