@@ -274,5 +274,4 @@ func (t *Trace) Middleware(next http.Handler) http.Handler {
 // a hostile path need not be kept whole.
 const maxPath = 512
 
-
 func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -144,7 +144,6 @@ func hubName(s string) bool {
 	return true
 }
 
-
 func (rq *request) status(code int) { rq.w.WriteHeader(code) }
 
 // exists answers a HEAD existence check.
