@@ -140,7 +140,6 @@ type run struct {
 	userID     string
 	token      string
 	lastSeq    uint64 // the highest sequence id received
-	ackedSeq   uint64 // the highest sent in a sequenceAck
 	lastReason string // the last disconnected message
 }
 
@@ -324,15 +323,12 @@ func (c *Client) install(r *run, t *transport) {
 	r.t = t
 	close(r.up)
 	connID, userID, isNew := r.connID, r.userID, t.isNew
-	if !isNew {
-		// The last sequenceAcks may have been lost with the old transport:
-		// acknowledge again at once, before the service's buffer of
-		// unacknowledged messages (1000) fills with the replay and what
-		// came since.
-		r.ackedSeq = 0
-	}
 	c.mu.Unlock()
 	if !isNew {
+		// The last sequenceAcks may have been lost with the old transport
+		// (written is not received): acknowledge again at once, before the
+		// service's buffer of unacknowledged messages (1000) fills with
+		// the replay and what came since.
 		t.kick <- struct{}{} // a new transport's kick is empty
 	}
 	r.wg.Add(1)
@@ -504,14 +500,14 @@ func (c *Client) tend(r *run, t *transport) {
 func (c *Client) sequenceAck(r *run, t *transport) {
 	c.mu.Lock()
 	seq := r.lastSeq
-	due := seq > r.ackedSeq
+	due := seq > t.ackedSeq
 	c.mu.Unlock()
 	if !due {
 		return
 	}
 	if c.writeRequest(t, protocol.Request{Type: protocol.SequenceAck, SequenceID: seq}) == nil {
 		c.mu.Lock()
-		r.ackedSeq = max(r.ackedSeq, seq)
+		t.ackedSeq = max(t.ackedSeq, seq)
 		c.mu.Unlock()
 	}
 }
@@ -533,7 +529,7 @@ func (c *Client) handle(t *transport, m protocol.ServerMessage) {
 		if m.ConnectionID != r.connID {
 			// A new connection numbers its messages from 1 again.
 			t.isNew = true
-			r.lastSeq, r.ackedSeq = 0, 0
+			r.lastSeq = 0
 		}
 		r.connID, r.userID = m.ConnectionID, m.UserID
 		if m.ReconnectionToken != "" {
@@ -577,7 +573,7 @@ func (c *Client) handle(t *transport, m protocol.ServerMessage) {
 				return // a replay of what came before the drop
 			}
 			r.lastSeq = m.SequenceID
-			pending := r.lastSeq - r.ackedSeq
+			pending := r.lastSeq - t.ackedSeq
 			c.mu.Unlock()
 			if pending >= quickSequenceAck {
 				select {

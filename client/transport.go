@@ -27,7 +27,11 @@ type transport struct {
 	code  uint16        // close code; 1006 when the socket just ended
 	// isNew is set, before ready is closed, when the connected message
 	// names a connection other than the one before (not a recovery).
-	isNew    bool
+	isNew bool
+	// ackedSeq is the highest sequence id acknowledged on this transport
+	// (guarded by Client.mu): a new one acknowledges again what the last
+	// acknowledged, which may not have arrived.
+	ackedSeq uint64
 	lastRecv atomic.Int64 // unix nanoseconds of the last frame of any kind
 	kick     chan struct{}
 }
