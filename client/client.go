@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -62,6 +63,10 @@ type Options struct {
 	HandshakeTimeout time.Duration
 	// TLSConfig is for wss:// URLs; nil is the system's defaults.
 	TLSConfig *tls.Config
+	// Dialer opens the TCP connections (nil: a zero net.Dialer); its
+	// LocalAddr chooses the source address, as a load tool spreading
+	// many clients over loopback addresses does.
+	Dialer *net.Dialer
 	// Logger gets the client's debug logs; nil logs nothing.
 	Logger *slog.Logger
 

@@ -104,7 +104,10 @@ func (c *Client) dial(ctx context.Context, r *run, rawURL string, waitConnected 
 	if u.Scheme != "ws" && u.Scheme != "wss" {
 		return nil, fmt.Errorf("client: the URL must be ws:// or wss://, not %q", u.Scheme)
 	}
-	var d net.Dialer
+	d := c.opts.Dialer
+	if d == nil {
+		d = &net.Dialer{}
+	}
 	nc, err := d.DialContext(ctx, "tcp", host)
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)

@@ -185,6 +185,14 @@ type jsonError struct {
 // too, which a client should skip rather than end its connection over
 // (clients must tolerate new frames).
 func DecodeJSONServerMessage(frame []byte) (ServerMessage, error) {
+	if m, ok := decodeDataMessageFast(frame); ok {
+		return m, nil
+	}
+	return decodeJSONServerMessage(frame)
+}
+
+// decodeJSONServerMessage decodes any frame, with encoding/json.
+func decodeJSONServerMessage(frame []byte) (ServerMessage, error) {
 	var raw jsonServerMessage
 	if err := json.Unmarshal(frame, &raw); err != nil {
 		return ServerMessage{}, invalid("%v", err)

@@ -125,6 +125,7 @@ func (c *cluster) subURL(i int, group string) string {
 }
 func (c *cluster) pubURL(int) string  { return c.nodes[0].url("pub", true) }
 func (c *cluster) isCentrifuge() bool { return false }
+func (c *cluster) isOurs() bool       { return true }
 
 // procs: nats-server, then each node.
 func (c *cluster) procs() []proc {

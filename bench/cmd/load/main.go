@@ -17,6 +17,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -37,6 +38,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/lxzan/gws"
+
+	"github.com/embedwps/pubsub/client"
 
 	"github.com/embedwps/pubsub"
 )
@@ -187,6 +190,8 @@ type target interface {
 	subURL(i int, group string) string
 	pubURL(i int) string
 	isCentrifuge() bool
+	// isOurs: this module's server, whose subscribers are its Go client.
+	isOurs() bool
 	// procs are the server processes: their CPU time is the run's.
 	procs() []proc
 	// brokers describes the brokers' counters (cluster), or is "".
@@ -290,6 +295,7 @@ func (s *server) stop() { _ = s.cmd.Process.Kill(); _ = s.cmd.Wait() }
 func (s *server) subURL(_ int, group string) string { return s.url(group, false) }
 func (s *server) pubURL(int) string                 { return s.url("pub", true) }
 func (s *server) isCentrifuge() bool                { return s.impl == "centrifuge" }
+func (s *server) isOurs() bool                      { return isOurs(s.impl) }
 func (s *server) procs() []proc                     { return []proc{{s.label, s.cmd.Process.Pid}} }
 func (s *server) brokers() string                   { return "" }
 
@@ -391,20 +397,28 @@ type recorder struct {
 	warm     atomic.Int64 // subscribers that got a warm-up probe
 }
 
-// subscriber is a gws client that parses the payloads "T<seq>:<nanos>:…"
-// and "W…" (warm-up) out of whatever frame wraps them.
+// subscriber parses the payloads "T<seq>:<nanos>:…" and "W…" (warm-up)
+// out of whatever frame wraps them. Ours is this module's Go client
+// (client/, on json.webpubsub.azure.v1), so that the client is exercised
+// at load; the peers' are bare gws clients.
 type subscriber struct {
 	gws.BuiltinEventHandler
 	rec    *recorder
 	warmed bool
 	lat    []int64
 	cent   bool
-	conn   *gws.Conn
+	conn   *gws.Conn      // a peer's
+	client *client.Client // ours
 }
 
 func (s *subscriber) OnMessage(c *gws.Conn, m *gws.Message) {
 	defer m.Close()
-	data := m.Bytes()
+	s.take(m.Bytes())
+}
+
+// take records one message's payload. The client's events come one at a
+// time, as gws's do, so a subscriber's fields have one writer.
+func (s *subscriber) take(data []byte) {
 	now := time.Now().UnixNano()
 	for {
 		i := bytes.Index(data, []byte(`"`))
@@ -446,6 +460,40 @@ func (s *subscriber) OnMessage(c *gws.Conn, m *gws.Message) {
 	}
 }
 
+// dialClient connects our Go client from loopback address i%50, as dial
+// does a gws client.
+func dialClient(url string, sub *subscriber, i int) *client.Client {
+	ip := net.IPv4(127, 0, 0, byte(1+i%50))
+	c, err := client.New(url, client.Options{
+		Protocol:             client.JSON(),
+		DisableAutoReconnect: true, // a lost subscriber is a lost run
+		Dialer:               &net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 10 * time.Second},
+		OnGroupMessage:       func(m client.Message) { sub.take(m.Data) },
+	})
+	check(err)
+	for attempt := 0; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err = c.Start(ctx)
+		cancel()
+		if err == nil {
+			return c
+		}
+		if attempt == 5 {
+			panic(err) // the workload fails; runWorkload reports it and the run goes on
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// close ends a subscriber's connection.
+func (s *subscriber) close() {
+	if s.client != nil {
+		s.client.Stop()
+		return
+	}
+	s.conn.NetConn().Close()
+}
+
 func dial(url string, h gws.Event, i int) *gws.Conn {
 	ip := net.IPv4(127, 0, 0, byte(1+i%50))
 	for attempt := 0; ; attempt++ {
@@ -466,8 +514,9 @@ func dial(url string, h gws.Event, i int) *gws.Conn {
 	}
 }
 
-// connectSubscribers dials n subscribers, group(i) each, 64 at a time.
-func connectSubscribers(s target, rec *recorder, n int, group func(int) string) []*subscriber {
+// connectSubscribers dials n subscribers, group(i) each, 64 at a time;
+// with viaClient, ours are this module's Go client.
+func connectSubscribers(s target, rec *recorder, n int, group func(int) string, viaClient bool) []*subscriber {
 	subs := make([]*subscriber, n)
 	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
@@ -477,6 +526,11 @@ func connectSubscribers(s target, rec *recorder, n int, group func(int) string) 
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			sub := &subscriber{rec: rec, cent: s.isCentrifuge()}
+			if viaClient && s.isOurs() {
+				sub.client = dialClient(s.subURL(i, group(i)), sub, i)
+				subs[i] = sub
+				return
+			}
 			sub.conn = dial(s.subURL(i, group(i)), sub, i)
 			if sub.cent {
 				_ = sub.conn.WriteString(`{"id":1,"connect":{}}`)
@@ -585,7 +639,7 @@ func (f fanout) run(bin, impl string) result {
 	rec := &recorder{counts: make([]atomic.Int32, f.messages), expected: make([]int32, f.messages), progress: make(chan struct{}, 1)}
 	per := f.subs / f.groups
 	group := func(i int) string { return "g" + strconv.Itoa(i/per) }
-	subs := connectSubscribers(s, rec, f.subs, group)
+	subs := connectSubscribers(s, rec, f.subs, group, true)
 	pubs := make([]*publisher, f.publishers)
 	for i := range pubs {
 		pubs[i] = newPublisher(s, i)
@@ -653,10 +707,20 @@ func (f fanout) run(bin, impl string) result {
 	if r.deliveries > 0 {
 		r.cpuPer = cpu / time.Duration(r.deliveries)
 	}
+	if s.isOurs() && r.deliveries > 0 && own > 0 {
+		// The Go client's side: this process receives every delivery
+		// (its publishers cost little beside), so its CPU per delivery
+		// bounds what one client process can take.
+		per := own / time.Duration(r.deliveries)
+		r.detail = fmt.Sprintf("Go client process: %v CPU per delivery, %.0f deliveries/s per core", per, float64(time.Second)/float64(per))
+	}
 	if f.cluster {
+		if r.detail != "" {
+			r.detail += "; "
+		}
 		// How busy the machine was: the load tool shares its cores.
 		el := time.Since(start)
-		r.detail = fmt.Sprintf("%v: server processes %.2f cores, load tool %.2f cores; ", el.Round(10*time.Millisecond),
+		r.detail += fmt.Sprintf("%v: server processes %.2f cores, load tool %.2f cores; ", el.Round(10*time.Millisecond),
 			cpu.Seconds()/el.Seconds(), own.Seconds()/el.Seconds()) + usageDetail(s.procs(), u0, u1, r.deliveries)
 		if b := s.brokers(); b != "" {
 			r.detail += "; " + b
@@ -671,9 +735,11 @@ func (f fanout) run(bin, impl string) result {
 		r.p50 = time.Duration(lat[len(lat)/2]) * time.Microsecond
 		r.p99 = time.Duration(lat[len(lat)*99/100]) * time.Microsecond
 	}
+	var wg sync.WaitGroup
 	for _, sub := range subs {
-		sub.conn.NetConn().Close()
+		wg.Go(sub.close)
 	}
+	wg.Wait()
 	for _, p := range pubs {
 		p.conn.NetConn().Close()
 	}
@@ -691,7 +757,8 @@ func (w idle) run(bin, impl string) result {
 	defer s.stop()
 	heap0, rss0 := s.heap(), s.rss()
 	rec := &recorder{counts: make([]atomic.Int32, 0), progress: make(chan struct{}, 1)}
-	subs := connectSubscribers(s, rec, w.conns, func(i int) string { return "g" + strconv.Itoa(i/10) })
+	// Bare connections: what the server holds per connection, not a client.
+	subs := connectSubscribers(s, rec, w.conns, func(i int) string { return "g" + strconv.Itoa(i/10) }, false)
 	time.Sleep(2 * time.Second) // let the server settle: not a synchronisation, a measurement condition
 	heap1, rss1 := s.heap(), s.rss()
 	if profileDir != "" {
@@ -754,7 +821,7 @@ func (w restSends) run(bin, impl string) result {
 	s := startServer(bin, impl)
 	defer s.stop()
 	rec := &recorder{counts: make([]atomic.Int32, 0), progress: make(chan struct{}, 1)}
-	subs := connectSubscribers(s, rec, 100, func(int) string { return "r" })
+	subs := connectSubscribers(s, rec, 100, func(int) string { return "r" }, false)
 	defer func() {
 		for _, sub := range subs {
 			sub.conn.NetConn().Close()
