@@ -334,7 +334,10 @@ func (c *Client) install(r *run, t *transport) {
 		// (written is not received): acknowledge again at once, before the
 		// service's buffer of unacknowledged messages (1000) fills with
 		// the replay and what came since.
-		t.kick <- struct{}{} // a new transport's kick is empty
+		select {
+		case t.kick <- struct{}{}:
+		default: // its read loop kicked already (300 pending): that does it
+		}
 	}
 	r.wg.Add(1)
 	go c.tend(r, t)
