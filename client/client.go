@@ -1,9 +1,9 @@
 // Package client is a Go client for Azure Web PubSub, in the shape of the
 // official @azure/web-pubsub-client: it joins and leaves groups, sends to
 // groups and events with acks, invokes events, and receives group and
-// server messages, over json.reliable.webpubsub.azure.v1 (the default) or
-// json.webpubsub.azure.v1. It works against Azure's service and against this
-// module's own server alike.
+// server messages, over json.reliable.webpubsub.azure.v1 (the default),
+// json.webpubsub.azure.v1 or their protobuf counterparts. It works against
+// Azure's service and against this module's own server alike.
 //
 // On the reliable subprotocol a dropped transport is recovered within the
 // service's recovery window: messages are acknowledged with sequenceAck
@@ -762,12 +762,14 @@ func (c *Client) SendEvent(ctx context.Context, event string, dataType protocol.
 // InvokeEvent invokes event on the event handler and returns its reply
 // (data nil when it replied nothing). If ctx ends first, the invocation is
 // cancelled. It is not retried on another transport (ErrConnectionLost).
+// The protobuf subprotocols have no invocations: there it fails at once,
+// with an error wrapping protocol.ErrNotInProtobuf.
 func (c *Client) InvokeEvent(ctx context.Context, event string, dataType protocol.DataType, data []byte) (protocol.DataType, []byte, error) {
 	id := strconv.FormatUint(c.lastInvokeID.Add(1), 10)
 	req := protocol.Request{Type: protocol.Invoke, InvocationID: id, Event: event, DataType: dataType, Data: data}
 	frame, err := c.proto.AppendRequest(nil, req)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, fmt.Errorf("client: invoke on %s: %w", c.proto.Name(), err)
 	}
 	r, t, err := c.transport(ctx)
 	if err != nil {

@@ -156,9 +156,19 @@ func ctxFor(t *testing.T) context.Context {
 	return ctx
 }
 
+// protocols are the four subprotocols the client speaks.
+var protocols = []client.Protocol{client.JSONReliable(), client.JSON(), client.ProtobufReliable(), client.Protobuf()}
+
+func isProtobuf(p client.Protocol) bool { return strings.HasPrefix(p.Name(), "protobuf.") }
+
 func TestOperations(t *testing.T) {
-	for _, p := range []client.Protocol{client.JSONReliable(), client.JSON()} {
+	for _, p := range protocols {
 		t.Run(p.Name(), func(t *testing.T) {
+			// Protobuf data messages carry no fromUserId.
+			from := "alice"
+			if isProtobuf(p) {
+				from = ""
+			}
 			e := newEnv(t, pubsub.Config{})
 			ev := newEvents()
 			u := e.url(pubsub.TokenOptions{UserID: "alice", Roles: []string{"webpubsub.joinLeaveGroup.room", "webpubsub.sendToGroup.room"}})
@@ -179,7 +189,7 @@ func TestOperations(t *testing.T) {
 					t.Fatal(err)
 				}
 				got := next(t, ev.group, "group message")
-				if got.Group != "room" || got.FromUserID != "alice" || got.DataType != m.dt || string(got.Data) != m.data {
+				if got.Group != "room" || got.FromUserID != from || got.DataType != m.dt || string(got.Data) != m.data {
 					t.Fatalf("got %+v, want %v %q", got, m.dt, m.data)
 				}
 				if p.Reliable() != (got.SequenceID != 0) {
@@ -235,17 +245,23 @@ func TestOperations(t *testing.T) {
 				t.Fatalf("reply %+v", got)
 			}
 
-			// Invocations.
-			dt, data, err := c.InvokeEvent(ctx, "add", protocol.Text, []byte("1"))
-			if err != nil || dt != protocol.Text || string(data) != "add:1" {
-				t.Fatalf("invoke: %v %q %v", dt, data, err)
-			}
-			if _, data, err := c.InvokeEvent(ctx, "add", protocol.Text, []byte("silent")); err != nil || data != nil {
-				t.Fatalf("silent invoke: %q %v", data, err)
-			}
-			_, _, err = c.InvokeEvent(ctx, "add", protocol.Text, []byte("fail"))
-			if !errors.Is(err, client.ErrInternalServerError) || !errors.As(err, &ae) || ae.InvocationID == "" {
-				t.Fatalf("failed invoke: %v", err)
+			// Invocations: protobuf has none, and says so at once.
+			if isProtobuf(p) {
+				if _, _, err := c.InvokeEvent(ctx, "add", protocol.Text, []byte("1")); !errors.Is(err, protocol.ErrNotInProtobuf) || ctx.Err() != nil {
+					t.Fatalf("invoke on protobuf: %v", err)
+				}
+			} else {
+				dt, data, err := c.InvokeEvent(ctx, "add", protocol.Text, []byte("1"))
+				if err != nil || dt != protocol.Text || string(data) != "add:1" {
+					t.Fatalf("invoke: %v %q %v", dt, data, err)
+				}
+				if _, data, err := c.InvokeEvent(ctx, "add", protocol.Text, []byte("silent")); err != nil || data != nil {
+					t.Fatalf("silent invoke: %q %v", data, err)
+				}
+				_, _, err = c.InvokeEvent(ctx, "add", protocol.Text, []byte("fail"))
+				if !errors.Is(err, client.ErrInternalServerError) || !errors.As(err, &ae) || ae.InvocationID == "" {
+					t.Fatalf("failed invoke: %v", err)
+				}
 			}
 
 			// Leaving: a send to the group no longer reaches it.
@@ -361,14 +377,20 @@ func TestHandlerCallsClient(t *testing.T) {
 
 // TestRecoveryLosesNothing cuts the transport under a stream of 10,000
 // group messages, several times: the application gets each once, in order,
-// on one connection.
+// on one connection, on both reliable subprotocols.
 func TestRecoveryLosesNothing(t *testing.T) {
+	for _, p := range []client.Protocol{client.JSONReliable(), client.ProtobufReliable()} {
+		t.Run(p.Name(), func(t *testing.T) { testRecoveryLosesNothing(t, p) })
+	}
+}
+
+func testRecoveryLosesNothing(t *testing.T, p client.Protocol) {
 	const total = 10000
 	e := newEnv(t, pubsub.Config{RecoveryWindow: time.Minute})
 	proxy := wstest.NewProxy(t, strings.TrimPrefix(e.srv.URL, "http://"))
 	ev := newEvents()
 	u := proxy.URL(e.url(pubsub.TokenOptions{UserID: "r", Roles: []string{"webpubsub.joinLeaveGroup"}}))
-	c := start(t, u, ev.options(client.Options{RetryDelay: 10 * time.Millisecond, SequenceAckInterval: 20 * time.Millisecond, Logger: testLogger()}))
+	c := start(t, u, ev.options(client.Options{Protocol: p, RetryDelay: 10 * time.Millisecond, SequenceAckInterval: 20 * time.Millisecond, Logger: testLogger()}))
 	ctx := ctxFor(t)
 	connID := next(t, ev.connected, "connected").ConnectionID
 	if err := c.JoinGroup(ctx, "g"); err != nil {
@@ -746,5 +768,89 @@ func TestKeepAliveDetectsDeadTransport(t *testing.T) {
 	}
 	if proxy.Accepted() != 2 || c.ConnectionID() != connID {
 		t.Fatalf("%d transports, connection %s then %s", proxy.Accepted(), connID, c.ConnectionID())
+	}
+}
+
+// The same message reaches a client of each subprotocol with the same
+// DataType and Data: protobuf's text_data, json_data and binary_data decode
+// to what the JSON client gets, from the server and from a client alike.
+// JSON data is the same value, and the same text but for the whitespace
+// around it, which a JSON frame cannot keep and json_data (a string) does.
+// (A JSON null is left out: the client refuses to send one, and a JSON
+// client skips one from the server as data missing, where a protobuf client
+// gets "null".)
+func TestSameDataOnEveryProtocol(t *testing.T) {
+	e := newEnv(t, pubsub.Config{})
+	ctx := ctxFor(t)
+	u := e.url(pubsub.TokenOptions{UserID: "x", Roles: []string{"webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"}})
+	evs := make([]*events, len(protocols))
+	clients := make([]*client.Client, len(protocols))
+	for i, p := range protocols {
+		evs[i] = newEvents()
+		clients[i] = start(t, u, evs[i].options(client.Options{Protocol: p}))
+		if err := clients[i].JoinGroup(ctx, "g"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	payloads := []struct {
+		dt   protocol.DataType
+		data string
+	}{
+		{protocol.Text, "plain"},
+		{protocol.Text, "é 😀 \"quoted\" \\ \n\t"},
+		{protocol.Text, ""},
+		{protocol.JSON, `{"a":[1,2]}`},
+		{protocol.JSON, ` { "b" : [ 1.50 , -0, 1e3 ], "s": "\u00e9\n" } `},
+		{protocol.JSON, `"just a string"`},
+		{protocol.JSON, `false`},
+		{protocol.Binary, "\x00\xff\x80 binary"},
+		{protocol.Binary, ""},
+	}
+	check := func(what string, sender int) {
+		t.Helper()
+		var want client.Message
+		for i, p := range protocols {
+			got := next(t, evs[i].group, what+" on "+p.Name())
+			if i == 0 {
+				want = got
+				continue
+			}
+			same := string(got.Data) == string(want.Data)
+			if got.DataType == protocol.JSON {
+				same = strings.TrimSpace(string(got.Data)) == strings.TrimSpace(string(want.Data))
+			}
+			if got.DataType != want.DataType || !same || got.Group != "g" {
+				t.Errorf("%s: %s got %v %q, %s got %v %q", what, protocols[0].Name(), want.DataType, want.Data, p.Name(), got.DataType, got.Data)
+			}
+			wantFrom := ""
+			if sender >= 0 && !isProtobuf(p) {
+				wantFrom = "x"
+			}
+			if got.FromUserID != wantFrom {
+				t.Errorf("%s: %s got fromUserId %q", what, p.Name(), got.FromUserID)
+			}
+		}
+	}
+	for _, m := range payloads {
+		var msg pubsub.Message
+		switch m.dt {
+		case protocol.Text:
+			msg = pubsub.TextMessage(m.data)
+		case protocol.JSON:
+			msg = pubsub.JSONMessage([]byte(m.data))
+		case protocol.Binary:
+			msg = pubsub.BinaryMessage([]byte(m.data))
+		}
+		if err := e.hub.SendToGroup(ctx, "g", msg); err != nil {
+			t.Fatal(err)
+		}
+		what := fmt.Sprintf("server's %v %q", m.dt, m.data)
+		check(what, -1)
+		for s, p := range protocols {
+			if err := clients[s].SendToGroup(ctx, "g", m.dt, []byte(m.data)); err != nil {
+				t.Fatalf("%s sending %v %q: %v", p.Name(), m.dt, m.data, err)
+			}
+			check(fmt.Sprintf("%s's %v %q", p.Name(), m.dt, m.data), s)
+		}
 	}
 }

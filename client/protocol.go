@@ -4,9 +4,10 @@ import "github.com/embedwps/pubsub/protocol"
 
 // Protocol is a subprotocol the client speaks: its name, whether it is a
 // reliable one (sequence ids, sequenceAck, recovery), whether its frames are
-// binary, and its codec. JSONReliable and JSON are the two this package
-// has; the protobuf ones plug in the same way (protocol.AppendProtobufRequest
-// and protocol.DecodeProtobufServerMessage).
+// binary, and its codec: JSONReliable (the default), JSON, ProtobufReliable
+// and Protobuf. A request the codec cannot carry fails at once with the
+// codec's error (protocol.ErrNotInProtobuf for the protobuf ones), before
+// anything is sent.
 type Protocol interface {
 	Name() string
 	Reliable() bool
@@ -43,4 +44,18 @@ func JSONReliable() Protocol {
 // and what was sent in between is lost.
 func JSON() Protocol {
 	return codec{protocol.JSONSubprotocol, false, false, protocol.AppendJSONRequest, protocol.DecodeJSONServerMessage}
+}
+
+// Protobuf is protobuf.webpubsub.azure.v1, in binary frames: a dropped
+// transport is a new connection. Its data messages carry no fromUserId
+// (Message.FromUserID is ""), and it has no frame for invocations:
+// InvokeEvent fails at once with an error wrapping protocol.ErrNotInProtobuf.
+func Protobuf() Protocol {
+	return codec{protocol.ProtobufSubprotocol, false, true, protocol.AppendProtobufRequest, protocol.DecodeProtobufServerMessage}
+}
+
+// ProtobufReliable is protobuf.reliable.webpubsub.azure.v1: Protobuf, with
+// the recovery of JSONReliable.
+func ProtobufReliable() Protocol {
+	return codec{protocol.ProtobufReliableSubprotocol, true, true, protocol.AppendProtobufRequest, protocol.DecodeProtobufServerMessage}
 }
