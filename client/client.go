@@ -1,7 +1,7 @@
 // Package client is a Go client for Azure Web PubSub, in the shape of the
 // official @azure/web-pubsub-client: it joins and leaves groups, sends to
-// groups and events with acks, invokes events, and receives group and
-// server messages, over json.reliable.webpubsub.azure.v1 (the default),
+// groups and events with acks, invokes events, writes and reads group
+// streams, and receives group and server messages, over json.reliable.webpubsub.azure.v1 (the default),
 // json.webpubsub.azure.v1 or their protobuf counterparts. It works against
 // Azure's service and against this module's own server alike.
 //
@@ -79,6 +79,13 @@ type Options struct {
 	OnServerMessage     func(Message)
 	OnGroupMessage      func(Message)
 	OnRejoinGroupFailed func(group string, err error)
+	// OnGroupStream is handed each group stream received, at its first
+	// fragment; its fragments are read with GroupStream.Next (they also
+	// come to OnGroupMessage, with Message.Stream). A received stream from
+	// which nothing came for StreamIdleTimeout (default 5 minutes) ends
+	// with ErrIdleTimeout.
+	OnGroupStream     func(*GroupStream)
+	StreamIdleTimeout time.Duration
 }
 
 // ConnectedEvent is a new connection: at Start, and each reconnection.
@@ -104,6 +111,10 @@ type Message struct {
 	Metadata   map[string]string
 	// SequenceID is its id on the reliable subprotocol (0: none).
 	SequenceID uint64
+	// Stream is set on a group stream's fragment: its stream, sequence id,
+	// and whether it is the last (End, with Error when it did not end
+	// normally).
+	Stream *protocol.StreamInfo
 }
 
 // quickSequenceAck is how many unacknowledged messages make the client
@@ -126,6 +137,8 @@ type Client struct {
 	groups      map[string]bool
 	acks        map[uint64]chan protocol.ServerMessage
 	invocations map[string]chan protocol.ServerMessage
+	outStreams  map[string]*GroupStreamWriter
+	inStreams   map[streamKey]*GroupStream
 }
 
 // run is one Start's worth of state: its goroutines, its transport, its
@@ -170,11 +183,14 @@ func New(credential any, opts Options) (*Client, error) {
 	setDefault(&opts.RetryDelay, time.Second)
 	setDefault(&opts.SequenceAckInterval, time.Second)
 	setDefault(&opts.HandshakeTimeout, 10*time.Second)
+	setDefault(&opts.StreamIdleTimeout, 300*time.Second)
 	return &Client{
 		cred: cred, opts: opts, proto: opts.Protocol,
 		groups:      map[string]bool{},
 		acks:        map[uint64]chan protocol.ServerMessage{},
 		invocations: map[string]chan protocol.ServerMessage{},
+		outStreams:  map[string]*GroupStreamWriter{},
+		inStreams:   map[streamKey]*GroupStream{},
 	}, nil
 }
 
@@ -338,6 +354,12 @@ func (c *Client) install(r *run, t *transport) {
 		case t.kick <- struct{}{}:
 		default: // its read loop kicked already (300 pending): that does it
 		}
+		// And what the streams written had unacknowledged goes again.
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			c.resumeStreams()
+		}()
 	}
 	r.wg.Add(1)
 	go c.tend(r, t)
@@ -403,6 +425,11 @@ func (c *Client) endConnection(r *run) {
 	id, reason := r.connID, r.lastReason
 	r.connID, r.token, r.lastReason = "", "", ""
 	c.mu.Unlock()
+	if r.ctx.Err() != nil {
+		c.endStreams(ErrStopped)
+	} else {
+		c.endStreams(ErrConnectionLost)
+	}
 	if id == "" {
 		return
 	}
@@ -563,6 +590,8 @@ func (c *Client) handle(t *transport, m protocol.ServerMessage) {
 			default: // an answer to an attempt already answered
 			}
 		}
+	case protocol.StreamAck, protocol.StreamNack, protocol.StreamClosed:
+		c.handleStream(r, m)
 	case protocol.InvokeResponse:
 		c.mu.Lock()
 		ch := c.invocations[m.InvocationID]
@@ -590,7 +619,10 @@ func (c *Client) handle(t *transport, m protocol.ServerMessage) {
 				}
 			}
 		}
-		msg := Message{Group: m.Group, FromUserID: m.FromUserID, DataType: m.DataType, Data: m.Data, Metadata: m.Metadata, SequenceID: m.SequenceID}
+		msg := Message{Group: m.Group, FromUserID: m.FromUserID, DataType: m.DataType, Data: m.Data, Metadata: m.Metadata, SequenceID: m.SequenceID, Stream: m.Stream}
+		if m.Stream != nil && m.Type == protocol.GroupMessage && c.opts.OnGroupStream != nil {
+			c.received(r, msg)
+		}
 		if m.Type == protocol.GroupMessage {
 			r.events.post(func() {
 				if c.opts.OnGroupMessage != nil {

@@ -15,8 +15,13 @@ var (
 	ErrStarted = errors.New("client: already started")
 	// ErrConnectionLost is returned by InvokeEvent when the transport
 	// dropped before the invokeResponse came: the service does not keep
-	// invocations across transports, so it is not retried.
-	ErrConnectionLost = errors.New("client: connection lost before the response")
+	// invocations across transports, so it is not retried. It also ends
+	// the group streams, written and received, of a connection that ended
+	// (the service ended them with it).
+	ErrConnectionLost = errors.New("client: connection lost")
+	// ErrStreamEnded is returned by a GroupStreamWriter's Write, End or
+	// Abort after End or Abort.
+	ErrStreamEnded = errors.New("client: the stream was ended")
 )
 
 // The error names of the service's acks and invokeResponses, for
@@ -26,6 +31,13 @@ var (
 	ErrInternalServerError = errors.New(protocol.AckInternalServerError)
 	ErrBadRequest          = errors.New(protocol.AckBadRequest)
 	ErrTooManyRequests     = errors.New(protocol.AckTooManyRequests)
+	// The names of a stream's end (StreamError): not open at the service,
+	// idle too long, ended for the publisher's session or a bad frame,
+	// aborted by its publisher.
+	ErrStreamNotFound = errors.New(protocol.StreamNotFound)
+	ErrIdleTimeout    = errors.New(protocol.StreamIdleTimeout)
+	ErrCancelled      = errors.New(protocol.StreamCancelled)
+	ErrUserError      = errors.New(protocol.StreamUserError)
 )
 
 var namedErrors = map[string]error{
@@ -33,6 +45,10 @@ var namedErrors = map[string]error{
 	protocol.AckInternalServerError: ErrInternalServerError,
 	protocol.AckBadRequest:          ErrBadRequest,
 	protocol.AckTooManyRequests:     ErrTooManyRequests,
+	protocol.StreamNotFound:         ErrStreamNotFound,
+	protocol.StreamIdleTimeout:      ErrIdleTimeout,
+	protocol.StreamCancelled:        ErrCancelled,
+	protocol.StreamUserError:        ErrUserError,
 }
 
 // AckError is a request the service refused: an ack or invokeResponse
@@ -54,3 +70,24 @@ func (e *AckError) Error() string {
 }
 
 func (e *AckError) Unwrap() error { return namedErrors[e.Name] }
+
+// StreamError is why a group stream ended abnormally: the service's
+// streamClosed to its publisher, or the error its receivers got with the
+// terminal fragment (a publisher's Abort is named UserError there). It
+// unwraps to ErrForbidden, ErrIdleTimeout and the like.
+type StreamError struct {
+	StreamID      string
+	Name          string
+	Message       string
+	UserErrorCode string // a publisher's Abort only
+}
+
+func (e *StreamError) Error() string {
+	s := "client: stream " + strconv.Quote(e.StreamID) + " ended: " + e.Name + ": " + e.Message
+	if e.UserErrorCode != "" {
+		s += " (" + e.UserErrorCode + ")"
+	}
+	return s
+}
+
+func (e *StreamError) Unwrap() error { return namedErrors[e.Name] }

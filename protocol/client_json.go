@@ -17,8 +17,9 @@ import (
 // service would refuse as an invalid message (a bad group or event name,
 // metadata or JSON data), so that a client fails that request rather than
 // have its connection closed with 1007. It encodes joinGroup, leaveGroup,
-// sendToGroup, event, ping, sequenceAck, invoke and cancelInvocation; the
-// other request types are not a client's to send yet.
+// sendToGroup, event, ping, sequenceAck, invoke, cancelInvocation and the
+// group streaming frames; the other request types are not a client's to
+// send yet.
 func AppendJSONRequest(dst []byte, req Request) ([]byte, error) {
 	switch req.Type {
 	case JoinGroup, LeaveGroup:
@@ -87,6 +88,8 @@ func AppendJSONRequest(dst []byte, req Request) ([]byte, error) {
 		dst = append(dst, `{"type":"sequenceAck","sequenceId":`...)
 		dst = strconv.AppendUint(dst, req.SequenceID, 10)
 		return append(dst, '}'), nil
+	case StreamStart, StreamData, StreamEnd:
+		return appendStreamRequest(dst, req)
 	}
 	return dst, fmt.Errorf("protocol: the JSON client encoder does not send %v requests", req.Type)
 }

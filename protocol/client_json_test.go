@@ -22,7 +22,7 @@ func normalRequest(r Request) Request {
 // clientRequestType reports whether the JSON client encoder sends t.
 func clientRequestType(t RequestType) bool {
 	switch t {
-	case JoinGroup, LeaveGroup, SendToGroup, Event, Invoke, CancelInvocation, Ping, SequenceAck:
+	case JoinGroup, LeaveGroup, SendToGroup, Event, Invoke, CancelInvocation, Ping, SequenceAck, StreamStart, StreamData, StreamEnd:
 		return true
 	}
 	return false
@@ -94,6 +94,14 @@ func FuzzAppendJSONRequest(f *testing.F) {
 		`{"type":"invoke","invocationId":"1","target":"x","event":"e","dataType":"protobuf","data":"AA=="}`,
 		`{"type":"sequenceAck","sequenceId":18446744073709551615}`,
 		`{"type":"ping"}`,
+		`{"type":"sendToGroup","group":"g","noEcho":true,"stream":{"streamId":"s\u00e9","idleTimeoutMs":300}}`,
+		`{"type":"sendToGroup","group":"g","stream":{"streamId":"s"}}`,
+		`{"type":"streamData","streamId":"s","streamSequenceId":2,"dataType":"json","data":[1, {"a":null}]}`,
+		`{"type":"streamData","streamId":"s","streamSequenceId":1,"dataType":"binary","data":""}`,
+		`{"type":"streamData","streamId":"s"}`,
+		`{"type":"streamEnd","streamId":"s"}`,
+		`{"type":"streamEnd","streamId":"s","error":{"message":"m","userErrorCode":"E\n"}}`,
+		`{"type":"streamEnd","streamId":"s","error":{}}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -101,6 +109,9 @@ func FuzzAppendJSONRequest(f *testing.F) {
 		req, err := DecodeJSONRequest(frame)
 		if err != nil || !clientRequestType(req.Type) || req.Type == Invoke && req.Target == "" {
 			return // an explicit empty target: the encoder sends "event"
+		}
+		if req.Stream.Problem != "" {
+			return // a stream frame the service answers with BadRequest
 		}
 		if req.Type == JoinGroup || req.Type == LeaveGroup || req.Type == SendToGroup || req.Type == Event {
 			// The decoder keeps an ackId of these only; the others ignore it.

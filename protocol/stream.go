@@ -183,6 +183,66 @@ func decodeStreamEnd(req Request, raw *jsonRequest) (Request, error) {
 	return req, nil
 }
 
+// appendStreamRequest appends a stream start (a sendToGroup with stream and
+// no ackId or payload), a streamData (a keepalive when KeepAlive) or a
+// streamEnd, refusing what the service would answer with BadRequest.
+func appendStreamRequest(dst []byte, req Request) ([]byte, error) {
+	if req.StreamID == "" || len(req.StreamID) > maxStreamIDLength {
+		return dst, invalid("streamId must be 1 to %d bytes", maxStreamIDLength)
+	}
+	switch req.Type {
+	case StreamStart:
+		if !ValidGroupName(req.Group) {
+			return dst, invalid("group name must be 1 to 1024 characters and not all whitespace")
+		}
+		dst = append(dst, `{"type":"sendToGroup","group":`...)
+		dst = AppendString(dst, req.Group)
+		if req.NoEcho {
+			dst = append(dst, `,"noEcho":true`...)
+		}
+		dst = append(dst, `,"stream":{"streamId":`...)
+		dst = AppendString(dst, req.StreamID)
+		if ms := req.Stream.IdleTimeoutMs; ms > 0 {
+			dst = append(dst, `,"idleTimeoutMs":`...)
+			dst = strconv.AppendUint(dst, ms, 10)
+		}
+		return append(dst, "}}"...), nil
+	case StreamData:
+		dst = append(dst, `{"type":"streamData","streamId":`...)
+		dst = AppendString(dst, req.StreamID)
+		if req.Stream.KeepAlive {
+			return append(dst, '}'), nil
+		}
+		if req.Stream.SequenceID == 0 {
+			return dst, invalid("streamSequenceId must be at least 1")
+		}
+		dst = append(dst, `,"streamSequenceId":`...)
+		dst = strconv.AppendUint(dst, req.Stream.SequenceID, 10)
+		return appendRequestPayload(dst, req.DataType, req.Data)
+	default: // StreamEnd
+		dst = append(dst, `{"type":"streamEnd","streamId":`...)
+		dst = AppendString(dst, req.StreamID)
+		if e := req.Stream.Error; e != nil {
+			switch {
+			case e.Name != "" && e.Name != StreamUserError:
+				return dst, invalid("a client's stream error carries no name")
+			case len(e.Message) > maxStreamErrorMessage:
+				return dst, invalid("the error message is longer than %d bytes", maxStreamErrorMessage)
+			case len(e.UserErrorCode) > maxStreamUserErrorCodeLen:
+				return dst, invalid("the userErrorCode is longer than %d bytes", maxStreamUserErrorCodeLen)
+			}
+			dst = append(dst, `,"error":{"message":`...)
+			dst = AppendString(dst, e.Message)
+			if e.UserErrorCode != "" {
+				dst = append(dst, `,"userErrorCode":`...)
+				dst = AppendString(dst, e.UserErrorCode)
+			}
+			dst = append(dst, '}')
+		}
+		return append(dst, '}'), nil
+	}
+}
+
 // AppendStreamAck appends a streamAck: every fragment below expected was
 // accepted.
 func AppendStreamAck(dst []byte, streamID string, expected uint64) []byte {
