@@ -30,14 +30,14 @@ const waitFor = wstest.WaitFor
 
 // env is the library's own service in an httptest server.
 type env struct {
-	t            *testing.T
+	t            testing.TB
 	svc          *pubsub.Service
 	srv          *httptest.Server
 	hub          *pubsub.Hub
 	disconnected chan string // connection ids the service saw end
 }
 
-func newEnv(t *testing.T, cfg pubsub.Config) *env {
+func newEnv(t testing.TB, cfg pubsub.Config) *env {
 	t.Helper()
 	mux := http.NewServeMux()
 	srv := httptest.NewServer(mux)

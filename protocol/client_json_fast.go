@@ -131,7 +131,7 @@ func (p *fastParser) plainString() ([]byte, bool) {
 		return nil, false
 	}
 	start := p.i
-	for ; p.i < len(p.b); p.i++ {
+	for p.i += plainPrefix(p.b[p.i:]); p.i < len(p.b); p.i++ {
 		switch c := p.b[p.i]; {
 		case c == '"':
 			s := p.b[start:p.i]
@@ -152,6 +152,9 @@ func (p *fastParser) string() ([]byte, bool) {
 	// Its end first, so that the copy is made once.
 	end, ascii := p.i, true
 	for ; end < len(p.b); end++ {
+		if end += plainPrefix(p.b[end:]); end >= len(p.b) {
+			break
+		}
 		c := p.b[end]
 		if c == '"' {
 			break

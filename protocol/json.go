@@ -596,6 +596,9 @@ func AppendString[T ~string | ~[]byte](dst []byte, s T) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); {
+		if i += plainPrefix(s[i:]); i >= len(s) {
+			break
+		}
 		c := s[i]
 		if c < 0x80 {
 			if c >= 0x20 && c != '"' && c != '\\' {
@@ -637,3 +640,26 @@ func AppendString[T ~string | ~[]byte](dst []byte, s T) []byte {
 func jsonValid(b []byte) bool { return json.Valid(b) }
 
 func toValidUTF8(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+
+// plainPrefix is how many bytes at the start of s a JSON string holds as
+// they are: ASCII from 0x20 up, but for '"' and '\\'. It reads 8 bytes at a
+// time (the usual word tricks: a byte below 0x20, a byte equal to '"' or
+// '\\', a byte with its high bit set), as payloads are mostly such bytes.
+func plainPrefix[T ~string | ~[]byte](s T) int {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		quote, backslash := x^(ones*'"'), x^(ones*'\\')
+		if ((x-ones*0x20)&^x|(quote-ones)&^quote|(backslash-ones)&^backslash|x)&highs != 0 {
+			break
+		}
+	}
+	for ; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' {
+			break
+		}
+	}
+	return i
+}

@@ -307,3 +307,22 @@ func checkDecoded(t *testing.T, req Request, err error) bool {
 	}
 	return true
 }
+
+// FuzzPlainPrefix: the word-at-a-time scan agrees with a byte-at-a-time one.
+func FuzzPlainPrefix(f *testing.F) {
+	for _, s := range []string{"", "abcdefgh", "abcdefg\"", "abc\\defghijk", "\x1fabcdefgh", "abcdefgh\x7f\x80", "0123456789abcdef\x00", "é", " !#$%&'()*+,-./[]^_`{|}~\x7f"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		want := 0
+		for want < len(s) && s[want] >= 0x20 && s[want] < 0x80 && s[want] != '"' && s[want] != '\\' {
+			want++
+		}
+		if got := plainPrefix(s); got != want {
+			t.Fatalf("plainPrefix(%q) = %d, want %d", s, got, want)
+		}
+		if got := plainPrefix([]byte(s)); got != want {
+			t.Fatalf("plainPrefix([]byte(%q)) = %d, want %d", s, got, want)
+		}
+	})
+}
