@@ -53,6 +53,7 @@ client.on("group-message", (e) => {
     dataType: m.dataType,
     data: isBuffer ? Array.from(new Uint8Array(m.data)) : m.data,
     jsType: isBuffer ? "ArrayBuffer" : Array.isArray(m.data) ? "array" : m.data === null ? "null" : typeof m.data,
+    metadata: m.metadata ?? null, // not in the SDK's types, but passed on
     sequenceId: m.sequenceId ?? null,
   });
   arrived();
