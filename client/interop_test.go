@@ -76,7 +76,10 @@ func testJSPeer(t *testing.T, dir string, p client.Protocol, jsKind string) {
 	roles := []string{"webpubsub.joinLeaveGroup.room", "webpubsub.sendToGroup.room"}
 	e := newEnv(t, pubsub.Config{})
 	ev := newEvents()
-	c := start(t, e.url(pubsub.TokenOptions{UserID: "gopher", Roles: roles}), ev.options(client.Options{Protocol: p}))
+	// One connection throughout: a new one would be a failure, reported at
+	// once rather than retried (a request the service closes the connection
+	// over would be sent again on each new one).
+	c := start(t, e.url(pubsub.TokenOptions{UserID: "gopher", Roles: roles}), ev.options(client.Options{Protocol: p, DisableAutoReconnect: true}))
 	ctx := ctxFor(t)
 	goConn := next(t, ev.connected, "connected")
 	if err := c.JoinGroup(ctx, "room"); err != nil {
