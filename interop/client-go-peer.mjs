@@ -7,12 +7,14 @@
 //   ready            it joined "room": the Go client sends its messages,
 //                    ending with the text "go-done"
 //   received-from-go every group message up to "go-done", as the JS client
-//                    got it; then it sends text (noEcho), json, binary
-//                    (noEcho) and the text "js-done" to the group
+//                    got it (with the metadata the service passes on, which
+//                    the SDK does not type); then it sends text (noEcho),
+//                    json, binary (noEcho) and the text "js-done"
 //   sent             the acks of those sends
 //   echoes           what came back to it, up to its own "js-done": its
 //                    json and "js-done" only (the others were noEcho)
-//   done             with the count of server messages (none expected)
+//   done             the count of server messages, and of group messages
+//                    after "js-done" until it stopped (none of either)
 //
 // Usage: node client-go-peer.mjs <client access url> <json|reliable>
 // Prints one JSON line per step; exits non-zero on any failure.
