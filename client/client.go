@@ -117,6 +117,11 @@ type Message struct {
 	Stream *protocol.StreamInfo
 }
 
+// maxResends is how many times a request is written again, each time on a
+// new transport, when the one it went out on ended before its ack, as the
+// JS client's default of 3 retries.
+const maxResends = 3
+
 // quickSequenceAck is how many unacknowledged messages make the client
 // acknowledge at once rather than at the next tick, as the JS client does:
 // the service closes a connection with 1000 unacknowledged ones.
@@ -313,7 +318,7 @@ func (c *Client) loop(r *run, t *transport) {
 			_ = t.conn.WriteClose(1000, nil) // a normal close ends the session
 			<-t.done
 		}
-		c.uninstall(r)
+		c.uninstall(r, t)
 		if r.ctx.Err() != nil {
 			c.endConnection(r)
 			return
@@ -341,8 +346,12 @@ func (c *Client) loop(r *run, t *transport) {
 // groups and then raises OnConnected.
 func (c *Client) install(r *run, t *transport) {
 	c.mu.Lock()
-	r.t = t
-	close(r.up)
+	select {
+	case <-t.done: // it ended already (closed under c.mu): the loop sees it
+	default:
+		r.t = t
+		close(r.up)
+	}
 	connID, userID, isNew := r.connID, r.userID, t.isNew
 	c.mu.Unlock()
 	if !isNew {
@@ -381,11 +390,20 @@ func (c *Client) install(r *run, t *transport) {
 	}()
 }
 
-func (c *Client) uninstall(r *run) {
+// uninstall takes t out as the transport requests go out on, once: when
+// its socket ends (so that no request is written again on a transport
+// known dead), and after, when the loop sees it.
+func (c *Client) uninstall(r *run, t *transport) {
 	c.mu.Lock()
-	r.t = nil
-	r.up = make(chan struct{})
+	c.uninstallLocked(r, t)
 	c.mu.Unlock()
+}
+
+func (c *Client) uninstallLocked(r *run, t *transport) {
+	if r.t == t {
+		r.t = nil
+		r.up = make(chan struct{})
+	}
 }
 
 func (c *Client) joinedGroups() []string {
@@ -684,7 +702,7 @@ func (c *Client) sendWithAck(ctx context.Context, pin *run, req protocol.Request
 		delete(c.acks, req.AckID)
 		c.mu.Unlock()
 	}()
-	for {
+	for attempt := 1; ; attempt++ {
 		r, t, err := c.transport(ctx)
 		if err != nil {
 			return err
@@ -704,6 +722,11 @@ func (c *Client) sendWithAck(ctx context.Context, pin *run, req protocol.Request
 			case m := <-ch: // it came before the transport ended
 				return ackResult(m)
 			default:
+			}
+			if attempt > maxResends {
+				// A request the service closes the connection over (too
+				// big: 1009) would otherwise go again on each new one.
+				return &lostError{what: "ack " + strconv.FormatUint(req.AckID, 10), transports: attempt, code: t.code}
 			}
 		case <-r.ctx.Done():
 			return ErrStopped

@@ -854,3 +854,38 @@ func TestSameDataOnEveryProtocol(t *testing.T) {
 		}
 	}
 }
+
+// A request the service closes the connection over (too big: 1009) is not
+// written again on new transports forever: after the first and three
+// more, it fails with ErrConnectionLost, and the client goes on.
+func TestTooBigRequestIsGivenUp(t *testing.T) {
+	for _, p := range protocols {
+		t.Run(p.Name(), func(t *testing.T) {
+			e := newEnv(t, pubsub.Config{MaxMessageSize: 4096})
+			proxy := wstest.NewProxy(t, strings.TrimPrefix(e.srv.URL, "http://"))
+			ev := newEvents()
+			u := proxy.URL(e.url(pubsub.TokenOptions{UserID: "u", Roles: []string{"webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"}}))
+			c := start(t, u, client.Options{Protocol: p, RetryDelay: 10 * time.Millisecond, Logger: testLogger()})
+			ctx := ctxFor(t)
+			// The receiver, not through the proxy: the sender's new
+			// connections rejoin the group on their own time.
+			receiver := start(t, e.url(pubsub.TokenOptions{Roles: []string{"webpubsub.joinLeaveGroup"}}), ev.options(client.Options{}))
+			if err := receiver.JoinGroup(ctx, "g"); err != nil {
+				t.Fatal(err)
+			}
+			err := c.SendToGroup(ctx, "g", protocol.Binary, make([]byte, 8192))
+			if !errors.Is(err, client.ErrConnectionLost) || ctx.Err() != nil || !strings.Contains(err.Error(), "1009") {
+				t.Fatalf("a request too big: %v", err)
+			}
+			if n := proxy.Accepted(); n > 5 {
+				t.Fatalf("%d transports for one request", n)
+			}
+			if err := c.SendToGroup(ctx, "g", protocol.Text, []byte("small")); err != nil {
+				t.Fatalf("after it: %v", err)
+			}
+			if m := next(t, ev.group, "the small message"); string(m.Data) != "small" {
+				t.Fatalf("received %q", m.Data)
+			}
+		})
+	}
+}

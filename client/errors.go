@@ -2,6 +2,7 @@ package client
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 
 	"github.com/embedwps/pubsub/protocol"
@@ -17,7 +18,10 @@ var (
 	// dropped before the invokeResponse came: the service does not keep
 	// invocations across transports, so it is not retried. It also ends
 	// the group streams, written and received, of a connection that ended
-	// (the service ended them with it).
+	// (the service ended them with it), and a request, or a written
+	// stream, whose transport ended four times without an ack (one the
+	// service closes the connection over, as too big, would go on
+	// forever).
 	ErrConnectionLost = errors.New("client: connection lost")
 	// ErrStreamEnded is returned by a GroupStreamWriter's Write, End or
 	// Abort after End or Abort.
@@ -91,3 +95,17 @@ func (e *StreamError) Error() string {
 }
 
 func (e *StreamError) Unwrap() error { return namedErrors[e.Name] }
+
+// lostError is a request or stream given up after its transports ended
+// without an ack; it unwraps to ErrConnectionLost.
+type lostError struct {
+	what       string
+	transports int
+	code       uint16 // the last transport's close code
+}
+
+func (e *lostError) Error() string {
+	return fmt.Sprintf("client: %s: no ack on %d transports, the last closed with %d", e.what, e.transports, e.code)
+}
+
+func (e *lostError) Unwrap() error { return ErrConnectionLost }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"strconv"
 	"sync"
 	"time"
 
@@ -69,6 +70,8 @@ type GroupStreamWriter struct {
 	end      []byte        // the streamEnd frame, once End or Abort was called
 	endSent  bool          // end went out on transport on
 	endTries int           // how many transports end went out on
+	baseOn   uint64        // base when on became the transport
+	stalls   int           // transports in a row that acknowledged nothing
 	rewoundS uint64        // the sequence id a streamNack last rewound to
 	err      error         // why the stream ended (nil: ended normally)
 	ended    bool
@@ -279,7 +282,21 @@ func (s *GroupStreamWriter) flush() {
 		s.mu.Lock()
 		if t != nil && !s.ended {
 			if s.on != t {
-				s.on, s.sent, s.endSent = t, 0, false
+				// A stream the service acknowledged nothing of on the last
+				// transports is given up, as a request is (sendWithAck).
+				if s.on != nil && s.base == s.baseOn && (len(s.frames) > 0 || s.endSent) {
+					s.stalls++
+				} else {
+					s.stalls = 0
+				}
+				if s.stalls > maxResends {
+					code := s.on.code
+					s.writing = false
+					s.mu.Unlock()
+					s.close(&lostError{what: "stream " + strconv.Quote(s.id), transports: s.stalls + 1, code: code})
+					return
+				}
+				s.on, s.sent, s.endSent, s.baseOn = t, 0, false, s.base
 			}
 			// A copy: an ack clears the window's entries while they are
 			// written.

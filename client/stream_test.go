@@ -482,3 +482,38 @@ func TestGroupStreamWritesAgainWhatWasNacked(t *testing.T) {
 	}
 	t.Logf("%d fragments written for %d", len(svc.received), total)
 }
+
+// A fragment the service closes the connection over is not written again
+// forever: the stream ends with ErrConnectionLost.
+func TestTooBigFragmentEndsTheStream(t *testing.T) {
+	for _, p := range []client.Protocol{client.JSONReliable(), client.JSON()} {
+		t.Run(p.Name(), func(t *testing.T) {
+			e := newEnv(t, pubsub.Config{MaxMessageSize: 4096})
+			proxy := wstest.NewProxy(t, strings.TrimPrefix(e.srv.URL, "http://"))
+			u := proxy.URL(e.url(pubsub.TokenOptions{UserID: "u", Roles: []string{"webpubsub.sendToGroup"}}))
+			c := start(t, u, client.Options{Protocol: p, RetryDelay: 10 * time.Millisecond})
+			ctx := ctxFor(t)
+			s, err := c.OpenGroupStream(ctx, "g", client.StreamOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Write(ctx, protocol.Binary, make([]byte, 8192)); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-s.Done():
+			case <-ctx.Done():
+				t.Fatalf("the stream did not end; %d transports", proxy.Accepted())
+			}
+			if err := s.Err(); !errors.Is(err, client.ErrConnectionLost) {
+				t.Fatalf("stream ended with %v", err)
+			}
+			if n := proxy.Accepted(); n > 5 {
+				t.Fatalf("%d transports for one fragment", n)
+			}
+			if err := c.SendToGroup(ctx, "g", protocol.Text, []byte("small")); err != nil {
+				t.Fatalf("after it: %v", err)
+			}
+		})
+	}
+}

@@ -61,7 +61,12 @@ func (t *transport) OnClose(_ *gws.Conn, err error) {
 	if errors.As(err, &ce) {
 		t.code = ce.Code
 	}
+	// Out, and done, at once for whoever looks under the client's lock:
+	// a request never goes out again on a transport known dead.
+	t.c.mu.Lock()
+	t.c.uninstallLocked(t.r, t)
 	close(t.done)
+	t.c.mu.Unlock()
 }
 
 func (t *transport) OnPing(s *gws.Conn, p []byte) {
