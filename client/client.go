@@ -793,12 +793,17 @@ func (c *Client) JoinGroup(ctx context.Context, group string) error {
 	return nil
 }
 
-// LeaveGroup leaves group and waits for the ack.
+// LeaveGroup leaves group and waits for the ack; the group's streams being
+// received then end with ErrLeftGroup (no more of them will come).
 func (c *Client) LeaveGroup(ctx context.Context, group string) error {
 	c.mu.Lock()
 	delete(c.groups, group)
 	c.mu.Unlock()
-	return c.sendWithAck(ctx, nil, protocol.Request{Type: protocol.LeaveGroup, Group: group})
+	if err := c.sendWithAck(ctx, nil, protocol.Request{Type: protocol.LeaveGroup, Group: group}); err != nil {
+		return err
+	}
+	c.endReceivedStreams(group, ErrLeftGroup)
+	return nil
 }
 
 // SendToGroup publishes data of dataType (protocol.Text, JSON, Binary) to

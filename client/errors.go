@@ -23,6 +23,9 @@ var (
 	// service closes the connection over, as too big, would go on
 	// forever).
 	ErrConnectionLost = errors.New("client: connection lost")
+	// ErrLeftGroup ends the streams of a group being received when the
+	// client leaves the group.
+	ErrLeftGroup = errors.New("client: left the group")
 	// ErrStreamEnded is returned by a GroupStreamWriter's Write, End or
 	// Abort after End or Abort.
 	ErrStreamEnded = errors.New("client: the stream was ended")

@@ -418,7 +418,7 @@ type streamKey struct{ group, id string }
 
 // Next returns the stream's next fragment; at the end, io.EOF when it
 // ended normally, or a *StreamError (a publisher's Abort is named
-// UserError), ErrConnectionLost or ErrStopped.
+// UserError), ErrLeftGroup, ErrConnectionLost or ErrStopped.
 func (s *GroupStream) Next(ctx context.Context) (Message, error) {
 	for {
 		s.mu.Lock()
@@ -529,6 +529,22 @@ func (c *Client) endStreams(err error) {
 	for _, s := range out {
 		s.close(err)
 	}
+	for _, s := range in {
+		s.push(nil, true, err)
+	}
+}
+
+// endReceivedStreams ends the streams of group being received with err.
+func (c *Client) endReceivedStreams(group string, err error) {
+	var in []*GroupStream
+	c.mu.Lock()
+	for k, s := range c.inStreams {
+		if k.group == group {
+			in = append(in, s)
+			delete(c.inStreams, k)
+		}
+	}
+	c.mu.Unlock()
 	for _, s := range in {
 		s.push(nil, true, err)
 	}

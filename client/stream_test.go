@@ -517,3 +517,45 @@ func TestTooBigFragmentEndsTheStream(t *testing.T) {
 		})
 	}
 }
+
+// Leaving a group ends the streams of it being received: no more of them
+// will come.
+func TestLeavingEndsReceivedStreams(t *testing.T) {
+	e := newEnv(t, pubsub.Config{})
+	ctx := ctxFor(t)
+	ro, received := streamsOf(client.Options{})
+	roles := []string{"webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"}
+	receiver := start(t, e.url(pubsub.TokenOptions{UserID: "r", Roles: roles}), ro)
+	for _, g := range []string{"left", "kept"} {
+		if err := receiver.JoinGroup(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publisher := start(t, e.url(pubsub.TokenOptions{UserID: "p", Roles: roles}), client.Options{})
+	streams := map[string]*client.GroupStream{}
+	for _, g := range []string{"left", "kept"} {
+		s, err := publisher.OpenGroupStream(ctx, g, client.StreamOptions{StreamID: g})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Write(ctx, protocol.Text, []byte(g)); err != nil {
+			t.Fatal(err)
+		}
+		r := next(t, received, "stream of "+g)
+		if m, err := r.Next(ctx); err != nil || string(m.Data) != g {
+			t.Fatalf("%s: %q %v", g, m.Data, err)
+		}
+		streams[r.Group] = r
+	}
+	if err := receiver.LeaveGroup(ctx, "left"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := streams["left"].Next(ctx); !errors.Is(err, client.ErrLeftGroup) {
+		t.Fatalf("the left group's stream: %v", err)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if m, err := streams["kept"].Next(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the kept group's stream: %+v %v", m, err)
+	}
+}
