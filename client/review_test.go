@@ -1,0 +1,141 @@
+package client_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/lxzan/gws"
+
+	"github.com/embedwps/pubsub/client"
+	"github.com/embedwps/pubsub/protocol"
+)
+
+// reviewFrame is what a scripted service reads of a client's frame.
+type reviewFrame struct {
+	Type             string `json:"type"`
+	AckID            uint64 `json:"ackId"`
+	StreamID         string `json:"streamId"`
+	StreamSequenceID uint64 `json:"streamSequenceId"`
+	Stream           *struct {
+		StreamID string `json:"streamId"`
+	} `json:"stream"`
+}
+
+// reviewService is a scripted json.webpubsub.azure.v1 service: each
+// connection is numbered from 1 and told it is connected, and onFrame
+// answers each frame, under mu.
+type reviewService struct {
+	gws.BuiltinEventHandler
+	mu      sync.Mutex
+	conns   int
+	onFrame func(c *gws.Conn, conn int, f reviewFrame)
+}
+
+func (s *reviewService) OnOpen(c *gws.Conn) {
+	s.mu.Lock()
+	s.conns++
+	n := s.conns
+	s.mu.Unlock()
+	c.Session().Store("n", n)
+	_ = c.WriteString(fmt.Sprintf(`{"type":"system","event":"connected","connectionId":"c%d","userId":"u"}`, n))
+}
+
+func (s *reviewService) OnMessage(c *gws.Conn, m *gws.Message) {
+	defer m.Close()
+	var f reviewFrame
+	if json.Unmarshal(m.Bytes(), &f) != nil {
+		return
+	}
+	n, _ := c.Session().Load("n")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onFrame(c, n.(int), f)
+}
+
+// serveReview serves s and returns its client URL; the server closes
+// after the clients started later stopped.
+func serveReview(t *testing.T, s *reviewService) string {
+	up := gws.NewUpgrader(s, &gws.ServerOption{SubProtocols: []string{protocol.JSONSubprotocol}})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := up.Upgrade(w, r)
+		if err != nil {
+			return
+		}
+		go c.ReadLoop()
+	}))
+	t.Cleanup(srv.Close)
+	return "ws" + strings.TrimPrefix(srv.URL, "http") + "/client/hubs/h"
+}
+
+func streamAckFrame(id string, expected uint64) string {
+	return fmt.Sprintf(`{"type":"streamAck","streamId":%q,"expectedSequenceId":%d}`, id, expected)
+}
+
+func streamNackFrame(id string, expected uint64, name string) string {
+	return fmt.Sprintf(`{"type":"streamNack","streamId":%q,"expectedSequenceId":%d,"name":%q,"message":"refused"}`, id, expected, name)
+}
+
+// A fragment the service keeps refusing with a streamNack other than a gap
+// (here TransientError, as this module's server sends when a publish
+// fails) is written again at once after each nack, on the same transport,
+// without bound and without delay: End never returns, and the client
+// floods the service. The JS client does not rewind on a streamNack; a
+// rewind should be bounded (and backed off), then the stream ended with a
+// *StreamError.
+func TestReviewPersistentStreamNackRewindsForever(t *testing.T) {
+	const bound = 200
+	flooded := make(chan struct{})
+	copies := 0
+	svc := &reviewService{onFrame: func(c *gws.Conn, _ int, f reviewFrame) {
+		var reply string
+		switch {
+		case f.Type == "sendToGroup" && f.Stream != nil:
+			reply = streamAckFrame(f.Stream.StreamID, 1)
+		case f.Type == "streamData" && f.StreamSequenceID == 1:
+			reply = streamAckFrame(f.StreamID, 2)
+		case f.Type == "streamData" && f.StreamSequenceID == 2:
+			if copies++; copies == bound {
+				close(flooded)
+			}
+			reply = streamNackFrame(f.StreamID, 2, "TransientError")
+		case f.Type == "streamData" && f.StreamSequenceID > 2:
+			reply = streamNackFrame(f.StreamID, 2, protocol.StreamInvalidSequenceID)
+		case f.Type == "streamEnd":
+			reply = fmt.Sprintf(`{"type":"streamClosed","streamId":%q}`, f.StreamID)
+		}
+		if reply != "" {
+			_ = c.WriteString(reply)
+		}
+	}}
+	u := serveReview(t, svc)
+	ctx := ctxFor(t)
+	c := start(t, u, client.Options{Protocol: client.JSON()})
+	s, err := c.OpenGroupStream(ctx, "g", client.StreamOptions{StreamID: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := s.Write(ctx, protocol.Text, []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ended := make(chan error, 1)
+	go func() { ended <- s.End(ctx) }()
+	select {
+	case err := <-ended:
+		if err == nil {
+			t.Fatal("End succeeded although fragment 2 was never accepted")
+		}
+	case <-flooded:
+		t.Fatalf("fragment 2 written %d times on one transport after as many nacks; the stream neither ended nor stopped writing it", bound)
+	case <-ctx.Done():
+		t.Fatal("neither an end nor a flood")
+	}
+	c.Stop()
+	<-ended
+}
