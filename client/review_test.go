@@ -2,12 +2,14 @@ package client_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/lxzan/gws"
 
@@ -138,4 +140,50 @@ func TestReviewPersistentStreamNackRewindsForever(t *testing.T) {
 	}
 	c.Stop()
 	<-ended
+}
+
+// On json.webpubsub.azure.v1, a transport that ends before the start's ack
+// ends the connection: endStreams ends the stream with ErrConnectionLost,
+// but OpenGroupStream, woken by the transport's end, waits for the next
+// transport, a new connection, and writes the start there before it sees
+// the stream ended. The service opens a stream nobody will write or end:
+// it holds one of the connection's (100) and the group's (1000) streams
+// until its idle timeout, 5 minutes. The JS client fails a stream not yet
+// started when its connection goes (pause), and sends nothing more.
+func TestReviewStreamStartWrittenOnTheNextConnection(t *testing.T) {
+	seen := map[string]int{}
+	var orphans []string
+	svc := &reviewService{onFrame: func(c *gws.Conn, n int, f reviewFrame) {
+		switch {
+		case f.Type == "sendToGroup" && f.Stream != nil:
+			id := f.Stream.StreamID
+			if seen[id]++; seen[id] == 1 {
+				_ = c.NetConn().Close() // the transport drops before the ack
+				return
+			}
+			orphans = append(orphans, fmt.Sprintf("%s on connection %d", id, n))
+			_ = c.WriteString(streamAckFrame(id, 1))
+		case f.Type == "sendToGroup" && f.AckID != 0:
+			_ = c.WriteString(fmt.Sprintf(`{"type":"ack","ackId":%d,"success":true}`, f.AckID))
+		}
+	}}
+	u := serveReview(t, svc)
+	ctx := ctxFor(t)
+	c := start(t, u, client.Options{Protocol: client.JSON(), RetryDelay: time.Millisecond})
+	for i := range 5 {
+		id := fmt.Sprint("s", i)
+		if _, err := c.OpenGroupStream(ctx, "g", client.StreamOptions{StreamID: id}); !errors.Is(err, client.ErrConnectionLost) {
+			t.Fatalf("stream %s opened over a lost connection: %v", id, err)
+		}
+		// Acknowledged after every frame written before it on the
+		// connection it goes out on.
+		if err := c.SendToGroup(ctx, "g", protocol.Text, []byte("sync")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc.mu.Lock()
+	defer svc.mu.Unlock()
+	if len(orphans) > 0 {
+		t.Fatalf("starts of streams OpenGroupStream had failed (ErrConnectionLost) reached the service on the next connection: %v", orphans)
+	}
 }
