@@ -13,7 +13,9 @@ import (
 
 	"github.com/lxzan/gws"
 
+	"github.com/embedwps/pubsub"
 	"github.com/embedwps/pubsub/client"
+	"github.com/embedwps/pubsub/internal/wstest"
 	"github.com/embedwps/pubsub/protocol"
 )
 
@@ -185,5 +187,62 @@ func TestReviewStreamStartWrittenOnTheNextConnection(t *testing.T) {
 	defer svc.mu.Unlock()
 	if len(orphans) > 0 {
 		t.Fatalf("starts of streams OpenGroupStream had failed (ErrConnectionLost) reached the service on the next connection: %v", orphans)
+	}
+}
+
+// A stream given up after 4 transports without an ack (a fragment the
+// service closes the transport over, as too big) is only forgotten by the
+// client: on a reliable connection that recovers, the service still has
+// the stream open, so its receivers wait for its end until the idle
+// timeout (5 minutes by default), and it holds one of the connection's
+// and the group's streams as long. The client should send a streamEnd
+// with an error (as the JS client does on a protocol violation) when it
+// gives a stream up on a connection that goes on.
+func TestReviewGivenUpStreamIsLeftOpenAtTheService(t *testing.T) {
+	e := newEnv(t, pubsub.Config{MaxMessageSize: 4096})
+	ctx := ctxFor(t)
+	ro, received := streamsOf(client.Options{})
+	receiver := start(t, e.url(pubsub.TokenOptions{UserID: "r", Roles: []string{"webpubsub.joinLeaveGroup"}}), ro)
+	if err := receiver.JoinGroup(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	proxy := wstest.NewProxy(t, strings.TrimPrefix(e.srv.URL, "http://"))
+	ev := newEvents()
+	u := proxy.URL(e.url(pubsub.TokenOptions{UserID: "p", Roles: []string{"webpubsub.sendToGroup"}}))
+	c := start(t, u, ev.options(client.Options{RetryDelay: 10 * time.Millisecond}))
+	connID := next(t, ev.connected, "connected").ConnectionID
+	s, err := c.OpenGroupStream(ctx, "g", client.StreamOptions{StreamID: "big"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(ctx, protocol.Text, []byte("small")); err != nil {
+		t.Fatal(err)
+	}
+	r := next(t, received, "the stream")
+	if m, err := r.Next(ctx); err != nil || string(m.Data) != "small" {
+		t.Fatalf("first fragment %q, %v", m.Data, err)
+	}
+	if err := s.Write(ctx, protocol.Binary, make([]byte, 8192)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.Done():
+	case <-ctx.Done():
+		t.Fatal("the stream was not given up")
+	}
+	if err := s.Err(); !errors.Is(err, client.ErrConnectionLost) {
+		t.Fatalf("stream ended with %v", err)
+	}
+	// The connection went on (recovered): a request still goes.
+	if err := c.SendToGroup(ctx, "g", protocol.Text, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if c.ConnectionID() != connID {
+		t.Skipf("a new connection (%s, was %s): the service ended the stream with the old one", c.ConnectionID(), connID)
+	}
+	if _, err := r.Next(ctx); ctx.Err() != nil {
+		t.Fatalf("the receivers' stream did not end within %v after its publisher gave it up on a connection that goes on", waitFor)
+	} else {
+		t.Logf("the receivers' stream ended with %v", err)
 	}
 }
