@@ -609,7 +609,7 @@ func (c *Client) handle(t *transport, m protocol.ServerMessage) {
 			}
 		}
 	case protocol.StreamAck, protocol.StreamNack, protocol.StreamClosed:
-		c.handleStream(r, m)
+		c.handleStream(r, t, m)
 	case protocol.InvokeResponse:
 		c.mu.Lock()
 		ch := c.invocations[m.InvocationID]

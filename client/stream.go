@@ -31,6 +31,10 @@ import (
 // bounded amount of memory.
 const streamWindow = 256
 
+// nackBackoff is the wait before a fragment the service could not publish
+// is written again.
+const nackBackoff = 20 * time.Millisecond
+
 // StreamOptions are the options of OpenGroupStream.
 type StreamOptions struct {
 	// StreamID names the stream; "" is a random one. It must be unique
@@ -73,6 +77,7 @@ type GroupStreamWriter struct {
 	baseOn   uint64        // base when on became the transport
 	stalls   int           // transports in a row that acknowledged nothing
 	rewoundS uint64        // the sequence id a streamNack last rewound to
+	rewinds  int           // how many times in a row it rewound to rewoundS
 	err      error         // why the stream ended (nil: ended normally)
 	ended    bool
 }
@@ -108,13 +113,26 @@ func (c *Client) OpenGroupStream(ctx context.Context, group string, opts StreamO
 	}
 	c.outStreams[id] = s
 	c.mu.Unlock()
-	for {
+	for attempt := 1; ; attempt++ {
 		r, t, err := c.transport(ctx)
 		if err != nil {
 			s.close(err)
 			return nil, err
 		}
-		// A start sent again is answered as the first was.
+		select {
+		case <-s.done:
+			// The connection ended (a new one is not the stream's): what
+			// ended it did so before the next transport came up.
+			return nil, s.Err()
+		default:
+		}
+		if attempt > maxResends+1 {
+			s.close(&lostError{what: "stream " + strconv.Quote(id) + " start", transports: attempt - 1})
+			s.abandon(t, "the publisher gave up opening the stream")
+			return nil, s.Err()
+		}
+		// A start sent again, on a recovered transport, is answered as the
+		// first was.
 		if err := t.write(start); err != nil {
 			c.logf("write of stream start %s failed: %v", id, err)
 		}
@@ -122,7 +140,7 @@ func (c *Client) OpenGroupStream(ctx context.Context, group string, opts StreamO
 		case <-s.started:
 			return s, nil
 		case <-s.done:
-			return nil, s.err
+			return nil, s.Err()
 		case <-t.done:
 		case <-r.ctx.Done():
 			s.close(ErrStopped)
@@ -131,8 +149,7 @@ func (c *Client) OpenGroupStream(ctx context.Context, group string, opts StreamO
 			// Given up: a start the service took is ended, so that it
 			// does not hold the group's streams until its idle timeout.
 			s.close(ctx.Err())
-			_ = c.writeRequest(t, protocol.Request{Type: protocol.StreamEnd, StreamID: id,
-				Stream: protocol.StreamRequest{Error: &protocol.StreamError{Message: "the publisher gave up opening the stream"}}})
+			s.abandon(t, "the publisher gave up opening the stream")
 			return nil, ctx.Err()
 		}
 	}
@@ -293,7 +310,8 @@ func (s *GroupStreamWriter) flush() {
 					code := s.on.code
 					s.writing = false
 					s.mu.Unlock()
-					s.close(&lostError{what: "stream " + strconv.Quote(s.id), transports: s.stalls + 1, code: code})
+					s.close(&lostError{what: "stream " + strconv.Quote(s.id), transports: s.stalls, code: code})
+					s.abandon(t, "the publisher gave the stream up: no ack on "+strconv.Itoa(maxResends+1)+" transports")
 					return
 				}
 				s.on, s.sent, s.endSent, s.baseOn = t, 0, false, s.base
@@ -337,16 +355,19 @@ func (s *GroupStreamWriter) flush() {
 // the fragments after a refused one are refused as gaps too. It reports
 // whether something is to be written: the rewound fragments, or the end
 // that waited for the last ack.
-func (s *GroupStreamWriter) ack(expected uint64, nack bool, name string) (flush bool) {
+func (s *GroupStreamWriter) ack(expected uint64, nack bool, name string) (flush, giveUp bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.ended {
+		return false, false
+	}
 	select {
 	case <-s.started:
 	default:
 		close(s.started)
 	}
 	if expected < s.base || expected > s.next {
-		return false // stale, or not ours to believe
+		return false, false // stale, or not ours to believe
 	}
 	if n := int(expected - s.base); n > 0 {
 		clear(s.frames[:n])
@@ -357,11 +378,28 @@ func (s *GroupStreamWriter) ack(expected uint64, nack bool, name string) (flush 
 		s.changed = make(chan struct{})
 	}
 	if !nack || name == protocol.StreamInvalidSequenceID && s.rewoundS == expected {
-		return len(s.frames) == 0 && s.end != nil && !s.endSent
+		return len(s.frames) == 0 && s.end != nil && !s.endSent, false
+	}
+	// A fragment refused again and again is given up, as a request is.
+	if s.rewoundS == expected {
+		s.rewinds++
+	} else {
+		s.rewinds = 1
+	}
+	if s.rewinds > maxResends {
+		return false, true
 	}
 	s.rewoundS = expected
 	s.sent, s.endSent = 0, false
-	return true
+	return true, false
+}
+
+// abandon ends at the service, on t, a stream the client gave up, so that
+// its receivers are told and its slots freed at once rather than at its
+// idle timeout.
+func (s *GroupStreamWriter) abandon(t *transport, why string) {
+	_ = s.c.writeRequest(t, protocol.Request{Type: protocol.StreamEnd, StreamID: s.id,
+		Stream: protocol.StreamRequest{Error: &protocol.StreamError{Message: why}}})
 }
 
 // closed takes the service's streamClosed: the stream ended, with why.
@@ -567,7 +605,7 @@ func (c *Client) resumeStreams() {
 // handleStream takes a publisher's streamAck, streamNack or streamClosed,
 // on the read goroutine. A rewind is written by another goroutine: the read
 // goroutine never writes.
-func (c *Client) handleStream(r *run, m protocol.ServerMessage) {
+func (c *Client) handleStream(r *run, t *transport, m protocol.ServerMessage) {
 	c.mu.Lock()
 	s := c.outStreams[m.StreamID]
 	c.mu.Unlock()
@@ -576,10 +614,25 @@ func (c *Client) handleStream(r *run, m protocol.ServerMessage) {
 	}
 	switch m.Type {
 	case protocol.StreamAck, protocol.StreamNack:
-		if s.ack(m.ExpectedSequenceID, m.Type == protocol.StreamNack, m.ErrorName) {
+		flush, giveUp := s.ack(m.ExpectedSequenceID, m.Type == protocol.StreamNack, m.ErrorName)
+		switch {
+		case giveUp:
+			s.close(&StreamError{StreamID: s.id, Name: m.ErrorName, Message: m.ErrorMessage})
 			r.wg.Add(1)
 			go func() {
 				defer r.wg.Done()
+				s.abandon(t, fmt.Sprintf("the publisher gave the stream up: fragment %d was refused %d times", m.ExpectedSequenceID, maxResends+1))
+			}()
+		case flush:
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				// A fragment the service could not publish: not at once
+				// again (its broker may be catching up), as the JS client
+				// backs off its sends.
+				if m.Type == protocol.StreamNack && !sleep(r.ctx, nackBackoff) {
+					return
+				}
 				s.flush()
 			}()
 		}

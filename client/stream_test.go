@@ -2,12 +2,9 @@ package client_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -375,84 +372,48 @@ func TestGroupStreamsEndWithTheConnection(t *testing.T) {
 	}
 }
 
-// scriptedStreamService answers a stream as a service whose publish of
-// fragment 2 fails once (a transient streamNack) and that refuses what
-// comes after it as a gap (streamNack InvalidSequenceId), as the spec
-// says; it records every data fragment it gets.
-type scriptedStreamService struct {
-	gws.BuiltinEventHandler
-	mu       sync.Mutex
-	next     uint64
-	failed   bool
-	received []string // "seq:data" of every streamData, accepted or not
-	accepted []string
-}
-
-func (s *scriptedStreamService) OnOpen(c *gws.Conn) {
-	_ = c.WriteString(`{"type":"system","event":"connected","connectionId":"c1","userId":"u"}`)
-}
-
-func (s *scriptedStreamService) OnMessage(c *gws.Conn, m *gws.Message) {
-	defer m.Close()
-	var f struct {
-		Type             string          `json:"type"`
-		StreamID         string          `json:"streamId"`
-		StreamSequenceID uint64          `json:"streamSequenceId"`
-		Data             json.RawMessage `json:"data"`
-		Stream           *struct {
-			StreamID string `json:"streamId"`
-		} `json:"stream"`
-	}
-	if err := json.Unmarshal(m.Bytes(), &f); err != nil {
-		return
-	}
-	s.mu.Lock()
-	var reply string
-	switch {
-	case f.Type == "sendToGroup" && f.Stream != nil:
-		s.next = 1
-		reply = fmt.Sprintf(`{"type":"streamAck","streamId":%q,"expectedSequenceId":1}`, f.Stream.StreamID)
-	case f.Type == "streamData" && f.StreamSequenceID > 0:
-		seq := f.StreamSequenceID
-		s.received = append(s.received, fmt.Sprintf("%d:%s", seq, f.Data))
-		switch {
-		case seq == 2 && !s.failed:
-			s.failed = true
-			reply = fmt.Sprintf(`{"type":"streamNack","streamId":%q,"expectedSequenceId":%d,"name":"InternalServerError","message":"publish failed"}`, f.StreamID, s.next)
-		case seq > s.next:
-			reply = fmt.Sprintf(`{"type":"streamNack","streamId":%q,"expectedSequenceId":%d,"name":"InvalidSequenceId","message":"gap"}`, f.StreamID, s.next)
-		case seq < s.next:
-			reply = fmt.Sprintf(`{"type":"streamAck","streamId":%q,"expectedSequenceId":%d}`, f.StreamID, s.next)
-		default:
-			s.accepted = append(s.accepted, string(f.Data))
-			s.next++
-			reply = fmt.Sprintf(`{"type":"streamAck","streamId":%q,"expectedSequenceId":%d}`, f.StreamID, s.next)
-		}
-	case f.Type == "streamEnd":
-		reply = fmt.Sprintf(`{"type":"streamClosed","streamId":%q}`, f.StreamID)
-	}
-	s.mu.Unlock()
-	if reply != "" {
-		_ = c.WriteString(reply)
-	}
-}
-
 // A fragment the service could not publish is written again, with what
 // followed it; the gaps those make are not answered with more rewinds.
 func TestGroupStreamWritesAgainWhatWasNacked(t *testing.T) {
 	const total = 200
-	svc := &scriptedStreamService{}
-	up := gws.NewUpgrader(svc, &gws.ServerOption{SubProtocols: []string{protocol.JSONSubprotocol}})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := up.Upgrade(w, r)
-		if err != nil {
-			return
+	// The service's publish of fragment 2 fails once (a transient
+	// streamNack); what comes after it is refused as a gap, as the spec
+	// says. It records every data fragment it gets.
+	var next uint64
+	failed := false
+	var received, accepted []string // "seq:data" of every streamData; the data accepted
+	svc := &scriptService{onFrame: func(c *gws.Conn, _ int, f scriptFrame) {
+		var reply string
+		switch {
+		case f.Type == "sendToGroup" && f.Stream != nil:
+			next = 1
+			reply = streamAckFrame(f.Stream.StreamID, 1)
+		case f.Type == "streamData" && f.StreamSequenceID > 0:
+			seq := f.StreamSequenceID
+			received = append(received, fmt.Sprintf("%d:%s", seq, f.Data))
+			switch {
+			case seq == 2 && !failed:
+				failed = true
+				reply = streamNackFrame(f.StreamID, next, "InternalServerError")
+			case seq > next:
+				reply = streamNackFrame(f.StreamID, next, protocol.StreamInvalidSequenceID)
+			case seq < next:
+				reply = streamAckFrame(f.StreamID, next)
+			default:
+				accepted = append(accepted, string(f.Data))
+				next++
+				reply = streamAckFrame(f.StreamID, next)
+			}
+		case f.Type == "streamEnd":
+			reply = fmt.Sprintf(`{"type":"streamClosed","streamId":%q}`, f.StreamID)
 		}
-		go c.ReadLoop()
-	}))
-	defer srv.Close()
+		if reply != "" {
+			_ = c.WriteString(reply)
+		}
+	}}
+	u := serveScript(t, svc)
 	ctx := ctxFor(t)
-	c := start(t, "ws"+strings.TrimPrefix(srv.URL, "http")+"/client/hubs/h", client.Options{Protocol: client.JSON()})
+	c := start(t, u, client.Options{Protocol: client.JSON()})
 	s, err := c.OpenGroupStream(ctx, "g", client.StreamOptions{StreamID: "s"})
 	if err != nil {
 		t.Fatal(err)
@@ -468,19 +429,19 @@ func TestGroupStreamWritesAgainWhatWasNacked(t *testing.T) {
 	c.Stop()
 	svc.mu.Lock()
 	defer svc.mu.Unlock()
-	for i, a := range svc.accepted {
+	for i, a := range accepted {
 		if a != fmt.Sprintf(`"%d"`, i) {
 			t.Fatalf("the service accepted %q as fragment %d", a, i+1)
 		}
 	}
-	if len(svc.accepted) != total {
-		t.Fatalf("the service accepted %d fragments, want %d", len(svc.accepted), total)
+	if len(accepted) != total {
+		t.Fatalf("the service accepted %d fragments, want %d", len(accepted), total)
 	}
 	// One rewind: each fragment from 2 on written at most twice.
-	if n := len(svc.received); n > 2*total {
+	if n := len(received); n > 2*total {
 		t.Fatalf("%d fragments written for %d", n, total)
 	}
-	t.Logf("%d fragments written for %d", len(svc.received), total)
+	t.Logf("%d fragments written for %d", len(received), total)
 }
 
 // A fragment the service closes the connection over is not written again

@@ -3,6 +3,7 @@ package protocol
 import (
 	"encoding/json"
 	"strconv"
+	"strings"
 )
 
 // Group streaming (spec §6.1, JSON subprotocols only: the protobuf
@@ -223,12 +224,13 @@ func appendStreamRequest(dst []byte, req Request) ([]byte, error) {
 		dst = append(dst, `{"type":"streamEnd","streamId":`...)
 		dst = AppendString(dst, req.StreamID)
 		if e := req.Stream.Error; e != nil {
+			// Measured as the service will: invalid UTF-8 becomes U+FFFD.
 			switch {
 			case e.Name != "" && e.Name != StreamUserError:
 				return dst, invalid("a client's stream error carries no name")
-			case len(e.Message) > maxStreamErrorMessage:
+			case len(strings.ToValidUTF8(e.Message, "\uFFFD")) > maxStreamErrorMessage:
 				return dst, invalid("the error message is longer than %d bytes", maxStreamErrorMessage)
-			case len(e.UserErrorCode) > maxStreamUserErrorCodeLen:
+			case len(strings.ToValidUTF8(e.UserErrorCode, "\uFFFD")) > maxStreamUserErrorCodeLen:
 				return dst, invalid("the userErrorCode is longer than %d bytes", maxStreamUserErrorCodeLen)
 			}
 			dst = append(dst, `,"error":{"message":`...)
