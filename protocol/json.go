@@ -642,17 +642,20 @@ func jsonValid(b []byte) bool { return json.Valid(b) }
 func toValidUTF8(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
 
 // plainPrefix is how many bytes at the start of s a JSON string holds as
-// they are: ASCII from 0x20 up, but for '"' and '\\'. It reads 8 bytes at a
-// time (the usual word tricks: a byte below 0x20, a byte equal to '"' or
-// '\\', a byte with its high bit set), as payloads are mostly such bytes.
+// they are: ASCII from 0x20 up, but for '"' and '\\'. It reads 32 bytes at
+// a time, as 4 words (the usual word tricks: a byte below 0x20, a byte
+// equal to '"' or '\\', a byte with its high bit set), as payloads are
+// mostly such bytes.
 func plainPrefix[T ~string | ~[]byte](s T) int {
-	const ones, highs = 0x0101010101010101, 0x8080808080808080
 	i := 0
+	for ; i+32 <= len(s); i += 32 {
+		w := s[i : i+32]
+		if (notPlain(word(w[0:8]))|notPlain(word(w[8:16]))|notPlain(word(w[16:24]))|notPlain(word(w[24:32])))&highBits != 0 {
+			break
+		}
+	}
 	for ; i+8 <= len(s); i += 8 {
-		x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
-			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
-		quote, backslash := x^(ones*'"'), x^(ones*'\\')
-		if ((x-ones*0x20)&^x|(quote-ones)&^quote|(backslash-ones)&^backslash|x)&highs != 0 {
+		if notPlain(word(s[i:i+8]))&highBits != 0 {
 			break
 		}
 	}
@@ -662,4 +665,20 @@ func plainPrefix[T ~string | ~[]byte](s T) int {
 		}
 	}
 	return i
+}
+
+const lowBits, highBits = 0x0101010101010101, 0x8080808080808080
+
+// word is the first 8 bytes of w, little-endian (one load, once inlined).
+func word[T ~string | ~[]byte](w T) uint64 {
+	_ = w[7]
+	return uint64(w[0]) | uint64(w[1])<<8 | uint64(w[2])<<16 | uint64(w[3])<<24 |
+		uint64(w[4])<<32 | uint64(w[5])<<40 | uint64(w[6])<<48 | uint64(w[7])<<56
+}
+
+// notPlain has the high bit of each byte of x set, at least, that is not
+// plain; a zero result under highBits means all 8 are.
+func notPlain(x uint64) uint64 {
+	quote, backslash := x^(lowBits*'"'), x^(lowBits*'\\')
+	return (x-lowBits*0x20)&^x | (quote-lowBits)&^quote | (backslash-lowBits)&^backslash | x
 }

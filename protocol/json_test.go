@@ -326,3 +326,20 @@ func FuzzPlainPrefix(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkPlainPrefix(b *testing.B) {
+	s := strings.Repeat("abcdefgh", 2048)
+	bs := []byte(s)
+	b.Run("bytes", func(b *testing.B) {
+		b.SetBytes(int64(len(bs)))
+		for b.Loop() {
+			plainPrefix(bs)
+		}
+	})
+	b.Run("string", func(b *testing.B) {
+		b.SetBytes(int64(len(s)))
+		for b.Loop() {
+			plainPrefix(s)
+		}
+	})
+}
