@@ -906,8 +906,11 @@ func (q *queue) close() {
 	q.mu.Unlock()
 }
 
+// serve takes what was posted a batch at a time (one lock for all that
+// came while the last batch ran), and runs it in order.
 func (q *queue) serve() {
 	defer close(q.done)
+	var batch []func()
 	for {
 		q.mu.Lock()
 		for len(q.items) == 0 && !q.closed {
@@ -917,10 +920,11 @@ func (q *queue) serve() {
 			q.mu.Unlock()
 			return
 		}
-		f := q.items[0]
-		q.items[0] = nil
-		q.items = q.items[1:]
+		batch, q.items = q.items, batch[:0]
 		q.mu.Unlock()
-		f()
+		for i, f := range batch {
+			batch[i] = nil
+			f()
+		}
 	}
 }
