@@ -100,7 +100,18 @@ func (w *wire) readStarted() {
 	if w.previous != nil {
 		<-w.previous
 	}
-	w.c.opened()
+	// On a goroutine of its own, waited for: opening (events, groups,
+	// observers) runs deep, and would double the stack an idle read loop
+	// keeps for its connection's life (4 KiB more per idle connection). A
+	// panic is raised again here, where the read loop recovers it.
+	done := make(chan any, 1)
+	go func() {
+		defer func() { done <- recover() }()
+		w.c.opened()
+	}()
+	if p := <-done; p != nil {
+		panic(p)
+	}
 }
 
 // readEnded follows the read loop: a panic in it ends this transport
