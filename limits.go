@@ -168,6 +168,10 @@ func (c *conn) rateLimited() { c.svc.rateLimited.Add(1) }
 // write path.
 func (s *Service) panicked(path string, r any) {
 	s.panics.Add(1)
+	stack := debug.Stack()
+	if p, ok := r.(stackedPanic); ok {
+		r, stack = p.value, p.stack
+	}
 	s.log.Error("recovered a panic on a connection's "+path+" path; closing it",
-		"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		"panic", fmt.Sprint(r), "stack", string(stack))
 }

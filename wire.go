@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -106,12 +107,25 @@ func (w *wire) readStarted() {
 	// panic is raised again here, where the read loop recovers it.
 	done := make(chan any, 1)
 	go func() {
-		defer func() { done <- recover() }()
+		defer func() {
+			if r := recover(); r != nil {
+				done <- stackedPanic{r, debug.Stack()} // its stack, for the log
+				return
+			}
+			done <- nil
+		}()
 		w.c.opened()
 	}()
 	if p := <-done; p != nil {
 		panic(p)
 	}
+}
+
+// stackedPanic is a panic recovered on another goroutine and raised again,
+// with the stack where it happened.
+type stackedPanic struct {
+	value any
+	stack []byte
 }
 
 // readEnded follows the read loop: a panic in it ends this transport

@@ -144,6 +144,7 @@ type Client struct {
 	invocations map[string]chan protocol.ServerMessage
 	outStreams  map[string]*GroupStreamWriter
 	inStreams   map[streamKey]*GroupStream
+	leftGroups  map[string]bool // left by LeaveGroup, not joined since
 }
 
 // run is one Start's worth of state: its goroutines, its transport, its
@@ -196,6 +197,7 @@ func New(credential any, opts Options) (*Client, error) {
 		invocations: map[string]chan protocol.ServerMessage{},
 		outStreams:  map[string]*GroupStreamWriter{},
 		inStreams:   map[streamKey]*GroupStream{},
+		leftGroups:  map[string]bool{},
 	}, nil
 }
 
@@ -789,6 +791,7 @@ func (c *Client) JoinGroup(ctx context.Context, group string) error {
 	}
 	c.mu.Lock()
 	c.groups[group] = true
+	delete(c.leftGroups, group)
 	c.mu.Unlock()
 	return nil
 }
@@ -802,9 +805,20 @@ func (c *Client) LeaveGroup(ctx context.Context, group string) error {
 	if err := c.sendWithAck(ctx, nil, protocol.Request{Type: protocol.LeaveGroup, Group: group}); err != nil {
 		return err
 	}
+	c.mu.Lock()
+	// A fragment fanned out before the leave may still come: it must not
+	// start a stream of the group left, which nothing would end.
+	if len(c.leftGroups) >= maxLeftGroups {
+		clear(c.leftGroups)
+	}
+	c.leftGroups[group] = true
+	c.mu.Unlock()
 	c.endReceivedStreams(group, ErrLeftGroup)
 	return nil
 }
+
+// maxLeftGroups bounds the groups remembered as left (see LeaveGroup).
+const maxLeftGroups = 1024
 
 // SendToGroup publishes data of dataType (protocol.Text, JSON, Binary) to
 // group, and waits for the ack unless FireAndForget.

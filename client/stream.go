@@ -113,18 +113,27 @@ func (c *Client) OpenGroupStream(ctx context.Context, group string, opts StreamO
 	}
 	c.outStreams[id] = s
 	c.mu.Unlock()
+	// Waiting for a transport ends when the stream does: its connection
+	// ended (a new one is not the stream's), or the service refused it.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.done:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
 	for attempt := 1; ; attempt++ {
-		r, t, err := c.transport(ctx)
+		r, t, err := c.transport(wctx)
+		select {
+		case <-s.done:
+			return nil, s.openErr()
+		default:
+		}
 		if err != nil {
 			s.close(err)
 			return nil, err
-		}
-		select {
-		case <-s.done:
-			// The connection ended (a new one is not the stream's): what
-			// ended it did so before the next transport came up.
-			return nil, s.Err()
-		default:
 		}
 		if attempt > maxResends+1 {
 			s.close(&lostError{what: "stream " + strconv.Quote(id) + " start", transports: attempt - 1})
@@ -140,7 +149,7 @@ func (c *Client) OpenGroupStream(ctx context.Context, group string, opts StreamO
 		case <-s.started:
 			return s, nil
 		case <-s.done:
-			return nil, s.Err()
+			return nil, s.openErr()
 		case <-t.done:
 		case <-r.ctx.Done():
 			s.close(ErrStopped)
@@ -153,6 +162,14 @@ func (c *Client) OpenGroupStream(ctx context.Context, group string, opts StreamO
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// openErr is why a stream ended before it opened.
+func (s *GroupStreamWriter) openErr() error {
+	if err := s.Err(); err != nil {
+		return err
+	}
+	return ErrStreamEnded
 }
 
 // ID is the stream's id.
@@ -404,6 +421,16 @@ func (s *GroupStreamWriter) abandon(t *transport, why string) {
 
 // closed takes the service's streamClosed: the stream ended, with why.
 func (s *GroupStreamWriter) closed(m protocol.ServerMessage) {
+	select {
+	case <-s.started:
+	default:
+		if m.ErrorName == "" {
+			// A normal close of a stream not yet opened is not this
+			// one's: it answers the end of an earlier stream of the same
+			// id, given up before the service closed it.
+			return
+		}
+	}
 	var err error
 	if m.ErrorName != "" {
 		s.mu.Lock()
@@ -505,6 +532,10 @@ func (c *Client) received(r *run, m Message) {
 	c.mu.Lock()
 	s := c.inStreams[key]
 	isNew := s == nil
+	if isNew && c.leftGroups[m.Group] {
+		c.mu.Unlock()
+		return // a late fragment of a group left
+	}
 	if isNew {
 		s = &GroupStream{Group: m.Group, StreamID: m.Stream.ID, c: c, key: key, notify: make(chan struct{})}
 		s.timer = time.AfterFunc(c.opts.StreamIdleTimeout, func() { c.streamIdle(s) })
