@@ -78,6 +78,7 @@ type GroupStreamWriter struct {
 	stalls   int           // transports in a row that acknowledged nothing
 	rewoundS uint64        // the sequence id a streamNack last rewound to
 	rewinds  int           // how many times in a row it rewound to rewoundS
+	paused   bool          // until a streamNack's rewind: nothing is written
 	err      error         // why the stream ended (nil: ended normally)
 	ended    bool
 }
@@ -314,7 +315,7 @@ func (s *GroupStreamWriter) flush() {
 		s.mu.Unlock()
 		t := s.c.currentTransport()
 		s.mu.Lock()
-		if t != nil && !s.ended {
+		if t != nil && !s.ended && !s.paused {
 			if s.on != t {
 				// A stream the service acknowledged nothing of on the last
 				// transports is given up, as a request is (sendWithAck).
@@ -407,8 +408,17 @@ func (s *GroupStreamWriter) ack(expected uint64, nack bool, name string) (flush,
 		return false, true
 	}
 	s.rewoundS = expected
-	s.sent, s.endSent = 0, false
-	return true, false
+	s.paused = true // what would go out now would be refused as a gap
+	return true, false // rewound by rewind, after a pause
+}
+
+// rewind writes again, from the oldest unacknowledged fragment, what
+// a streamNack refused.
+func (s *GroupStreamWriter) rewind() {
+	s.mu.Lock()
+	s.sent, s.endSent, s.paused = 0, false, false
+	s.mu.Unlock()
+	s.flush()
 }
 
 // abandon ends at the service, on t, a stream the client gave up, so that
@@ -661,7 +671,10 @@ func (c *Client) handleStream(r *run, t *transport, m protocol.ServerMessage) {
 				// A fragment the service could not publish: not at once
 				// again (its broker may be catching up), as the JS client
 				// backs off its sends.
-				if m.Type == protocol.StreamNack && !sleep(r.ctx, nackBackoff) {
+				if m.Type == protocol.StreamNack {
+					if sleep(r.ctx, nackBackoff) {
+						s.rewind()
+					}
 					return
 				}
 				s.flush()
