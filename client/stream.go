@@ -408,7 +408,7 @@ func (s *GroupStreamWriter) ack(expected uint64, nack bool, name string) (flush,
 		return false, true
 	}
 	s.rewoundS = expected
-	s.paused = true // what would go out now would be refused as a gap
+	s.paused = true    // what would go out now would be refused as a gap
 	return true, false // rewound by rewind, after a pause
 }
 
