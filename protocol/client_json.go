@@ -24,7 +24,7 @@ func AppendJSONRequest(dst []byte, req Request) ([]byte, error) {
 	switch req.Type {
 	case JoinGroup, LeaveGroup:
 		if !ValidGroupName(req.Group) {
-			return dst, invalid("group name must be 1 to 1024 characters and not all whitespace")
+			return dst, errBadGroupName
 		}
 		dst = append(dst, `{"type":"`...)
 		dst = append(dst, req.Type.String()...)
@@ -34,7 +34,7 @@ func AppendJSONRequest(dst []byte, req Request) ([]byte, error) {
 		return append(dst, '}'), nil
 	case SendToGroup:
 		if !ValidGroupName(req.Group) {
-			return dst, invalid("group name must be 1 to 1024 characters and not all whitespace")
+			return dst, errBadGroupName
 		}
 		dst = append(dst, `{"type":"sendToGroup","group":`...)
 		dst = AppendString(dst, req.Group)
@@ -49,7 +49,7 @@ func AppendJSONRequest(dst []byte, req Request) ([]byte, error) {
 		return appendRequestBody(dst, req)
 	case Event:
 		if !ValidEventName(req.Event) {
-			return dst, invalid("event name must match ^[a-z][a-z0-9_.-]{0,127}$")
+			return dst, errBadEventName
 		}
 		dst = append(dst, `{"type":"event","event":`...)
 		dst = AppendString(dst, req.Event)
@@ -60,7 +60,7 @@ func AppendJSONRequest(dst []byte, req Request) ([]byte, error) {
 			return dst, invalid("invoke needs an invocationId")
 		}
 		if !ValidEventName(req.Event) {
-			return dst, invalid("event name must match ^[a-z][a-z0-9_.-]{0,127}$")
+			return dst, errBadEventName
 		}
 		target := req.Target
 		if target == "" {

@@ -131,7 +131,7 @@ func AppendProtobufRequest(dst []byte, req Request) ([]byte, error) {
 
 	case Event:
 		if !ValidEventName(req.Event) {
-			return dst, invalid("event name must match ^[a-z][a-z0-9_.-]{0,127}$")
+			return dst, errBadEventName
 		}
 		if err := pbcValidatePayload(req); err != nil {
 			return dst, err

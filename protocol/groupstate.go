@@ -93,7 +93,7 @@ func decodeGroupState(raw json.RawMessage) (map[string]string, error) {
 // unsubscribeGroupState request: a valid group, and a set's state.
 func decodeGroupStateRequest(req Request, raw *jsonRequest) (Request, error) {
 	if raw.Group == nil || !ValidGroupName(*raw.Group) {
-		return Request{}, invalid("group name must be 1 to 1024 characters and not all whitespace")
+		return Request{}, errBadGroupName
 	}
 	req.Group = *raw.Group
 	if req.Type == SetGroupState {

@@ -155,6 +155,12 @@ func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidMessage}, args...)...)
 }
 
+// The refusals of a bad group or event name, which every codec checks.
+var (
+	errBadGroupName = invalid("group name must be 1 to 1024 characters and not all whitespace")
+	errBadEventName = invalid("event name must match ^[a-z][a-z0-9_.-]{0,127}$")
+)
+
 // DecodeJSONRequest decodes one text frame of json.webpubsub.azure.v1 (or its
 // reliable variant). Every error wraps ErrInvalidMessage.
 func DecodeJSONRequest(frame []byte) (Request, error) {
@@ -222,12 +228,12 @@ func DecodeJSONRequest(frame []byte) (Request, error) {
 
 	if req.Type == Event {
 		if raw.Event == nil || !ValidEventName(*raw.Event) {
-			return Request{}, invalid("event name must match ^[a-z][a-z0-9_.-]{0,127}$")
+			return Request{}, errBadEventName
 		}
 		req.Event = *raw.Event
 	} else {
 		if raw.Group == nil || !ValidGroupName(*raw.Group) {
-			return Request{}, invalid("group name must be 1 to 1024 characters and not all whitespace")
+			return Request{}, errBadGroupName
 		}
 		req.Group = *raw.Group
 	}
@@ -282,7 +288,7 @@ func decodeInvoke(raw *jsonRequest) (Request, error) {
 		req.Target = *raw.Target
 	}
 	if raw.Event == nil || !ValidEventName(*raw.Event) {
-		return Request{}, invalid("event name must match ^[a-z][a-z0-9_.-]{0,127}$")
+		return Request{}, errBadEventName
 	}
 	req.Event = *raw.Event
 	var err error

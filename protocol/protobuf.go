@@ -57,7 +57,7 @@ func DecodeProtobufRequest(frame []byte) (Request, error) {
 		}
 		req.Type, req.Event = Event, e.GetEvent()
 		if !ValidEventName(req.Event) {
-			return Request{}, invalid("event name must match ^[a-z][a-z0-9_.-]{0,127}$")
+			return Request{}, errBadEventName
 		}
 		var err error
 		if req.Metadata, err = protobufMetadata(e.GetMetadata()); err != nil {
@@ -75,7 +75,7 @@ func DecodeProtobufRequest(frame []byte) (Request, error) {
 		return decodeUnknownUpstream(m.ProtoReflect().GetUnknown())
 	}
 	if !ValidGroupName(req.Group) {
-		return Request{}, invalid("group name must be 1 to 1024 characters and not all whitespace")
+		return Request{}, errBadGroupName
 	}
 	return req, nil
 }

@@ -194,7 +194,7 @@ func appendStreamRequest(dst []byte, req Request) ([]byte, error) {
 	switch req.Type {
 	case StreamStart:
 		if !ValidGroupName(req.Group) {
-			return dst, invalid("group name must be 1 to 1024 characters and not all whitespace")
+			return dst, errBadGroupName
 		}
 		dst = append(dst, `{"type":"sendToGroup","group":`...)
 		dst = AppendString(dst, req.Group)
