@@ -83,6 +83,24 @@ func echoEvent(_ context.Context, req *pubsub.UserEventRequest) (*pubsub.UserEve
 	return &pubsub.UserEventResponse{DataType: pubsub.DataTypeText, Data: []byte(req.EventName + ":" + string(req.Data))}, nil
 }
 
+// noGroupMessage sends connID a server message as a barrier: what the
+// service sent it before has come when the barrier does, and no group
+// message may be among it (the test fails with why).
+func (e *env) noGroupMessage(ctx context.Context, connID string, ev *events, why string) {
+	e.t.Helper()
+	if err := e.hub.SendToConnection(ctx, connID, pubsub.TextMessage("barrier")); err != nil {
+		e.t.Fatal(err)
+	}
+	if got := next(e.t, ev.server, "barrier"); got.DataType != protocol.Text || string(got.Data) != "barrier" {
+		e.t.Fatalf("server message %+v, want the barrier", got)
+	}
+	select {
+	case m := <-ev.group:
+		e.t.Fatalf("%s: %+v", why, m)
+	default:
+	}
+}
+
 func (e *env) url(opts pubsub.TokenOptions) string {
 	e.t.Helper()
 	u, err := e.svc.ClientURL("chat", opts)
@@ -123,7 +141,7 @@ func (ev *events) options(o client.Options) client.Options {
 	return o
 }
 
-func next[T any](t *testing.T, ch <-chan T, what string) T {
+func next[T any](t testing.TB, ch <-chan T, what string) T {
 	t.Helper()
 	select {
 	case v := <-ch:
@@ -271,17 +289,7 @@ func TestOperations(t *testing.T) {
 			if err := c.SendToGroup(ctx, "room", protocol.Text, []byte("after leave")); err != nil {
 				t.Fatal(err)
 			}
-			if err := e.hub.SendToConnection(ctx, c.ConnectionID(), pubsub.TextMessage("barrier")); err != nil {
-				t.Fatal(err)
-			}
-			if got := next(t, ev.server, "barrier"); string(got.Data) != "barrier" {
-				t.Fatalf("got %+v", got)
-			}
-			select {
-			case got := <-ev.group:
-				t.Fatalf("a group message after leaving: %+v", got)
-			default:
-			}
+			e.noGroupMessage(ctx, c.ConnectionID(), ev, "a group message after leaving")
 		})
 	}
 }
@@ -584,15 +592,7 @@ func TestRecoveryWindowExpiredReconnects(t *testing.T) {
 	if err := e.hub.SendToGroup(ctx, "h", pubsub.TextMessage("left")); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.hub.SendToConnection(ctx, c.ConnectionID(), pubsub.TextMessage("barrier")); err != nil {
-		t.Fatal(err)
-	}
-	next(t, ev.server, "barrier")
-	select {
-	case m := <-ev.group:
-		t.Fatalf("rejoined a group it had left: %+v", m)
-	default:
-	}
+	e.noGroupMessage(ctx, c.ConnectionID(), ev, "rejoined a group it had left")
 }
 
 // A group it may no longer join is reported by OnRejoinGroupFailed.

@@ -81,6 +81,10 @@ func streamAckFrame(id string, expected uint64) string {
 	return fmt.Sprintf(`{"type":"streamAck","streamId":%q,"expectedSequenceId":%d}`, id, expected)
 }
 
+func streamClosedFrame(id string) string {
+	return fmt.Sprintf(`{"type":"streamClosed","streamId":%q}`, id)
+}
+
 func streamNackFrame(id string, expected uint64, name string) string {
 	return fmt.Sprintf(`{"type":"streamNack","streamId":%q,"expectedSequenceId":%d,"name":%q,"message":"refused"}`, id, expected, name)
 }
@@ -109,7 +113,7 @@ func TestStreamNackedAgainAndAgainIsGivenUp(t *testing.T) {
 		case f.Type == "streamData" && f.StreamSequenceID > 2:
 			reply = streamNackFrame(f.StreamID, 2, protocol.StreamInvalidSequenceID)
 		case f.Type == "streamEnd":
-			reply = fmt.Sprintf(`{"type":"streamClosed","streamId":%q}`, f.StreamID)
+			reply = streamClosedFrame(f.StreamID)
 		}
 		if reply != "" {
 			_ = c.WriteString(reply)

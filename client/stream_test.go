@@ -405,7 +405,7 @@ func TestGroupStreamWritesAgainWhatWasNacked(t *testing.T) {
 				reply = streamAckFrame(f.StreamID, next)
 			}
 		case f.Type == "streamEnd":
-			reply = fmt.Sprintf(`{"type":"streamClosed","streamId":%q}`, f.StreamID)
+			reply = streamClosedFrame(f.StreamID)
 		}
 		if reply != "" {
 			_ = c.WriteString(reply)
