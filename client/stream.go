@@ -58,6 +58,7 @@ type GroupStreamWriter struct {
 
 	started chan struct{} // closed on the first streamAck
 	done    chan struct{} // closed when the stream ended; err is then set
+	opening func()        // cancels OpenGroupStream's wait for a transport
 
 	mu sync.Mutex
 	// frames are the written fragments not yet acknowledged, the first
@@ -101,7 +102,12 @@ func (c *Client) OpenGroupStream(ctx context.Context, group string, opts StreamO
 	if err != nil {
 		return nil, fmt.Errorf("client: open stream on %s: %w", c.proto.Name(), err)
 	}
-	s := &GroupStreamWriter{c: c, id: id, group: group, base: 1, next: 1,
+	// Waiting for a transport ends when the stream does (close cancels
+	// wctx): its connection ended (a new one is not the stream's), or the
+	// service refused it.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s := &GroupStreamWriter{c: c, id: id, group: group, base: 1, next: 1, opening: cancel,
 		started: make(chan struct{}), done: make(chan struct{}), changed: make(chan struct{})}
 	c.mu.Lock()
 	if c.run == nil {
@@ -114,17 +120,6 @@ func (c *Client) OpenGroupStream(ctx context.Context, group string, opts StreamO
 	}
 	c.outStreams[id] = s
 	c.mu.Unlock()
-	// Waiting for a transport ends when the stream does: its connection
-	// ended (a new one is not the stream's), or the service refused it.
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-s.done:
-			cancel()
-		case <-wctx.Done():
-		}
-	}()
 	for attempt := 1; ; attempt++ {
 		r, t, err := c.transport(wctx)
 		select {
@@ -471,6 +466,7 @@ func (s *GroupStreamWriter) close(err error) {
 	s.ended, s.err = true, err
 	s.frames = nil
 	close(s.done)
+	s.opening()
 }
 
 // GroupStream is a stream received from a group, handed to
