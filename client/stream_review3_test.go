@@ -1,0 +1,91 @@
+package client_test
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/lxzan/gws"
+
+	"github.com/embedwps/pubsub/client"
+	"github.com/embedwps/pubsub/protocol"
+)
+
+// serverLikeStreams scripts a service whose streams behave as this module's
+// server's (stream.go): a start of a stream already open is answered with
+// a streamAck of what it expects (a start sent again), a streamEnd ends the
+// stream with a streamClosed without an error name, and a frame for a
+// stream not open is answered StreamNotFound. Every data fragment is
+// refused with TransientError (a publish that keeps failing).
+func serverLikeStreams() *scriptService {
+	open := map[string]bool{}
+	return &scriptService{onFrame: func(c *gws.Conn, _ int, f scriptFrame) {
+		var reply string
+		switch {
+		case f.Type == "sendToGroup" && f.Stream != nil:
+			open[f.Stream.StreamID] = true
+			reply = streamAckFrame(f.Stream.StreamID, 1)
+		case f.Type == "sendToGroup" && f.AckID != 0:
+			reply = fmt.Sprintf(`{"type":"ack","ackId":%d,"success":true}`, f.AckID)
+		case f.Type == "streamData" && !open[f.StreamID], f.Type == "streamEnd" && !open[f.StreamID]:
+			reply = fmt.Sprintf(`{"type":"streamClosed","streamId":%q,"name":%q,"message":"not open"}`, f.StreamID, protocol.StreamNotFound)
+		case f.Type == "streamData":
+			reply = streamNackFrame(f.StreamID, 1, "TransientError")
+		case f.Type == "streamEnd":
+			delete(open, f.StreamID)
+			reply = fmt.Sprintf(`{"type":"streamClosed","streamId":%q,"message":"ended by the publisher"}`, f.StreamID)
+		}
+		if reply != "" {
+			_ = c.WriteString(reply)
+		}
+	}}
+}
+
+// A stream given up after its fragment was refused 4 times is closed (its
+// Done closed, its id free again) before the streamEnd that abandons it
+// is written: that write is left to a goroutine. An application that opens
+// the stream again with the same id as soon as Done is closed can have its
+// start written first: the service, which still has the old stream open,
+// answers it as a start sent again, and OpenGroupStream succeeds; then the
+// abandon's streamEnd ends that stream at the service, and its
+// streamClosed (no error: a normal end) ends the new writer, which has
+// written nothing, as if End had been called.
+func TestReopenAfterGiveUpIsNotEndedByTheAbandon(t *testing.T) {
+	u := serveScript(t, serverLikeStreams())
+	ctx := ctxFor(t)
+	c := start(t, u, client.Options{Protocol: client.JSON()})
+	for i := range 30 {
+		id := fmt.Sprint("s", i)
+		s, err := c.OpenGroupStream(ctx, "g", client.StreamOptions{StreamID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Write(ctx, protocol.Text, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-s.Done():
+		case <-ctx.Done():
+			t.Fatal("the stream was not given up")
+		}
+		var se *client.StreamError
+		if !errors.As(s.Err(), &se) || se.Name != "TransientError" {
+			t.Fatalf("given up with %v", s.Err())
+		}
+		// At once, the same id again.
+		s2, err := c.OpenGroupStream(ctx, "g", client.StreamOptions{StreamID: id})
+		if err != nil {
+			t.Fatalf("iteration %d: OpenGroupStream again: %v", i, err)
+		}
+		// A barrier: what the service answered before it has come.
+		if err := c.SendToGroup(ctx, "g", protocol.Text, []byte("barrier")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-s2.Done():
+			t.Fatalf("iteration %d: the stream opened again ended before anything was written to it (Err %v): the abandon of the stream given up, written after the new start, ended it at the service",
+				i, s2.Err())
+		default:
+		}
+	}
+}
