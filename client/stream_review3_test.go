@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -87,5 +88,68 @@ func TestReopenAfterGiveUpIsNotEndedByTheAbandon(t *testing.T) {
 				i, s2.Err())
 		default:
 		}
+	}
+}
+
+// OpenGroupStream given up (its ctx ended before the start's ack) ends the
+// stream at the service with a streamEnd, and frees the id at once. The
+// service's answers to the old stream (its start's streamAck, then the
+// streamClosed of the abandon) can still be on their way: here they come
+// after the application opened the id again. They are taken as the new
+// stream's: its start's ack opens it, and the old stream's normal close
+// ends it, while the service opens the new one, which nobody writes or
+// ends until its idle timeout.
+func TestReopenAfterCancelledOpenIsNotTakenByTheOldAnswers(t *testing.T) {
+	starts := 0
+	svc := &scriptService{onFrame: func(c *gws.Conn, _ int, f scriptFrame) {
+		switch {
+		case f.Type == "sendToGroup" && f.Stream != nil:
+			if starts++; starts == 2 {
+				// Delivered late: the first start's ack, the abandon's
+				// close, then the new start's ack.
+				_ = c.WriteString(streamAckFrame(f.Stream.StreamID, 1))
+				_ = c.WriteString(streamClosedFrame(f.Stream.StreamID))
+				_ = c.WriteString(streamAckFrame(f.Stream.StreamID, 1))
+			}
+		case f.Type == "sendToGroup" && f.AckID != 0:
+			_ = c.WriteString(fmt.Sprintf(`{"type":"ack","ackId":%d,"success":true}`, f.AckID))
+		}
+	}}
+	u := serveScript(t, svc)
+	ctx := ctxFor(t)
+	c := start(t, u, client.Options{Protocol: client.JSON()})
+	short, cancel := context.WithCancel(ctx)
+	opened := make(chan error, 1)
+	go func() {
+		_, err := c.OpenGroupStream(short, "g", client.StreamOptions{StreamID: "s"})
+		opened <- err
+	}()
+	// The start went out: a barrier request written after it is answered.
+	for {
+		svc.mu.Lock()
+		n := starts
+		svc.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if err := c.SendToGroup(ctx, "g", protocol.Text, []byte("barrier")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	if err := <-opened; !errors.Is(err, context.Canceled) {
+		t.Fatalf("OpenGroupStream: %v, want context.Canceled", err)
+	}
+	s2, err := c.OpenGroupStream(ctx, "g", client.StreamOptions{StreamID: "s"})
+	if err != nil {
+		t.Fatalf("OpenGroupStream again: %v", err)
+	}
+	if err := c.SendToGroup(ctx, "g", protocol.Text, []byte("barrier")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s2.Done():
+		t.Fatalf("the stream opened again ended (Err %v) with the streamClosed of the stream given up", s2.Err())
+	default:
 	}
 }
