@@ -59,6 +59,9 @@ type GroupStreamWriter struct {
 	started chan struct{} // closed on the first streamAck
 	done    chan struct{} // closed when the stream ended; err is then set
 	opening func()        // cancels OpenGroupStream's wait for a transport
+	// released is closed when the id is free again: at once when the
+	// stream ends, after the service's streamClosed when given up.
+	released chan struct{}
 
 	mu sync.Mutex
 	// frames are the written fragments not yet acknowledged, the first
@@ -86,7 +89,9 @@ type GroupStreamWriter struct {
 
 // OpenGroupStream opens a stream to group and returns once the service
 // accepted it. It fails at once on the protobuf subprotocols, with an error
-// wrapping protocol.ErrNotInProtobuf.
+// wrapping protocol.ErrNotInProtobuf. The id of a stream the client gave up
+// is free again once the service closed that stream: until then,
+// OpenGroupStream with it waits.
 func (c *Client) OpenGroupStream(ctx context.Context, group string, opts StreamOptions) (*GroupStreamWriter, error) {
 	id := opts.StreamID
 	if id == "" {
@@ -108,18 +113,33 @@ func (c *Client) OpenGroupStream(ctx context.Context, group string, opts StreamO
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s := &GroupStreamWriter{c: c, id: id, group: group, base: 1, next: 1, opening: cancel,
-		started: make(chan struct{}), done: make(chan struct{}), changed: make(chan struct{})}
-	c.mu.Lock()
-	if c.run == nil {
+		started: make(chan struct{}), done: make(chan struct{}), released: make(chan struct{}), changed: make(chan struct{})}
+	for {
+		c.mu.Lock()
+		if c.run == nil {
+			c.mu.Unlock()
+			return nil, ErrStopped
+		}
+		old := c.outStreams[id]
+		if old == nil {
+			c.outStreams[id] = s
+			c.mu.Unlock()
+			break
+		}
 		c.mu.Unlock()
-		return nil, ErrStopped
+		select {
+		case <-old.done:
+		default:
+			return nil, fmt.Errorf("client: the stream %q is open already", id)
+		}
+		// Given up, and not yet closed by the service: its id is free
+		// once the service's answers to it have come.
+		select {
+		case <-old.released:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
-	if c.outStreams[id] != nil {
-		c.mu.Unlock()
-		return nil, fmt.Errorf("client: the stream %q is open already", id)
-	}
-	c.outStreams[id] = s
-	c.mu.Unlock()
 	for attempt := 1; ; attempt++ {
 		r, t, err := c.transport(wctx)
 		select {
@@ -132,9 +152,8 @@ func (c *Client) OpenGroupStream(ctx context.Context, group string, opts StreamO
 			return nil, err
 		}
 		if attempt > maxResends+1 {
-			s.close(&lostError{what: "stream " + strconv.Quote(id) + " start", transports: attempt - 1})
-			s.abandon(t, "the publisher gave up opening the stream")
-			return nil, s.Err()
+			s.giveUp(&lostError{what: "stream " + strconv.Quote(id) + " start", transports: attempt - 1}, t, "the publisher gave up opening the stream")
+			return nil, s.openErr()
 		}
 		// A start sent again, on a recovered transport, is answered as the
 		// first was.
@@ -153,8 +172,7 @@ func (c *Client) OpenGroupStream(ctx context.Context, group string, opts StreamO
 		case <-ctx.Done():
 			// Given up: a start the service took is ended, so that it
 			// does not hold the group's streams until its idle timeout.
-			s.close(ctx.Err())
-			s.abandon(t, "the publisher gave up opening the stream")
+			s.giveUp(ctx.Err(), t, "the publisher gave up opening the stream")
 			return nil, ctx.Err()
 		}
 	}
@@ -323,8 +341,8 @@ func (s *GroupStreamWriter) flush() {
 					code := s.on.code
 					s.writing = false
 					s.mu.Unlock()
-					s.close(&lostError{what: "stream " + strconv.Quote(s.id), transports: s.stalls, code: code})
-					s.abandon(t, "the publisher gave the stream up: no ack on "+strconv.Itoa(maxResends+1)+" transports")
+					s.giveUp(&lostError{what: "stream " + strconv.Quote(s.id), transports: s.stalls, code: code},
+						t, "the publisher gave the stream up: no ack on "+strconv.Itoa(maxResends+1)+" transports")
 					return
 				}
 				s.on, s.sent, s.endSent, s.baseOn = t, 0, false, s.base
@@ -416,6 +434,16 @@ func (s *GroupStreamWriter) rewind() {
 	s.flush()
 }
 
+// giveUp ends a stream the client gives up, with err, and ends it at the
+// service on t (abandon). Its id stays taken until the service's
+// streamClosed for it frees it (or a transport change, after which no
+// answer to it comes), so that the service's answers to it never reach a
+// stream opened again with that id.
+func (s *GroupStreamWriter) giveUp(err error, t *transport, why string) {
+	s.markEnded(err)
+	s.abandon(t, why)
+}
+
 // abandon ends at the service, on t, a stream the client gave up, so that
 // its receivers are told and its slots freed at once rather than at its
 // idle timeout.
@@ -426,16 +454,6 @@ func (s *GroupStreamWriter) abandon(t *transport, why string) {
 
 // closed takes the service's streamClosed: the stream ended, with why.
 func (s *GroupStreamWriter) closed(m protocol.ServerMessage) {
-	select {
-	case <-s.started:
-	default:
-		if m.ErrorName == "" {
-			// A normal close of a stream not yet opened is not this
-			// one's: it answers the end of an earlier stream of the same
-			// id, given up before the service closed it.
-			return
-		}
-	}
 	var err error
 	if m.ErrorName != "" {
 		s.mu.Lock()
@@ -451,13 +469,24 @@ func (s *GroupStreamWriter) closed(m protocol.ServerMessage) {
 	s.close(err)
 }
 
-// close ends the stream with err (nil: normally), once.
+// close ends the stream with err (nil: normally), once, and frees its id.
 func (s *GroupStreamWriter) close(err error) {
+	s.markEnded(err)
+	s.release()
+}
+
+// release frees the stream's id for a new stream.
+func (s *GroupStreamWriter) release() {
 	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
 	if s.c.outStreams[s.id] == s {
 		delete(s.c.outStreams, s.id)
+		close(s.released)
 	}
-	s.c.mu.Unlock()
+}
+
+// markEnded ends the stream with err (nil: normally), once.
+func (s *GroupStreamWriter) markEnded(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended {
@@ -626,7 +655,8 @@ func (c *Client) endReceivedStreams(group string, err error) {
 }
 
 // resumeStreams writes again what the streams written had unacknowledged,
-// on a recovered transport.
+// on a recovered transport, and frees the ids of streams given up: the
+// service's answers to them went with the old transport.
 func (c *Client) resumeStreams() {
 	c.mu.Lock()
 	out := make([]*GroupStreamWriter, 0, len(c.outStreams))
@@ -635,7 +665,12 @@ func (c *Client) resumeStreams() {
 	}
 	c.mu.Unlock()
 	for _, s := range out {
-		s.flush()
+		select {
+		case <-s.done:
+			s.release()
+		default:
+			s.flush()
+		}
 	}
 }
 
@@ -654,9 +689,9 @@ func (c *Client) handleStream(r *run, t *transport, m protocol.ServerMessage) {
 		flush, giveUp := s.ack(m.ExpectedSequenceID, m.Type == protocol.StreamNack, m.ErrorName)
 		switch {
 		case giveUp:
-			s.close(&StreamError{StreamID: s.id, Name: m.ErrorName, Message: m.ErrorMessage})
+			s.markEnded(&StreamError{StreamID: s.id, Name: m.ErrorName, Message: m.ErrorMessage})
 			r.wg.Add(1)
-			go func() {
+			go func() { // see giveUp
 				defer r.wg.Done()
 				s.abandon(t, fmt.Sprintf("the publisher gave the stream up: fragment %d was refused %d times", m.ExpectedSequenceID, maxResends+1))
 			}()
