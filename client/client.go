@@ -369,7 +369,7 @@ func (c *Client) install(r *run, t *transport) {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			c.resumeStreams()
+			c.resumeStreams(t)
 		}()
 	}
 	r.wg.Add(1)

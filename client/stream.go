@@ -62,6 +62,10 @@ type GroupStreamWriter struct {
 	// released is closed when the id is free again: at once when the
 	// stream ends, after the service's streamClosed when given up.
 	released chan struct{}
+	// abandonedOn is the transport a given-up stream's end last went on
+	// (guarded by mu), and abandonWhy its error message.
+	abandonedOn *transport
+	abandonWhy  string
 
 	mu sync.Mutex
 	// frames are the written fragments not yet acknowledged, the first
@@ -436,9 +440,9 @@ func (s *GroupStreamWriter) rewind() {
 
 // giveUp ends a stream the client gives up, with err, and ends it at the
 // service on t (abandon). Its id stays taken until the service's
-// streamClosed for it frees it (or a transport change, after which no
-// answer to it comes), so that the service's answers to it never reach a
-// stream opened again with that id.
+// streamClosed for it frees it (its end is written again on a recovered
+// transport) or the connection ends, so that the service's answers to it
+// never reach a stream opened again with that id.
 func (s *GroupStreamWriter) giveUp(err error, t *transport, why string) {
 	s.markEnded(err)
 	s.abandon(t, why)
@@ -447,7 +451,20 @@ func (s *GroupStreamWriter) giveUp(err error, t *transport, why string) {
 // abandon ends at the service, on t, a stream the client gave up, so that
 // its receivers are told and its slots freed at once rather than at its
 // idle timeout.
+// It goes on the current transport when there is one (t may have ended
+// meanwhile, and its answer with it), once per transport; a recovered
+// transport writes it again (resumeStreams) until the service answers.
 func (s *GroupStreamWriter) abandon(t *transport, why string) {
+	if cur := s.c.currentTransport(); cur != nil {
+		t = cur
+	}
+	s.mu.Lock()
+	if s.abandonedOn == t {
+		s.mu.Unlock()
+		return
+	}
+	s.abandonedOn, s.abandonWhy = t, why
+	s.mu.Unlock()
 	_ = s.c.writeRequest(t, protocol.Request{Type: protocol.StreamEnd, StreamID: s.id,
 		Stream: protocol.StreamRequest{Error: &protocol.StreamError{Message: why}}})
 }
@@ -654,10 +671,11 @@ func (c *Client) endReceivedStreams(group string, err error) {
 	}
 }
 
-// resumeStreams writes again what the streams written had unacknowledged,
-// on a recovered transport, and frees the ids of streams given up: the
-// service's answers to them went with the old transport.
-func (c *Client) resumeStreams() {
+// resumeStreams writes again, on the recovered transport t, what the
+// streams written had unacknowledged, and the end of the streams given up
+// and not yet closed by the service (the first may not have arrived, and
+// its answer went with the old transport).
+func (c *Client) resumeStreams(t *transport) {
 	c.mu.Lock()
 	out := make([]*GroupStreamWriter, 0, len(c.outStreams))
 	for _, s := range c.outStreams {
@@ -666,8 +684,11 @@ func (c *Client) resumeStreams() {
 	c.mu.Unlock()
 	for _, s := range out {
 		select {
-		case <-s.done:
-			s.release()
+		case <-s.done: // given up: only those keep their id after their end
+			s.mu.Lock()
+			why := s.abandonWhy
+			s.mu.Unlock()
+			s.abandon(t, why)
 		default:
 			s.flush()
 		}
